@@ -1,0 +1,72 @@
+"""Shared numpydoc paragraphs, spliced into docstrings with :func:`doc_params`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from inspect import cleandoc
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+_PARAMS = {
+    "sdata": """\
+sdata
+    A :class:`~spatialdata.SpatialData` with an H&E image, spots (circles) and, for fitting, a table of
+    raw counts annotating the spots.""",
+    "keys": """\
+image_key
+    H&E image element. ``None`` picks the only image sharing a coordinate system with the spots (the finest
+    one if there are several resolutions of the same slide).
+spots_key
+    Shapes element of the spots. ``None`` uses the region annotated by the table, or the only shapes element.
+table_key
+    Table annotating the spots. ``None`` uses the only table annotating a shapes element.""",
+    "mpp": """\
+microns_per_pixel
+    Physical pixel size of the image's level 0. ``None`` reads it from a ``Scale`` to the ``"micrometers"``
+    coordinate system, or from Visium's 55 µm spot diameter.""",
+    "device": """\
+device
+    Torch device; ``None`` uses :attr:`stpredict.settings.device` (``"auto"``: CUDA, then MPS, then CPU).""",
+    "batch": """\
+batch_size
+    Patches per batch; ``None`` uses :attr:`stpredict.settings.batch_size`.
+num_workers
+    DataLoader workers reading patches; ``None`` uses :attr:`stpredict.settings.num_workers`.""",
+    "progress": """\
+progress
+    Show a progress bar; ``None`` uses :attr:`stpredict.settings.progress`.""",
+    "seed": """\
+seed
+    Seed of every random step (splits, initialisation, sampling). ``None`` draws fresh entropy.""",
+    "inplace": """\
+inplace
+    Write the results into ``sdata`` and return ``None``; otherwise leave ``sdata`` untouched and return them.""",
+}
+
+
+def doc_params(**extra: str) -> Callable[[F], F]:
+    """Replace ``{name}`` fields in a docstring with the shared paragraphs above."""
+
+    def decorator(func: F) -> F:
+        if func.__doc__:
+            fields = {**_PARAMS, **extra}
+            doc = cleandoc(func.__doc__)
+            for key, text in fields.items():
+                marker = "{" + key + "}"
+                if marker in doc:
+                    doc = doc.replace(marker, _indent_like(doc, key, text))
+            func.__doc__ = doc
+        return func
+
+    return decorator
+
+
+def _indent_like(doc: str, key: str, text: str) -> str:
+    marker = "{" + key + "}"
+    for line in doc.splitlines():
+        if marker in line:
+            indent = line[: len(line) - len(line.lstrip())]
+            lines = text.splitlines()
+            return "\n".join([lines[0], *(indent + ln if ln else ln for ln in lines[1:])])
+    return text

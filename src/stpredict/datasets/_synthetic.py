@@ -1,0 +1,495 @@
+"""A procedural H&E-like tissue with known expression at every point.
+
+Nothing is stored densely: the image is rendered chunk by chunk (dask) and the expression truth is
+evaluated on demand for any region, so the generator scales to Visium-size slides.
+
+The model, all in µm:
+
+- *Tissue*: an irregular blob (a smooth random field plus a radial envelope); outside is glass.
+- *Regions* (spatial domains): the argmax of ``n_regions`` smooth random fields (length scale
+  ``region_scale_um``). Each region has its own nucleus density and size, eosin density, and fibre
+  texture (orientation and period), so regions are visible in the image.
+- *Nuclei*: one candidate per cell of a ``cell_um`` jittered grid, present with the region's density
+  (hashing makes them procedural); hematoxylin-rich discs.
+- *Stains*: Beer–Lambert: optical density ``OD = c_H · h + c_E · e`` with generating stain vectors ``h, e``
+  (deliberately not Ruifrok–Johnston's), ``RGB = 255 · exp(-OD)``.
+- *Expression* of gene g at a point: ``λ_g = tissue · (s · V_g + (1 - s) · H_g)`` with ``V_g`` a linear
+  function of image-visible features (region one-hot, nucleus indicator, eosin concentration) and ``H_g``
+  of image-invisible smooth fields (``s = image_signal``). Spot counts are Poisson with mean
+  ``depth × mean of λ over the spot disk``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["SyntheticParams", "SyntheticTissue", "synthetic", "synthetic_truth"]
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _hash_uniform(*ints: np.ndarray, salt: int) -> np.ndarray:
+    """Deterministic uniform [0, 1) numbers from integer arrays (splitmix64)."""
+    with np.errstate(over="ignore"):
+        h = np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15)
+        for v in ints:
+            h = h ^ (np.asarray(v).astype(np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h = h ^ (h >> np.uint64(31))
+    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+@dataclass
+class SyntheticParams:
+    """Parameters that fully determine a synthetic slide (stored in ``table.uns["synthetic"]``)."""
+
+    image_size: tuple[int, int] = (1024, 1024)
+    microns_per_pixel: float = 1.0
+    layout: Literal["visium", "st"] = "visium"
+    n_genes: int = 50
+    n_regions: int = 4
+    image_signal: float = 0.8
+    depth: float = 20.0
+    region_scale_um: float = 350.0
+    cell_um: float = 11.0
+    seed: int = 0
+    stain_h: tuple[float, float, float] = (0.55, 0.76, 0.35)
+    stain_e: tuple[float, float, float] = (0.12, 0.86, 0.49)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spot_diameter_um(self) -> float:
+        """55 µm (Visium) or 100 µm (legacy ST)."""
+        return 55.0 if self.layout == "visium" else 100.0
+
+    @property
+    def pitch_um(self) -> float:
+        """Centre-to-centre spacing: 100 µm (Visium) or 200 µm (ST)."""
+        return 100.0 if self.layout == "visium" else 200.0
+
+
+class SyntheticTissue:
+    """The procedural tissue: render the image at any resolution, evaluate expression in any region."""
+
+    n_hidden = 2
+
+    def __init__(self, params: SyntheticParams) -> None:
+        self.p = params
+        rng = np.random.default_rng(params.seed)
+        K, G = params.n_regions, params.n_genes
+        h_px, w_px = params.image_size
+        self.extent_um = (w_px * params.microns_per_pixel, h_px * params.microns_per_pixel)
+        self._region_fields = [self._random_field(rng, params.region_scale_um, 1.6) for _ in range(K)]
+        self._tissue_field = self._random_field(rng, max(self.extent_um) / 2.5, 1.5)
+        self._hidden_fields = [self._random_field(rng, 2.0 * params.region_scale_um, 1.5) for _ in range(self.n_hidden)]
+        # per-region appearance
+        self.nuc_density = rng.uniform(0.25, 0.95, K)
+        self.nuc_radius = rng.uniform(2.3, 4.2, K)
+        self.h_nucleus = rng.uniform(0.9, 1.4, K)
+        self.h_background = rng.uniform(0.05, 0.2, K)
+        self.e_density = rng.uniform(0.25, 0.9, K)
+        self.fibre_angle = rng.uniform(0, np.pi, K)
+        self.fibre_period = rng.uniform(7.0, 18.0, K)
+        h = np.asarray(params.stain_h, float)
+        e = np.asarray(params.stain_e, float)
+        self.stain_matrix = np.stack([h / np.linalg.norm(h), e / np.linalg.norm(e)])  # (2, 3) rows = stains
+        # expression: visible weights (K region + nucleus + eosin + baseline) and hidden weights
+        A = rng.lognormal(-1.0, 1.0, (K, G)) * (rng.random((K, G)) < 0.5)
+        B = rng.normal(0.0, 0.6, G).clip(-0.4, None) * (rng.random(G) < 0.5)
+        C = rng.normal(0.0, 0.6, G).clip(-0.4, None) * (rng.random(G) < 0.5)
+        base = rng.lognormal(-1.5, 0.7, G) + 0.1
+        self.W_visible = np.vstack([A, B[None], C[None], base[None]])  # (K + 3, G)
+        self.W_hidden = rng.lognormal(-0.5, 0.8, (self.n_hidden, G)) * (rng.random((self.n_hidden, G)) < 0.7)
+        self.genes = [f"gene_{i}" for i in range(G)]
+
+    @staticmethod
+    def _random_field(rng: np.random.Generator, scale_um: float, spread: float, n_modes: int = 8) -> dict:
+        lengths = scale_um * np.exp(rng.uniform(-np.log(spread), np.log(spread), n_modes))
+        theta = rng.uniform(0, 2 * np.pi, n_modes)
+        k = (2 * np.pi / lengths)[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+        return {"k": k, "phase": rng.uniform(0, 2 * np.pi, n_modes), "amp": np.full(n_modes, np.sqrt(2.0 / n_modes))}
+
+    @staticmethod
+    def _eval_field(f: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        arg = np.multiply.outer(x, f["k"][:, 0]) + np.multiply.outer(y, f["k"][:, 1]) + f["phase"]
+        return np.cos(arg) @ f["amp"]
+
+    # --- point features -------------------------------------------------------------------------------
+    def tissue(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Whether points (µm) are on tissue."""
+        return self._tissue_from(x, y, self._eval_field(self._tissue_field, x, y))
+
+    def region(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Region (domain) label of points (µm)."""
+        return np.argmax(np.stack([self._eval_field(f, x, y) for f in self._region_fields]), axis=0)
+
+    def _cells(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Nucleus centre (µm), presence and radius of cells ``(i, j)`` of the jittered grid."""
+        c, s = self.p.cell_um, self.p.seed
+        nx = (i + 0.15 + 0.7 * _hash_uniform(i, j, salt=s * 7 + 1)) * c
+        ny = (j + 0.15 + 0.7 * _hash_uniform(i, j, salt=s * 7 + 2)) * c
+        reg = self.region(nx, ny)
+        present = _hash_uniform(i, j, salt=s * 7 + 3) < self.nuc_density[reg]
+        rad = self.nuc_radius[reg] * (0.8 + 0.4 * _hash_uniform(i, j, salt=s * 7 + 4))
+        return nx, ny, np.where(present, rad, -1.0)
+
+    def nucleus(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """1.0 inside a nucleus, else 0.0 (points in µm)."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        c = self.p.cell_um
+        ci, cj = np.floor(x / c).astype(np.int64), np.floor(y / c).astype(np.int64)
+        i0, j0 = int(ci.min()) - 1, int(cj.min()) - 1
+        ni, nj = int(ci.max()) - i0 + 2, int(cj.max()) - j0 + 2
+        if ni * nj <= 4 * x.size + 64:
+            # dense table of the cells the points touch
+            gi, gj = np.meshgrid(np.arange(i0, i0 + ni), np.arange(j0, j0 + nj), indexing="ij")
+            nx, ny, rad = (a.reshape(ni, nj) for a in self._cells(gi.ravel(), gj.ravel()))
+            out = np.zeros(x.shape, dtype=bool)
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    a, b = ci - i0 + di, cj - j0 + dj
+                    out |= (x - nx[a, b]) ** 2 + (y - ny[a, b]) ** 2 <= rad[a, b] ** 2
+            return out.astype(np.float64)
+        out = np.zeros(x.shape, dtype=bool)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                nx, ny, rad = self._cells(ci + di, cj + dj)
+                out |= (x - nx) ** 2 + (y - ny) ** 2 <= rad**2
+        return out.astype(np.float64)
+
+    def features(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Every per-point quantity: tissue, region, nucleus, stain concentrations, hidden fields."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        fields = {
+            "tissue": self._eval_field(self._tissue_field, x, y),
+            "regions": np.stack([self._eval_field(f, x, y) for f in self._region_fields]),
+            "hidden": np.stack([self._eval_field(f, x, y) for f in self._hidden_fields], -1),
+        }
+        return self._assemble(x, y, fields)
+
+    def features_grid(self, xs: np.ndarray, ys: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`features` on the grid ``ys × xs`` (µm), with separable (matrix-product) field evaluation.
+
+        ``xs`` ``(w,)`` and ``ys`` ``(h,)`` give ``(h, w)`` arrays; ``(n, w)`` and ``(n, h)`` give ``(n, h, w)``.
+        """
+        xs = np.asarray(xs, dtype=np.float64)
+        ys = np.asarray(ys, dtype=np.float64)
+        X = np.broadcast_to(xs[..., None, :], (*ys.shape, xs.shape[-1]))
+        Y = np.broadcast_to(ys[..., :, None], (*ys.shape, xs.shape[-1]))
+        fields = {
+            "tissue": self._eval_field_grid(self._tissue_field, xs, ys),
+            "regions": np.stack([self._eval_field_grid(f, xs, ys) for f in self._region_fields]),
+            "hidden": np.stack([self._eval_field_grid(f, xs, ys) for f in self._hidden_fields], -1),
+        }
+        return self._assemble(X, Y, fields)
+
+    @staticmethod
+    def _eval_field_grid(f: dict, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        ax = np.multiply.outer(xs, f["k"][:, 0])
+        ay = np.multiply.outer(ys, f["k"][:, 1]) + f["phase"]
+        cx, sx = np.cos(ax), np.sin(ax)
+        cy, sy = np.cos(ay) * f["amp"], np.sin(ay) * f["amp"]
+        return cy @ np.swapaxes(cx, -1, -2) - sy @ np.swapaxes(sx, -1, -2)
+
+    def _tissue_from(self, x: np.ndarray, y: np.ndarray, field: np.ndarray) -> np.ndarray:
+        w, h = self.extent_um
+        rx, ry = (x - w / 2) / (0.46 * w), (y - h / 2) / (0.46 * h)
+        r = np.sqrt(rx**2 + ry**2)
+        return (0.35 * field + 1.0 - r**4) > 0.35
+
+    def _assemble(self, x: np.ndarray, y: np.ndarray, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tis = self._tissue_from(x, y, fields["tissue"])
+        reg = np.argmax(fields["regions"], axis=0)
+        nuc = self.nucleus(x, y) * tis
+        ang, per = self.fibre_angle[reg], self.fibre_period[reg]
+        fibre = 0.5 + 0.5 * np.cos(2 * np.pi * (x * np.cos(ang) + y * np.sin(ang)) / per)
+        c_e = tis * self.e_density[reg] * (0.6 + 0.4 * fibre) * (1 - 0.7 * nuc)
+        c_h = tis * (nuc * self.h_nucleus[reg] + (1 - nuc) * self.h_background[reg])
+        hidden = 1 / (1 + np.exp(-2.0 * fields["hidden"]))
+        return {
+            "tissue": tis.astype(np.float64),
+            "region": reg,
+            "nucleus": nuc,
+            "eosin": c_e,
+            "hematoxylin": c_h,
+            "hidden": hidden,
+        }
+
+    def rates(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Expression rate λ (points × genes) at points (µm)."""
+        f = self.features(x, y)
+        return self._rates_from(f)
+
+    def _design(self, f: dict[str, np.ndarray]) -> np.ndarray:
+        K = self.p.n_regions
+        onehot = np.eye(K)[f["region"]]
+        vis = np.concatenate([onehot, f["nucleus"][..., None], f["eosin"][..., None], np.ones_like(f["eosin"])[..., None]], -1)
+        s = self.p.image_signal
+        return np.concatenate([s * vis, (1 - s) * f["hidden"]], -1) * f["tissue"][..., None]
+
+    def _rates_from(self, f: dict[str, np.ndarray]) -> np.ndarray:
+        W = np.vstack([self.W_visible, self.W_hidden])
+        return np.maximum(self._design(f) @ W, 0.0)
+
+    # --- region means ---------------------------------------------------------------------------------
+    def mean_rates(
+        self,
+        centers_um: np.ndarray,
+        size_um: float,
+        shape: Literal["circle", "square"] = "circle",
+        *,
+        step_um: float | None = None,
+        chunk: int = 64,
+    ) -> np.ndarray:
+        """Mean λ inside circles (diameter ``size_um``) or squares (side ``size_um``) around centres (µm)."""
+        centers_um = np.asarray(centers_um, dtype=float).reshape(-1, 2)
+        step = step_um or min(2.0, size_um / 4.0)
+        half = size_um / 2
+        g = np.arange(-half + step / 2, half, step)
+        ox, oy = np.meshgrid(g, g)
+        inside = np.ones((len(g), len(g)), dtype=bool)
+        if shape == "circle":
+            inside = ox.reshape(len(g), len(g)) ** 2 + oy.reshape(len(g), len(g)) ** 2 <= half**2
+        out = np.empty((len(centers_um), self.p.n_genes))
+        for s in range(0, len(centers_um), chunk):
+            c = centers_um[s : s + chunk]
+            f = self.features_grid(c[:, :1] + g[None], c[:, 1:] + g[None])
+            r = self._rates_from(f)[:, inside]  # (n, points, genes)
+            out[s : s + chunk] = r.mean(axis=1)
+        return out
+
+    def mean_region(self, centers_um: np.ndarray, size_um: float, *, step_um: float | None = None) -> np.ndarray:
+        """Majority region label inside circles around centres (µm)."""
+        centers_um = np.asarray(centers_um, dtype=float).reshape(-1, 2)
+        step = step_um or min(4.0, size_um / 4.0)
+        g = np.arange(-size_um / 2 + step / 2, size_um / 2, step)
+        ox, oy = np.meshgrid(g, g)
+        keep = ox**2 + oy**2 <= (size_um / 2) ** 2
+        ox, oy = ox[keep], oy[keep]
+        lab = self.region(centers_um[:, :1] + ox[None], centers_um[:, 1:] + oy[None])
+        return np.array([np.bincount(r, minlength=self.p.n_regions).argmax() for r in lab])
+
+    # --- image ----------------------------------------------------------------------------------------
+    def render(self, y0: int, x0: int, h: int, w: int, mpp: float, supersample: int = 1) -> np.ndarray:
+        """RGB ``(3, h, w)`` uint8 of the block at pixel offset ``(y0, x0)`` of a level with ``mpp`` µm/px."""
+        s = max(1, int(supersample))
+        off = (np.arange(s) + 0.5) / s
+        xs = ((x0 + np.arange(w))[:, None] + off[None]).ravel() * mpp
+        ys = ((y0 + np.arange(h))[:, None] + off[None]).ravel() * mpp
+        f = self.features_grid(xs, ys)
+        X, Y = np.meshgrid(xs, ys)
+        od = f["hematoxylin"][..., None] * self.stain_matrix[0] + f["eosin"][..., None] * self.stain_matrix[1]
+        # glass and scanner noise, per level pixel
+        iy = np.floor(Y / mpp).astype(np.int64)
+        ix = np.floor(X / mpp).astype(np.int64)
+        noise = _hash_uniform(iy, ix, salt=self.p.seed * 13 + int(mpp * 1000)) - 0.5
+        od = od + 0.035 + 0.04 * noise[..., None]
+        rgb = 255.0 * np.exp(-np.clip(od, 0, None))
+        if s > 1:
+            rgb = rgb.reshape(h, s, w, s, 3).mean(axis=(1, 3))
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+    def dask_level(self, shape_yx: tuple[int, int], mpp: float, chunks: int, supersample: int = 1) -> da.Array:
+        """A lazy ``(3, h, w)`` level rendered block by block."""
+        h, w = shape_yx
+        cy = tuple(min(chunks, h - s) for s in range(0, h, chunks))
+        cx = tuple(min(chunks, w - s) for s in range(0, w, chunks))
+        ystarts = np.cumsum((0, *cy))[:-1]
+        xstarts = np.cumsum((0, *cx))[:-1]
+
+        def block(block_info=None):
+            loc = block_info[None]["chunk-location"]
+            by, bx = loc[1], loc[2]
+            return self.render(int(ystarts[by]), int(xstarts[bx]), cy[by], cx[bx], mpp, supersample)
+
+        return da.map_blocks(block, dtype=np.uint8, chunks=((3,), cy, cx), meta=np.empty((0, 0, 0), np.uint8))
+
+    # --- spots ----------------------------------------------------------------------------------------
+    def spot_layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """Spot centres (µm) on tissue and their array coordinates (row, col)."""
+        p = self.p
+        w, h = self.extent_um
+        r = p.spot_diameter_um / 2
+        if p.layout == "visium":
+            dy = p.pitch_um * np.sqrt(3) / 2
+            rows = np.arange(int((h - 2 * r) // dy) + 1)
+            pts, arr = [], []
+            for i in rows:
+                off = (p.pitch_um / 2) * (i % 2)
+                xs = np.arange(r + off, w - r + 1e-9, p.pitch_um)
+                pts += [(x, r + i * dy) for x in xs]
+                arr += [(i, 2 * j + (i % 2)) for j in range(len(xs))]
+        elif p.layout == "st":
+            xs = np.arange(r + 50.0, w - r + 1e-9, p.pitch_um)
+            ys = np.arange(r + 50.0, h - r + 1e-9, p.pitch_um)
+            pts = [(x, y) for y in ys for x in xs]
+            arr = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+        else:
+            msg = f"layout must be 'visium' or 'st', got {p.layout!r}."
+            raise ValueError(msg)
+        pts = np.asarray(pts, dtype=float).reshape(-1, 2)
+        arr = np.asarray(arr, dtype=int).reshape(-1, 2)
+        on = self.tissue(pts[:, 0], pts[:, 1])
+        return pts[on], arr[on]
+
+
+def synthetic(
+    *,
+    image_size: int | tuple[int, int] = 1024,
+    microns_per_pixel: float = 1.0,
+    layout: Literal["visium", "st"] = "visium",
+    n_genes: int = 50,
+    n_regions: int = 4,
+    image_signal: float = 0.8,
+    depth: float = 20.0,
+    seed: int = 0,
+    chunks: int = 512,
+) -> SpatialData:
+    """A synthetic H&E slide whose expression is known at every point.
+
+    Parameters
+    ----------
+    image_size
+        Level-0 size in pixels (``int`` for square, or ``(height, width)``). 20,000² at 0.35 µm/px with the
+        Visium layout gives a Visium-size slide (~5,000 spots); the image is rendered lazily, chunk by chunk.
+    microns_per_pixel
+        Level-0 pixel size.
+    layout
+        ``"visium"``: 55 µm spots on a hexagonal lattice of 100 µm pitch; ``"st"``: 100 µm spots on a square
+        lattice of 200 µm pitch.
+    n_genes
+        Number of genes.
+    n_regions
+        Number of spatial domains (each with its own nuclei, stain and texture).
+    image_signal
+        Share of expression driven by image-visible features (the rest follows smooth fields that the image
+        does not show, which only spatial neighbours can recover).
+    depth
+        Counts per unit rate and spot: larger means less Poisson noise.
+    seed
+        Seed of everything.
+    chunks
+        Chunk size of the rendered image.
+
+    Returns
+    -------
+    A SpatialData with image ``"he"`` (multiscale, lazily rendered), circles ``"spots"`` and table
+    ``"table"`` of counts; ``table.obs["domain"]`` holds each spot's majority region and
+    ``table.uns["synthetic"]`` the parameters, from which :func:`synthetic_truth` rebuilds the truth.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> sdata = stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
+    >>> sdata.tables["table"].n_vars
+    5
+    """
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    params = SyntheticParams(
+        image_size=(int(size[0]), int(size[1])),
+        microns_per_pixel=float(microns_per_pixel),
+        layout=layout,
+        n_genes=int(n_genes),
+        n_regions=int(n_regions),
+        image_signal=float(image_signal),
+        depth=float(depth),
+        seed=int(seed),
+    )
+    return _build(params, chunks=chunks)
+
+
+def _build(params: SyntheticParams, *, chunks: int) -> SpatialData:
+    from .._image import replace_levels
+    from ..io._build import build_sdata
+
+    tissue = SyntheticTissue(params)
+    centers_um, arr = tissue.spot_layout()
+    if len(centers_um) == 0:
+        msg = f"No spot fits on the tissue of a {params.image_size} px image at {params.microns_per_pixel} µm/px: enlarge it."
+        raise ValueError(msg)
+    mpp = params.microns_per_pixel
+    rng = np.random.default_rng(params.seed + 1)
+    lam = tissue.mean_rates(centers_um, params.spot_diameter_um)
+    counts = rng.poisson(params.depth * lam).astype(np.int32)
+    domain = tissue.mean_region(centers_um, params.spot_diameter_um)
+    h, w = params.image_size
+    level0 = tissue.dask_level((h, w), mpp, chunks)
+    obs = pd.DataFrame(
+        {
+            "array_row": arr[:, 0],
+            "array_col": arr[:, 1],
+            "domain": pd.Categorical([f"region_{d}" for d in domain]),
+        },
+        index=[f"spot_{i}" for i in range(len(centers_um))],
+    )
+    meta = asdict(params)
+    meta["image_size"] = list(meta["image_size"])
+    meta["stain_h"] = list(meta["stain_h"])
+    meta["stain_e"] = list(meta["stain_e"])
+    sdata = build_sdata(
+        level0,
+        centers_um / mpp,
+        params.spot_diameter_um / mpp,
+        counts,
+        mpp_xy=(mpp, mpp),
+        obs=obs,
+        var_names=pd.Index(tissue.genes),
+        uns={"synthetic": meta, "stpredict_source": {"technology": "synthetic", "spot_diameter_um": params.spot_diameter_um}},
+        chunks=chunks,
+    )
+    # the coarser levels are rendered at their own resolution (antialiased by supersampling)
+    tree = sdata.images["he"]
+    arrays = {}
+    for name in tree.children:
+        if name == "scale0":
+            continue
+        old = next(iter(tree[name].ds.data_vars.values()))
+        f = h / old.sizes["y"]
+        arrays[name] = tissue.dask_level((old.sizes["y"], old.sizes["x"]), mpp * f, chunks, supersample=min(4, round(f)))
+    replace_levels(tree, arrays, chunks=chunks)
+    return sdata
+
+
+def synthetic_truth(sdata_or_params: SpatialData | dict | SyntheticParams, *, table_key: str = "table") -> SyntheticTissue:
+    """Rebuild the procedural tissue (with its expression truth) of a synthetic slide.
+
+    Parameters
+    ----------
+    sdata_or_params
+        A SpatialData made by :func:`synthetic` (or read back from zarr), or its parameters.
+    table_key
+        Table holding ``uns["synthetic"]``.
+
+    Returns
+    -------
+    A :class:`SyntheticTissue`; e.g. ``.mean_rates(centers_um, 8.0, "square")`` is the truth in 8 µm bins.
+    """
+    if isinstance(sdata_or_params, SyntheticParams):
+        params = sdata_or_params
+    else:
+        meta = sdata_or_params if isinstance(sdata_or_params, dict) else sdata_or_params.tables[table_key].uns.get("synthetic")
+        if meta is None:
+            msg = f"Table {table_key!r} has no uns['synthetic']: this SpatialData was not made by stp.datasets.synthetic()."
+            raise KeyError(msg)
+        meta = dict(meta)
+        for k in ("image_size", "stain_h", "stain_e"):
+            meta[k] = tuple(np.asarray(meta[k]).tolist())
+        meta["extra"] = dict(meta.get("extra", {}) or {})
+        for k in ("microns_per_pixel", "image_signal", "depth", "region_scale_um", "cell_um"):
+            meta[k] = float(meta[k])
+        for k in ("n_genes", "n_regions", "seed"):
+            meta[k] = int(meta[k])
+        meta["layout"] = str(meta["layout"])
+        params = SyntheticParams(**meta)
+    return SyntheticTissue(params)

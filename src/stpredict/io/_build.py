@@ -1,0 +1,121 @@
+"""Assemble a valid SpatialData from an image, spot centres and counts (shared by every reader)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._image import to_multiscale
+from .._keys import DEFAULT_IMAGE, DEFAULT_SPOTS, DEFAULT_TABLE, MICRONS_CS, PIXELS_CS
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["build_sdata", "load_image"]
+
+
+def load_image(image: str | Path | np.ndarray | da.Array, *, channel_axis: int | None = None) -> np.ndarray | da.Array:
+    """Read an image file or array into a ``(c, y, x)`` array.
+
+    JPEG/PNG are decoded once (they cannot be read lazily); TIFF/OME-TIFF pyramids are opened lazily with
+    tifffile. Arrays may be ``(y, x, c)``, ``(c, y, x)`` or ``(y, x)``.
+    """
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.exists():
+            msg = f"Image file {str(path)!r} does not exist."
+            raise FileNotFoundError(msg)
+        if path.suffix.lower() in {".tif", ".tiff", ".svs", ".btf"}:
+            import tifffile
+            import zarr
+
+            store = tifffile.imread(path, aszarr=True, level=0)
+            arr = da.from_zarr(zarr.open(store, mode="r"))
+        else:
+            from PIL import Image
+
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                with Image.open(path) as im:
+                    arr = np.asarray(im)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+        return _to_cyx(arr, channel_axis=None)
+    return _to_cyx(image, channel_axis=channel_axis)
+
+
+def _to_cyx(arr: Any, *, channel_axis: int | None) -> np.ndarray | da.Array:
+    if not isinstance(arr, da.Array):
+        arr = np.asarray(arr)
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        msg = f"Expected a 2-D or 3-D image array, got shape {arr.shape}."
+        raise ValueError(msg)
+    if channel_axis is None:
+        channel_axis = 2 if arr.shape[2] <= 4 and arr.shape[0] > 4 else (0 if arr.shape[0] <= 4 else 2)
+    if channel_axis in (2, -1):
+        arr = arr.transpose(2, 0, 1)
+    return arr
+
+
+def build_sdata(
+    image_cyx: np.ndarray | da.Array,
+    centers_px: np.ndarray,
+    diameter_px: float,
+    counts: Any,
+    *,
+    mpp_xy: tuple[float, float],
+    obs: pd.DataFrame,
+    var_names: pd.Index,
+    image_key: str = DEFAULT_IMAGE,
+    spots_key: str = DEFAULT_SPOTS,
+    table_key: str = DEFAULT_TABLE,
+    uns: dict | None = None,
+    chunks: int = 1024,
+) -> SpatialData:
+    """Build ``SpatialData(images={image_key}, shapes={spots_key}, tables={table_key})``.
+
+    Everything is placed in two coordinate systems: ``"global"`` (level-0 image pixels) and
+    ``"micrometers"`` (a ``Scale`` by the pixel size), so downstream code can work in microns.
+    """
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity, Scale
+
+    def transforms():
+        return {
+            PIXELS_CS: Identity(),
+            MICRONS_CS: Scale([float(mpp_xy[0]), float(mpp_xy[1])], axes=("x", "y")),
+        }
+
+    image = to_multiscale(image_cyx, transformations=transforms(), chunks=chunks)
+    n = len(centers_px)
+    instance = np.arange(n)
+    shapes = ShapesModel.parse(
+        np.asarray(centers_px, dtype=float),
+        geometry=0,
+        radius=np.full(n, float(diameter_px) / 2.0),
+        index=instance,
+        transformations=transforms(),
+    )
+    X = counts if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts))
+    X = sp.csr_matrix(X)
+    if np.issubdtype(X.dtype, np.floating) and np.allclose(X.data, np.round(X.data)):
+        X = X.astype(np.int32)
+    obs = obs.copy()
+    obs["region"] = pd.Categorical([spots_key] * n)
+    obs["spot_id"] = instance
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(var_names).astype(str)))
+    adata.obsm["spatial"] = np.asarray(centers_px, dtype=float)
+    if uns:
+        adata.uns.update(uns)
+    table = TableModel.parse(adata, region=spots_key, region_key="region", instance_key="spot_id")
+    return SpatialData(images={image_key: image}, shapes={spots_key: shapes}, tables={table_key: table})

@@ -1,0 +1,110 @@
+"""Visium reader (spatialdata-io underneath) with the checks stpredict needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._image import image_levels, to_multiscale
+from .._keys import MICRONS_CS
+from .._logging import get_logger
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["read_visium"]
+
+logger = get_logger(__name__)
+
+
+def _transforms(element: Any) -> dict[str, Any]:
+    from spatialdata.transformations import get_transformation
+
+    return dict(get_transformation(element, get_all=True))
+
+
+def read_visium(
+    path: str | Path,
+    *,
+    dataset_id: str | None = None,
+    counts_file: str = "filtered_feature_bc_matrix.h5",
+    fullres_image_file: str | Path | None = None,
+    drop_blank_images: bool = True,
+    **kwargs: Any,
+) -> SpatialData:
+    """Read a Space Ranger Visium output folder.
+
+    Wraps :func:`spatialdata_io.visium` and then:
+
+    - drops images that are blank (a single colour, as some test outputs and failed exports have), with a log line;
+    - drops an alpha channel that is fully opaque (a transparent one is kept, and later refused with a hint);
+    - adds the ``"micrometers"`` coordinate system to every element, from Visium's 55 µm spot diameter
+      and ``spot_diameter_fullres``.
+
+    Parameters
+    ----------
+    path
+        The Space Ranger ``outs`` folder.
+    dataset_id
+        Prefix of the element names; default ``path``'s folder name.
+    counts_file
+        Counts matrix inside ``path``.
+    fullres_image_file
+        The full-resolution H&E given to Space Ranger, if available (preferred for prediction).
+    drop_blank_images
+        Remove single-colour images.
+    **kwargs
+        Passed to :func:`spatialdata_io.visium`.
+
+    Returns
+    -------
+    The SpatialData, with the table's obs_names the spot barcodes.
+    """
+    import spatialdata_io
+    from spatialdata.transformations import Scale, Sequence, set_transformation
+
+    path = Path(path)
+    if not path.is_dir():
+        msg = f"Visium folder {str(path)!r} does not exist."
+        raise FileNotFoundError(msg)
+    dataset_id = dataset_id or path.name.replace(" ", "_") or "visium"
+    sdata = spatialdata_io.visium(
+        path, dataset_id=dataset_id, counts_file=counts_file, fullres_image_file=fullres_image_file, **kwargs
+    )
+    dropped = []
+    for key in list(sdata.images):
+        element = sdata.images[key]
+        levels = image_levels(element)
+        coarse = np.asarray(levels[-1].array.compute())
+        blank = coarse[:3].min() == coarse[:3].max()
+        if drop_blank_images and blank:
+            logger.warning("Image %r is blank (every pixel %s); dropped.", key, coarse[:, 0, 0].tolist())
+            del sdata.images[key]
+            dropped.append(key)
+            continue
+        if coarse.shape[0] == 4 and coarse[3].min() == 255:
+            data = levels[0].array[:3]
+            del sdata.images[key]
+            sdata.images[key] = to_multiscale(data, transformations=_transforms(element))
+            logger.info("Image %r: dropped an opaque alpha channel.", key)
+    # micrometres: Visium spots are 55 µm; radius is given in full-resolution pixels (coordinate system dataset_id)
+    shapes = sdata.shapes[dataset_id]
+    radius_fullres = float(np.median(shapes["radius"].to_numpy()))
+    mpp = 55.0 / (2.0 * radius_fullres)
+    fullres_cs = dataset_id
+    for kind in ("images", "shapes"):
+        for key, element in list(getattr(sdata, kind).items()):
+            ts = _transforms(element)
+            if fullres_cs in ts:
+                to_um = Sequence([ts[fullres_cs], Scale([mpp, mpp], axes=("x", "y"))])
+                set_transformation(element, to_um, to_coordinate_system=MICRONS_CS)
+    for table in sdata.tables.values():
+        table.uns["stpredict_source"] = {
+            "technology": "Visium",
+            "spot_diameter_um": 55.0,
+            "microns_per_pixel_fullres": mpp,
+            "dropped_images": dropped,
+        }
+    return sdata

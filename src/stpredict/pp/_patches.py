@@ -1,0 +1,341 @@
+"""Lazy, batched extraction of micron-sized windows from an image pyramid."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dask
+import numpy as np
+
+from .._docs import doc_params
+from .._image import ImageLevel, image_levels
+from .._settings import settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from spatialdata import SpatialData
+
+    from ._spots import SpotGeometry
+
+__all__ = ["PatchDataset", "PatchExtractor", "choose_level", "patches"]
+
+#: ARCHITECTURE.md: read from the coarsest level whose µm/px is at most this factor above the target.
+LEVEL_TOLERANCE = 1.05
+
+
+def choose_level(level_mpp: list[tuple[float, float]], target_mpp: float) -> int:
+    """Index of the coarsest level whose µm/px is ≤ 1.05 × ``target_mpp`` on both axes.
+
+    If every level is coarser than the target, the finest (level 0) is used, at native resolution.
+    """
+    ok = [i for i, (mx, my) in enumerate(level_mpp) if max(mx, my) <= LEVEL_TOLERANCE * target_mpp]
+    return max(ok) if ok else 0
+
+
+class _ChunkCache:
+    """LRU cache of decoded image chunks, bounded in bytes; thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+        with self._lock:
+            arr = self._data.get(key)
+            if arr is not None:
+                self._data.move_to_end(key)
+            return arr
+
+    def put(self, key: tuple[int, int], arr: np.ndarray) -> None:
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.max_bytes and len(self._data) > 1:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= old.nbytes
+
+
+@dataclass(frozen=True)
+class _Plan:
+    level: int
+    mpp_x: float
+    mpp_y: float
+    win_x: int
+    win_y: int
+    resampled: bool
+
+
+class PatchExtractor:
+    """Cut windows of ``size_um`` around centres and resample them to ``patch_px`` pixels.
+
+    The window is read from the coarsest pyramid level whose µm/px is ≤ 1.05 × the target (``size_um /
+    patch_px``), chunk by chunk through a bounded LRU cache, padded with white where it leaves the image,
+    and resampled with antialiasing (PIL bilinear with a support scaled to the reduction). Nothing is read
+    beyond the chunks the windows touch.
+
+    Parameters
+    ----------
+    levels
+        The image's pyramid levels (:func:`stpredict._image.image_levels`).
+    centers
+        ``(n, 2)`` window centres, x then y, in level-0 pixels.
+    microns_per_pixel_xy
+        Level-0 pixel size along x and y.
+    size_um
+        Window side in µm.
+    patch_px
+        Output side in pixels.
+    pad_value
+        Grey level of padding outside the image.
+    cache_mb
+        Memory bound of the chunk cache; ``None`` uses :attr:`stpredict.settings.chunk_cache_mb`.
+    """
+
+    def __init__(
+        self,
+        levels: list[ImageLevel],
+        centers: np.ndarray,
+        microns_per_pixel_xy: tuple[float, float],
+        *,
+        size_um: float = 112.0,
+        patch_px: int = 224,
+        pad_value: int = 255,
+        cache_mb: int | None = None,
+    ) -> None:
+        if size_um <= 0 or patch_px <= 0:
+            msg = f"size_um and patch_px must be positive, got {size_um!r} and {patch_px!r}."
+            raise ValueError(msg)
+        self.levels = levels
+        self.centers = np.asarray(centers, dtype=float).reshape(-1, 2)
+        self.mpp0 = (float(microns_per_pixel_xy[0]), float(microns_per_pixel_xy[1]))
+        self.size_um = float(size_um)
+        self.patch_px = int(patch_px)
+        self.pad_value = int(pad_value)
+        self.target_mpp = self.size_um / self.patch_px
+        level_mpp = [(self.mpp0[0] * lv.factor_x, self.mpp0[1] * lv.factor_y) for lv in levels]
+        i = choose_level(level_mpp, self.target_mpp)
+        mx, my = level_mpp[i]
+        wx = max(1, round(self.size_um / mx))
+        wy = max(1, round(self.size_um / my))
+        self.plan = _Plan(i, mx, my, wx, wy, resampled=(wx, wy) != (self.patch_px, self.patch_px))
+        lvl = levels[i]
+        self._array = lvl.array
+        self._nc = min(3, int(lvl.array.shape[0]))
+        self._chunks_y = np.cumsum((0, *lvl.array.chunks[1]))
+        self._chunks_x = np.cumsum((0, *lvl.array.chunks[2]))
+        self._cache_mb = settings.chunk_cache_mb if cache_mb is None else cache_mb
+        self._cache = _ChunkCache(int(self._cache_mb) * 2**20)
+        # window origins in level pixels
+        cx = self.centers[:, 0] / lvl.factor_x
+        cy = self.centers[:, 1] / lvl.factor_y
+        self._x0 = np.floor(cx - wx / 2 + 0.5).astype(np.int64)
+        self._y0 = np.floor(cy - wy / 2 + 0.5).astype(np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = None  # each worker process builds its own cache
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = _ChunkCache(int(self._cache_mb) * 2**20)
+
+    def __len__(self) -> int:
+        return len(self.centers)
+
+    @property
+    def level(self) -> int:
+        """Pyramid level the windows are read from."""
+        return self.plan.level
+
+    @property
+    def read_mpp(self) -> tuple[float, float]:
+        """µm/px of the level read, before resampling."""
+        return self.plan.mpp_x, self.plan.mpp_y
+
+    @property
+    def padded_fraction(self) -> np.ndarray:
+        """Fraction of each window that lies outside the image and was padded."""
+        h, w = self.levels[self.plan.level].shape_yx
+        ix = np.clip(self._x0 + self.plan.win_x, 0, w) - np.clip(self._x0, 0, w)
+        iy = np.clip(self._y0 + self.plan.win_y, 0, h) - np.clip(self._y0, 0, h)
+        return 1.0 - (ix * iy) / float(self.plan.win_x * self.plan.win_y)
+
+    def spatial_order(self) -> np.ndarray:
+        """Order of the windows by chunk row, then column: consecutive batches share chunks."""
+        cy = np.searchsorted(self._chunks_y, self._y0 + self.plan.win_y // 2, side="right")
+        cx = np.searchsorted(self._chunks_x, self._x0 + self.plan.win_x // 2, side="right")
+        return np.lexsort((self._x0, cx, cy))
+
+    def _fetch(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        out: dict[tuple[int, int], np.ndarray] = {}
+        missing = []
+        for k in keys:
+            arr = self._cache.get(k)
+            if arr is None:
+                missing.append(k)
+            else:
+                out[k] = arr
+        if missing:
+            blocks = [self._array.blocks[0, ky, kx] if self._array.numblocks[0] == 1 else
+                      self._array[:, self._chunks_y[ky]:self._chunks_y[ky + 1],
+                                  self._chunks_x[kx]:self._chunks_x[kx + 1]] for ky, kx in missing]  # fmt: skip
+            values = dask.compute(*blocks, scheduler="threads")
+            for k, v in zip(missing, values, strict=True):
+                v = np.ascontiguousarray(np.asarray(v)[: self._nc])
+                self._cache.put(k, v)
+                out[k] = v
+        return out
+
+    def read_raw(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Windows at the read level, before resampling: ``(b, 3, win_y, win_x)`` uint8."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        wx, wy = self.plan.win_x, self.plan.win_y
+        h, w = self.levels[self.plan.level].shape_yx
+        out = np.full((len(idx), 3, wy, wx), self.pad_value, dtype=np.uint8)
+        x0, y0 = self._x0[idx], self._y0[idx]
+        ky0 = np.searchsorted(self._chunks_y, np.clip(y0, 0, h - 1), side="right") - 1
+        ky1 = np.searchsorted(self._chunks_y, np.clip(y0 + wy - 1, 0, h - 1), side="right") - 1
+        kx0 = np.searchsorted(self._chunks_x, np.clip(x0, 0, w - 1), side="right") - 1
+        kx1 = np.searchsorted(self._chunks_x, np.clip(x0 + wx - 1, 0, w - 1), side="right") - 1
+        inside = (x0 + wx > 0) & (x0 < w) & (y0 + wy > 0) & (y0 < h)
+        keys = sorted(
+            {
+                (ky, kx)
+                for j in np.flatnonzero(inside)
+                for ky in range(ky0[j], ky1[j] + 1)
+                for kx in range(kx0[j], kx1[j] + 1)
+            }
+        )
+        chunks = self._fetch(keys)
+        for j in np.flatnonzero(inside):
+            for ky in range(ky0[j], ky1[j] + 1):
+                cy0, cy1 = self._chunks_y[ky], self._chunks_y[ky + 1]
+                ys, ye = max(y0[j], cy0), min(y0[j] + wy, cy1)
+                for kx in range(kx0[j], kx1[j] + 1):
+                    cx0, cx1 = self._chunks_x[kx], self._chunks_x[kx + 1]
+                    xs, xe = max(x0[j], cx0), min(x0[j] + wx, cx1)
+                    if ys >= ye or xs >= xe:
+                        continue
+                    c = chunks[(ky, kx)]
+                    out[j, : self._nc, ys - y0[j] : ye - y0[j], xs - x0[j] : xe - x0[j]] = c[
+                        :, ys - cy0 : ye - cy0, xs - cx0 : xe - cx0
+                    ]
+        if self._nc < 3:  # greyscale read as RGB only if the caller allowed it upstream
+            out[:, self._nc :] = out[:, :1]
+        return out
+
+    def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Windows resampled to ``patch_px``: ``(b, 3, patch_px, patch_px)`` uint8."""
+        raw = self.read_raw(indices)
+        if not self.plan.resampled:
+            return raw
+        from PIL import Image
+
+        p = self.patch_px
+        out = np.empty((raw.shape[0], 3, p, p), dtype=np.uint8)
+        for j in range(raw.shape[0]):
+            im = Image.fromarray(np.ascontiguousarray(raw[j].transpose(1, 2, 0)))
+            out[j] = np.asarray(im.resize((p, p), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+        return out
+
+    def batches(self, batch_size: int | None = None, *, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(indices, patches)`` batches in spatial order (or ``order``)."""
+        bs = batch_size or settings.batch_size
+        order = self.spatial_order() if order is None else np.asarray(order)
+        for s in range(0, len(order), bs):
+            idx = order[s : s + bs]
+            yield idx, self.read(idx)
+
+
+class PatchDataset:
+    """A map-style dataset of patches for :class:`torch.utils.data.DataLoader`.
+
+    With ``batch_size=None`` each item is one patch ``(3, P, P)`` uint8; with a ``batch_size`` each item is a
+    spatially coherent batch ``(indices, patches)``, which reads chunks once per batch — use it with
+    ``DataLoader(dataset, batch_size=None, num_workers=...)``.
+    """
+
+    def __init__(self, extractor: PatchExtractor, *, batch_size: int | None = None) -> None:
+        self.extractor = extractor
+        self.batch_size = batch_size
+        if batch_size is not None:
+            order = extractor.spatial_order()
+            self._batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self._batches) if self.batch_size is not None else len(self.extractor)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.batch_size is not None:
+            idx = self._batches[i]
+            return idx, self.extractor.read(idx)
+        return self.extractor.read([i])[0]
+
+
+@doc_params()
+def patches(
+    sdata: SpatialData,
+    centers: np.ndarray | None = None,
+    *,
+    image_key: str | None = None,
+    spots_key: str | None = None,
+    table_key: str | None = None,
+    microns_per_pixel: float | None = None,
+    size_um: float = 112.0,
+    patch_px: int = 224,
+    batch_size: int | None = None,
+    geometry: SpotGeometry | None = None,
+) -> PatchDataset:
+    """Patches of ``size_um`` around the spots (or any ``centers``), as a lazy dataset.
+
+    Parameters
+    ----------
+    {sdata}
+    centers
+        ``(n, 2)`` window centres (x, y) in level-0 pixels of the image; ``None`` uses the spots' centres.
+    {keys}
+    {mpp}
+    size_um
+        Window side in µm (default 112 µm, as HEST and HisToSGE use).
+    patch_px
+        Output side in pixels (default 224, i.e. 0.5 µm/px for 112 µm).
+    batch_size
+        ``None``: items are single patches; otherwise items are spatially coherent batches.
+    geometry
+        A resolved :class:`SpotGeometry` to reuse.
+
+    Returns
+    -------
+    A :class:`PatchDataset`; its ``extractor`` says which pyramid level is read and the padded fractions.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> sdata = stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
+    >>> ds = stp.pp.patches(sdata, size_um=56, patch_px=112)
+    >>> ds[0].shape
+    (3, 112, 112)
+    """
+    from ._spots import spots
+
+    geo = geometry or spots(
+        sdata, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel
+    )
+    levels = image_levels(sdata.images[geo.image_key])
+    ext = PatchExtractor(
+        levels,
+        geo.centers if centers is None else centers,
+        geo.microns_per_pixel_xy,
+        size_um=size_um,
+        patch_px=patch_px,
+    )
+    return PatchDataset(ext, batch_size=batch_size)

@@ -1,0 +1,368 @@
+"""Spot geometry: the only place that resolves coordinate systems and physical units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._docs import doc_params
+from .._image import check_rgb, image_levels
+from .._keys import MICRONS_CS
+from .._logging import get_logger
+from .._validate import pick_key, table_region
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["SpotGeometry", "spots"]
+
+logger = get_logger(__name__)
+
+VISIUM_SPOT_UM = 55.0
+
+
+@dataclass
+class SpotGeometry:
+    """Spots in the pixels of an image's level 0, in the table's row order.
+
+    Attributes
+    ----------
+    centers
+        ``(n, 2)`` spot centres, x then y, in level-0 pixels of ``image_key``.
+    diameter
+        Spot diameter in level-0 pixels (mean over axes when pixels are anisotropic).
+    microns_per_pixel
+        Physical size of a level-0 pixel in µm (geometric mean of both axes).
+    microns_per_pixel_xy
+        The same along x and along y; legacy ST scans can differ by a few percent.
+    image_key, spots_key, table_key
+        The elements the geometry was resolved from (``table_key`` is ``None`` without a table).
+    obs_names
+        Row names: the table's obs_names, or the shapes' index without a table.
+    rows
+        Positions of these spots in the table (all rows unless the table annotates several regions).
+    shapes_index
+        The spots' index values in the shapes element, aligned with ``centers``.
+    image_shape
+        ``(height, width)`` of level 0.
+    coordinate_system
+        The coordinate system shared by the spots and the image.
+    shapes_to_image
+        3x3 affine from the spots' intrinsic coordinates to level-0 pixels.
+    mpp_source
+        Where the pixel size came from: ``"explicit"``, ``"micrometers"`` or ``"visium"``.
+    """
+
+    centers: np.ndarray
+    diameter: float
+    microns_per_pixel: float
+    microns_per_pixel_xy: tuple[float, float]
+    image_key: str
+    spots_key: str
+    table_key: str | None
+    obs_names: pd.Index
+    rows: np.ndarray
+    shapes_index: np.ndarray
+    image_shape: tuple[int, int]
+    coordinate_system: str
+    shapes_to_image: np.ndarray
+    mpp_source: str
+    shapes_transformations: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_spots(self) -> int:
+        """Number of spots."""
+        return int(self.centers.shape[0])
+
+    @property
+    def diameter_um(self) -> float:
+        """Spot diameter in µm."""
+        return float(self.diameter * self.microns_per_pixel)
+
+    def px_to_um(self, xy: np.ndarray) -> np.ndarray:
+        """Convert level-0 pixel coordinates (x, y) to µm (x, y)."""
+        return np.asarray(xy, dtype=float) * np.asarray(self.microns_per_pixel_xy)
+
+    def um_to_px(self, xy: np.ndarray) -> np.ndarray:
+        """Convert µm (x, y) to level-0 pixel coordinates (x, y)."""
+        return np.asarray(xy, dtype=float) / np.asarray(self.microns_per_pixel_xy)
+
+    @property
+    def centers_um(self) -> np.ndarray:
+        """Spot centres in µm from the image origin."""
+        return self.px_to_um(self.centers)
+
+    def image_to_shapes(self, xy: np.ndarray) -> np.ndarray:
+        """Map level-0 pixel coordinates back into the spots' intrinsic coordinates."""
+        inv = np.linalg.inv(self.shapes_to_image)
+        xy = np.asarray(xy, dtype=float)
+        return xy @ inv[:2, :2].T + inv[:2, 2]
+
+
+def _affine(element: Any, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=cs)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+
+
+def _coordinate_systems(element: Any) -> list[str]:
+    from spatialdata.transformations import get_transformation
+
+    return list(get_transformation(element, get_all=True))
+
+
+def shape_centers(gdf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Centres ``(n, 2)`` and diameters ``(n,)`` of circles or polygons, in the shapes' own coordinates."""
+    geom = gdf.geometry
+    if "radius" in gdf.columns:
+        xy = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()]).astype(float)
+        return xy, 2.0 * gdf["radius"].to_numpy(dtype=float)
+    cent = geom.centroid
+    xy = np.column_stack([cent.x.to_numpy(), cent.y.to_numpy()]).astype(float)
+    return xy, 2.0 * np.sqrt(geom.area.to_numpy(dtype=float) / np.pi)
+
+
+def _is_visium(table: Any) -> bool:
+    spatial = table.uns.get("spatial", {}) if table is not None else {}
+    for lib in spatial.values() if isinstance(spatial, dict) else []:
+        meta = lib.get("metadata", {}) if isinstance(lib, dict) else {}
+        version = meta.get("software_version", "")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        if "spaceranger" in version.lower():
+            return True
+    return table is not None and {"array_row", "array_col", "in_tissue"} <= set(table.obs.columns)
+
+
+def resolve_elements(
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    spots_key: str | None = None,
+    table_key: str | None = None,
+    need_table: bool = False,
+) -> tuple[str, str, str | None]:
+    """Resolve the image, spots and table keys, raising clear errors for missing or ambiguous ones."""
+    # table first: it names the spots it annotates
+    if table_key is None:
+        annotating = []
+        for k, t in sdata.tables.items():
+            regions, _, _ = table_region(t)
+            if any(r in sdata.shapes for r in regions) and (spots_key is None or spots_key in regions):
+                annotating.append(k)
+        if len(annotating) == 1:
+            table_key = annotating[0]
+        elif len(annotating) > 1:
+            msg = f"Several tables annotate the spots ({', '.join(map(repr, annotating))}): pass table_key=..."
+            raise KeyError(msg)
+        elif need_table:
+            msg = (
+                "No table annotates a shapes element"
+                + (f" ({spots_key!r})" if spots_key else "")
+                + f"; the SpatialData has tables {list(sdata.tables)}. Fitting needs measured counts: "
+                "link a table with TableModel.parse(..., region=<spots_key>, ...)."
+            )
+            raise KeyError(msg)
+    else:
+        pick_key(sdata, "tables", table_key)
+    if table_key is not None:
+        regions, _, _ = table_region(sdata.tables[table_key])
+        shape_regions = [r for r in regions if r in sdata.shapes]
+        if spots_key is None:
+            if len(shape_regions) != 1:
+                msg = (
+                    f"Table {table_key!r} annotates {regions or 'no region'}; "
+                    "pass spots_key=... naming the shapes element of the spots."
+                )
+                raise KeyError(msg)
+            spots_key = shape_regions[0]
+        elif spots_key not in regions:
+            pick_key(sdata, "shapes", spots_key)
+            msg = (
+                f"Table {table_key!r} does not annotate the spots {spots_key!r} (it annotates {regions}). "
+                "Pass the table_key of the table linked to these spots, or link it with TableModel.parse(region=...)."
+            )
+            raise KeyError(msg)
+    spots_key = pick_key(sdata, "shapes", spots_key)
+    spots_cs = set(_coordinate_systems(sdata.shapes[spots_key]))
+    if image_key is None:
+        candidates = [k for k, im in sdata.images.items() if spots_cs & set(_coordinate_systems(im))]
+        if len(candidates) > 1:
+            # several resolutions of one slide (e.g. Visium hires + lowres): take the finest
+            res = {}
+            for k in candidates:
+                cs = sorted(spots_cs & set(_coordinate_systems(sdata.images[k])))[0]
+                res[k] = abs(np.linalg.det(_affine(sdata.images[k], cs)[:2, :2]))
+            best = min(res.values())
+            finest = [k for k, v in res.items() if np.isclose(v, best)]
+            if len(finest) > 1:
+                msg = f"Several images could be meant ({', '.join(map(repr, finest))}): pass image_key=..."
+                raise KeyError(msg)
+            logger.info("Using image %r, the finest of %s.", finest[0], candidates)
+            candidates = finest
+        image_key = pick_key(sdata, "images", None, candidates=candidates)
+    else:
+        pick_key(sdata, "images", image_key)
+        if not spots_cs & set(_coordinate_systems(sdata.images[image_key])):
+            msg = (
+                f"Image {image_key!r} and spots {spots_key!r} share no coordinate system "
+                f"(spots: {sorted(spots_cs)}; image: {_coordinate_systems(sdata.images[image_key])}). "
+                "Add a transformation from both to one coordinate system."
+            )
+            raise ValueError(msg)
+    return image_key, spots_key, table_key
+
+
+@doc_params()
+def spots(
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    spots_key: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str | None = None,
+    microns_per_pixel: float | None = None,
+    check_image: bool = True,
+) -> SpotGeometry:
+    """Resolve the spots' geometry in the pixels of the H&E image's level 0.
+
+    Parameters
+    ----------
+    {sdata}
+    {keys}
+    coordinate_system
+        Coordinate system shared by spots and image through which they are related. ``None`` picks one
+        (``"global"`` when shared).
+    {mpp}
+    check_image
+        Check that the image is 8-bit RGB (reads its coarsest level only).
+
+    Returns
+    -------
+    The :class:`SpotGeometry` of the spots, in the table's row order.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> sdata = stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
+    >>> geo = stp.pp.spots(sdata)
+    >>> geo.centers.shape[1], round(geo.diameter_um)
+    (2, 55)
+    """
+    image_key, spots_key, table_key = resolve_elements(
+        sdata, image_key=image_key, spots_key=spots_key, table_key=table_key
+    )
+    image = sdata.images[image_key]
+    shapes = sdata.shapes[spots_key]
+    if check_image:
+        check_rgb(image, image_key)
+    shared = sorted(set(_coordinate_systems(shapes)) & set(_coordinate_systems(image)))
+    if coordinate_system is None:
+        coordinate_system = "global" if "global" in shared else (shared[0] if shared else None)
+    if coordinate_system not in shared:
+        msg = f"Coordinate system {coordinate_system!r} is not shared by image {image_key!r} and spots {spots_key!r}; shared: {shared}."
+        raise ValueError(msg)
+    a_shapes = _affine(shapes, coordinate_system)
+    a_image = _affine(image, coordinate_system)
+    shapes_to_image = np.linalg.inv(a_image) @ a_shapes
+
+    xy, diam = shape_centers(shapes)
+    index = shapes.index.to_numpy()
+    table = sdata.tables[table_key] if table_key is not None else None
+    if table is not None:
+        regions, region_key, instance_key = table_region(table)
+        if region_key is None or instance_key is None:
+            msg = f"Table {table_key!r} has no region/instance keys; parse it with TableModel.parse(region=..., region_key=..., instance_key=...)."
+            raise ValueError(msg)
+        in_region = (table.obs[region_key].astype(str) == spots_key).to_numpy()
+        rows = np.flatnonzero(in_region)
+        if rows.size == 0:
+            msg = f"Table {table_key!r} has no rows annotating spots {spots_key!r}."
+            raise ValueError(msg)
+        inst = table.obs[instance_key].to_numpy()[rows]
+        pos = pd.Index(index).get_indexer(inst)
+        if (pos < 0).any():
+            missing = inst[pos < 0]
+            msg = (
+                f"Table {table_key!r} annotates {int((pos < 0).sum())} instances that are not in spots "
+                f"{spots_key!r} (e.g. {list(missing[:3])}): the table does not annotate these spots. "
+                "Re-link it with TableModel.parse(..., instance_key=...) or match_table_to_element."
+            )
+            raise ValueError(msg)
+        obs_names = table.obs_names[rows]
+    else:
+        rows = np.arange(len(index))
+        pos = rows
+        obs_names = pd.Index(index.astype(str))
+    xy = xy[pos]
+    centers = xy @ shapes_to_image[:2, :2].T + shapes_to_image[:2, 2]
+    lin_scale = float(np.sqrt(abs(np.linalg.det(shapes_to_image[:2, :2]))))
+    diameter = float(np.median(diam[pos])) * lin_scale
+
+    lvl0 = image_levels(image)[0]
+    h, w = lvl0.shape_yx
+    outside = (centers[:, 0] < 0) | (centers[:, 0] > w) | (centers[:, 1] < 0) | (centers[:, 1] > h)
+    if outside.any():
+        msg = (
+            f"{int(outside.sum())} of {len(centers)} spots of {spots_key!r} lie outside image {image_key!r} "
+            f"({w}×{h} px), e.g. {obs_names[np.flatnonzero(outside)[:3]].tolist()}: the spots and the image do "
+            f"not match through coordinate system {coordinate_system!r}. Check their transformations or pass the right image_key."
+        )
+        raise ValueError(msg)
+
+    mpp_xy, source = _resolve_mpp(
+        sdata, image, shapes, table, coordinate_system, a_image, a_shapes, diameter, microns_per_pixel, image_key
+    )
+    from spatialdata.transformations import get_transformation
+
+    return SpotGeometry(
+        centers=centers,
+        diameter=diameter,
+        microns_per_pixel=float(np.sqrt(mpp_xy[0] * mpp_xy[1])),
+        microns_per_pixel_xy=mpp_xy,
+        image_key=image_key,
+        spots_key=spots_key,
+        table_key=table_key,
+        obs_names=obs_names,
+        rows=rows,
+        shapes_index=index[pos],
+        image_shape=(h, w),
+        coordinate_system=coordinate_system,
+        shapes_to_image=shapes_to_image,
+        mpp_source=source,
+        shapes_transformations=dict(get_transformation(shapes, get_all=True)),
+    )
+
+
+def _resolve_mpp(
+    sdata, image, shapes, table, cs, a_image, a_shapes, diameter_px, explicit, image_key
+) -> tuple[tuple[float, float], str]:
+    if explicit is not None:
+        value = float(explicit)
+        if not np.isfinite(value) or value <= 0:
+            msg = f"microns_per_pixel must be a positive number, got {explicit!r}."
+            raise ValueError(msg)
+        return (value, value), "explicit"
+    image_cs = _coordinate_systems(image)
+    m = None
+    if MICRONS_CS in image_cs:
+        m = _affine(image, MICRONS_CS)
+    elif MICRONS_CS in _coordinate_systems(shapes):
+        # image px -> shared cs -> spots' intrinsic -> µm
+        m = _affine(shapes, MICRONS_CS) @ np.linalg.inv(a_shapes) @ a_image
+    if m is not None:
+        lin = m[:2, :2]
+        mpp = (float(np.linalg.norm(lin[:, 0])), float(np.linalg.norm(lin[:, 1])))
+        return mpp, "micrometers"
+    if _is_visium(table):
+        value = VISIUM_SPOT_UM / diameter_px
+        return (value, value), "visium"
+    msg = (
+        f"No physical pixel size for image {image_key!r}: pass microns_per_pixel=..., or record it once with "
+        f"`stp.io.set_microns_per_pixel(sdata, value, image_key={image_key!r})` (a Scale to the "
+        f"{MICRONS_CS!r} coordinate system)."
+    )
+    raise ValueError(msg)

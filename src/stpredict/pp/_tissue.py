@@ -1,0 +1,124 @@
+"""Tissue detection on a coarse pyramid level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._docs import doc_params
+from .._image import image_levels
+from .._validate import pick_key
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["TissueMask", "tissue_mask"]
+
+
+@dataclass
+class TissueMask:
+    """A boolean tissue mask on a coarse grid and its scale to level-0 pixels.
+
+    Attributes
+    ----------
+    mask
+        ``(h, w)`` booleans, True on tissue.
+    factor_x, factor_y
+        Level-0 pixels per mask pixel along x and y.
+    """
+
+    mask: np.ndarray
+    factor_x: float
+    factor_y: float
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """Whether level-0 pixel positions ``(n, 2)`` (x, y) fall on tissue."""
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        h, w = self.mask.shape
+        ix = np.floor(xy[:, 0] / self.factor_x).astype(np.int64)
+        iy = np.floor(xy[:, 1] / self.factor_y).astype(np.int64)
+        ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+        out = np.zeros(len(xy), dtype=bool)
+        out[ok] = self.mask[iy[ok], ix[ok]]
+        return out
+
+    @classmethod
+    def full(cls, shape_yx: tuple[int, int]) -> TissueMask:
+        """A mask that is all tissue (for images without background)."""
+        return cls(np.ones((1, 1), dtype=bool), factor_x=float(shape_yx[1]), factor_y=float(shape_yx[0]))
+
+
+@doc_params()
+def tissue_mask(
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    microns_per_pixel: float | None = None,
+    min_side_px: int = 512,
+    closing_um: float = 30.0,
+    min_area_um2: float = 2.0e4,
+) -> TissueMask:
+    """Detect tissue: saturated or dark pixels, against a bright unsaturated slide background.
+
+    Works on the coarsest pyramid level with both sides ≥ ``min_side_px``: Otsu thresholds on saturation
+    and on grey level, a morphological closing, hole filling and removal of small specks.
+
+    Parameters
+    ----------
+    {sdata}
+    image_key
+        The H&E image; ``None`` if there is only one.
+    microns_per_pixel
+        Level-0 pixel size, to size the morphology in µm; ``None`` assumes 1 µm/px unless the image has a
+        ``"micrometers"`` transformation.
+    min_side_px
+        Smallest side of the level used.
+    closing_um
+        Radius of the closing that bridges gaps between cells.
+    min_area_um2
+        Connected components smaller than this are dropped.
+
+    Returns
+    -------
+    A :class:`TissueMask`.
+    """
+    from skimage import filters, morphology
+    from scipy import ndimage as ndi
+
+    image_key = pick_key(sdata, "images", image_key)
+    element = sdata.images[image_key]
+    levels = image_levels(element)
+    ok = [i for i, lv in enumerate(levels) if min(lv.shape_yx) >= min_side_px]
+    lv = levels[max(ok) if ok else 0]
+    mpp0 = microns_per_pixel
+    if mpp0 is None:
+        from spatialdata.transformations import get_transformation
+
+        from .._keys import MICRONS_CS
+
+        ts = get_transformation(element, get_all=True)
+        if MICRONS_CS in ts:
+            m = np.asarray(ts[MICRONS_CS].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
+            mpp0 = float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+        else:
+            mpp0 = 1.0
+    mpp = mpp0 * np.sqrt(lv.factor_x * lv.factor_y)
+    rgb = np.asarray(lv.array[:3].compute()).astype(np.float32) / 255.0
+    mx, mn = rgb.max(axis=0), rgb.min(axis=0)
+    sat = (mx - mn) / np.maximum(mx, 1e-3)
+    grey = rgb.mean(axis=0)
+    mask = np.zeros(grey.shape, dtype=bool)
+    if np.ptp(sat) > 1e-3:
+        mask |= sat > max(filters.threshold_otsu(sat), 0.05)
+    if np.ptp(grey) > 1e-3:
+        mask |= grey < min(filters.threshold_otsu(grey), 0.92)
+    r = max(1, round(closing_um / mpp))
+    mask = morphology.closing(mask, morphology.disk(min(r, 25)))
+    mask = ndi.binary_fill_holes(mask)
+    min_px = max(1, round(min_area_um2 / mpp**2))
+    mask = morphology.remove_small_objects(mask, max_size=min_px)
+    if not mask.any():
+        return TissueMask.full(levels[0].shape_yx)
+    return TissueMask(mask.astype(bool), factor_x=lv.factor_x, factor_y=lv.factor_y)
