@@ -58,9 +58,7 @@ def image_levels(element: DataArray | DataTree) -> list[ImageLevel]:
         data = arr.transpose("c", "y", "x").data
         if not isinstance(data, da.Array):
             data = da.from_array(np.asarray(data), chunks=(data.shape[0], 1024, 1024))
-        out.append(
-            ImageLevel(data, factor_x=w0 / int(arr.sizes["x"]), factor_y=h0 / int(arr.sizes["y"]), name=name)
-        )
+        out.append(ImageLevel(data, factor_x=w0 / int(arr.sizes["x"]), factor_y=h0 / int(arr.sizes["y"]), name=name))
     return out
 
 

@@ -12,7 +12,7 @@ def _img_sdata(img, mpp=1.0):
 
 
 def test_missing_and_ambiguous_keys(sdata_syn):
-    with pytest.raises(KeyError, match="No images element 'nope'.*he"):
+    with pytest.raises(KeyError, match="No image element 'nope'.*he"):
         stp.pp.spots(sdata_syn, image_key="nope")
     with pytest.raises(KeyError, match="spots"):
         stp.pp.spots(sdata_syn, spots_key="other")

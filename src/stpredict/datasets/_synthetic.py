@@ -234,7 +234,9 @@ class SyntheticTissue:
     def _design(self, f: dict[str, np.ndarray]) -> np.ndarray:
         K = self.p.n_regions
         onehot = np.eye(K)[f["region"]]
-        vis = np.concatenate([onehot, f["nucleus"][..., None], f["eosin"][..., None], np.ones_like(f["eosin"])[..., None]], -1)
+        vis = np.concatenate(
+            [onehot, f["nucleus"][..., None], f["eosin"][..., None], np.ones_like(f["eosin"])[..., None]], -1
+        )
         s = self.p.image_signal
         return np.concatenate([s * vis, (1 - s) * f["hidden"]], -1) * f["tissue"][..., None]
 
@@ -361,7 +363,7 @@ def synthetic(
     Parameters
     ----------
     image_size
-        Level-0 size in pixels (``int`` for square, or ``(height, width)``). 20,000² at 0.35 µm/px with the
+        Level-0 size in pixels (``int`` for square, or ``(height, width)``). 20,000² at 0.45 µm/px with the
         Visium layout gives a Visium-size slide (~5,000 spots); the image is rendered lazily, chunk by chunk.
     microns_per_pixel
         Level-0 pixel size.
@@ -445,7 +447,10 @@ def _build(params: SyntheticParams, *, chunks: int) -> SpatialData:
         mpp_xy=(mpp, mpp),
         obs=obs,
         var_names=pd.Index(tissue.genes),
-        uns={"synthetic": meta, "stpredict_source": {"technology": "synthetic", "spot_diameter_um": params.spot_diameter_um}},
+        uns={
+            "synthetic": meta,
+            "stpredict_source": {"technology": "synthetic", "spot_diameter_um": params.spot_diameter_um},
+        },
         chunks=chunks,
     )
     # the coarser levels are rendered at their own resolution (antialiased by supersampling)
@@ -456,12 +461,16 @@ def _build(params: SyntheticParams, *, chunks: int) -> SpatialData:
             continue
         old = next(iter(tree[name].ds.data_vars.values()))
         f = h / old.sizes["y"]
-        arrays[name] = tissue.dask_level((old.sizes["y"], old.sizes["x"]), mpp * f, chunks, supersample=min(4, round(f)))
+        arrays[name] = tissue.dask_level(
+            (old.sizes["y"], old.sizes["x"]), mpp * f, chunks, supersample=min(4, round(f))
+        )
     replace_levels(tree, arrays, chunks=chunks)
     return sdata
 
 
-def synthetic_truth(sdata_or_params: SpatialData | dict | SyntheticParams, *, table_key: str = "table") -> SyntheticTissue:
+def synthetic_truth(
+    sdata_or_params: SpatialData | dict | SyntheticParams, *, table_key: str = "table"
+) -> SyntheticTissue:
     """Rebuild the procedural tissue (with its expression truth) of a synthetic slide.
 
     Parameters
@@ -478,7 +487,11 @@ def synthetic_truth(sdata_or_params: SpatialData | dict | SyntheticParams, *, ta
     if isinstance(sdata_or_params, SyntheticParams):
         params = sdata_or_params
     else:
-        meta = sdata_or_params if isinstance(sdata_or_params, dict) else sdata_or_params.tables[table_key].uns.get("synthetic")
+        meta = (
+            sdata_or_params
+            if isinstance(sdata_or_params, dict)
+            else sdata_or_params.tables[table_key].uns.get("synthetic")
+        )
         if meta is None:
             msg = f"Table {table_key!r} has no uns['synthetic']: this SpatialData was not made by stp.datasets.synthetic()."
             raise KeyError(msg)

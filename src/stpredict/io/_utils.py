@@ -52,7 +52,7 @@ def set_microns_per_pixel(
         shared = sorted(set(shapes_ts) & set(image_ts) - {MICRONS_CS})
         if not shared:
             continue
-        axes = dict(input_axes=("x", "y"), output_axes=("x", "y"))
+        axes = {"input_axes": ("x", "y"), "output_axes": ("x", "y")}
         a_img = np.asarray(image_ts[shared[0]].to_affine_matrix(**axes))
         a_shp = np.asarray(shapes_ts[shared[0]].to_affine_matrix(**axes))
         m = np.diag([mpp[0], mpp[1], 1.0]) @ np.linalg.inv(a_img) @ a_shp

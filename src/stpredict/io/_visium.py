@@ -25,6 +25,17 @@ def _transforms(element: Any) -> dict[str, Any]:
     return dict(get_transformation(element, get_all=True))
 
 
+def _decode_bytes(d: dict) -> None:
+    """Byte strings in ``uns`` (Space Ranger metadata) have no zarr v3 spec: store them as str."""
+    for k, v in list(d.items()):
+        if isinstance(v, dict):
+            _decode_bytes(v)
+        elif isinstance(v, bytes):
+            d[k] = v.decode(errors="replace")
+        elif isinstance(v, np.ndarray) and v.dtype.kind == "S":
+            d[k] = np.char.decode(v, errors="replace").astype(str)
+
+
 def read_visium(
     path: str | Path,
     *,
@@ -95,12 +106,13 @@ def read_visium(
     mpp = 55.0 / (2.0 * radius_fullres)
     fullres_cs = dataset_id
     for kind in ("images", "shapes"):
-        for key, element in list(getattr(sdata, kind).items()):
+        for element in list(getattr(sdata, kind).values()):
             ts = _transforms(element)
             if fullres_cs in ts:
                 to_um = Sequence([ts[fullres_cs], Scale([mpp, mpp], axes=("x", "y"))])
                 set_transformation(element, to_um, to_coordinate_system=MICRONS_CS)
     for table in sdata.tables.values():
+        _decode_bytes(table.uns)
         table.uns["stpredict_source"] = {
             "technology": "Visium",
             "spot_diameter_um": 55.0,

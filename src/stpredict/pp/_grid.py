@@ -187,7 +187,12 @@ def make_grid(
         d, nearest = tree.query(pts)
         keep = d <= reach * (1 + 1e-6)
         measured_keys = f * lat.coords
-        is_measured = np.isin(_encode(keys), _encode(measured_keys))
+        enc, enc_measured = _encode(keys), _encode(measured_keys)
+        is_measured = np.isin(enc, enc_measured)
+        # measured spots sit at their measured centres, not at their fitted lattice positions
+        lookup = dict(zip(enc_measured.tolist(), range(len(enc_measured)), strict=True))
+        where = np.flatnonzero(is_measured)
+        pts[where] = geo.centers[[lookup[k] for k in enc[where].tolist()]]
         if mask is not None:
             keep &= mask.contains(pts) | is_measured
         pts, nearest, is_measured = pts[keep], nearest[keep], is_measured[keep]
@@ -238,7 +243,7 @@ def grid_to_shapes(geo: SpotGeometry, pts: GridPoints) -> gpd.GeoDataFrame:
     import shapely
     from spatialdata.models import ShapesModel
 
-    ts = {k: v for k, v in geo.shapes_transformations.items()}
+    ts = dict(geo.shapes_transformations)
     if pts.kind == "circle":
         xy = geo.image_to_shapes(pts.centers)
         scale = float(np.sqrt(abs(np.linalg.det(np.linalg.inv(geo.shapes_to_image)[:2, :2]))))
@@ -320,7 +325,11 @@ def grid(
     return grid_to_shapes(geo, pts)
 
 
-def resolve_tissue(sdata: SpatialData, geo: SpotGeometry, tissue: TissueMask | np.ndarray | bool | None) -> TissueMask | None:
+def resolve_tissue(
+    sdata: SpatialData,
+    geo: SpotGeometry,
+    tissue: TissueMask | np.ndarray | bool | None,  # noqa: FBT001
+) -> TissueMask | None:
     """Turn the ``tissue=`` argument into a :class:`TissueMask` (or ``None`` for no masking)."""
     if tissue is False:
         return None

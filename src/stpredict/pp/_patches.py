@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import dask
 import numpy as np
 
 from .._docs import doc_params
-from .._image import ImageLevel, image_levels
+from .._image import image_levels
 from .._settings import settings
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from spatialdata import SpatialData
 
+    from .._image import ImageLevel
     from ._spots import SpotGeometry
 
 __all__ = ["PatchDataset", "PatchExtractor", "choose_level", "patches"]
@@ -133,6 +135,7 @@ class PatchExtractor:
         self._chunks_x = np.cumsum((0, *lvl.array.chunks[2]))
         self._cache_mb = settings.chunk_cache_mb if cache_mb is None else cache_mb
         self._cache = _ChunkCache(int(self._cache_mb) * 2**20)
+        self._pid = os.getpid()
         # window origins in level pixels
         cx = self.centers[:, 0] / lvl.factor_x
         cy = self.centers[:, 1] / lvl.factor_y
@@ -188,7 +191,9 @@ class PatchExtractor:
             blocks = [self._array.blocks[0, ky, kx] if self._array.numblocks[0] == 1 else
                       self._array[:, self._chunks_y[ky]:self._chunks_y[ky + 1],
                                   self._chunks_x[kx]:self._chunks_x[kx + 1]] for ky, kx in missing]  # fmt: skip
-            values = dask.compute(*blocks, scheduler="threads")
+            # dask's thread pool does not survive a fork: DataLoader workers compute synchronously
+            scheduler = "threads" if os.getpid() == self._pid else "sync"
+            values = dask.compute(*blocks, scheduler=scheduler)
             for k, v in zip(missing, values, strict=True):
                 v = np.ascontiguousarray(np.asarray(v)[: self._nc])
                 self._cache.put(k, v)
@@ -247,7 +252,9 @@ class PatchExtractor:
             out[j] = np.asarray(im.resize((p, p), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
         return out
 
-    def batches(self, batch_size: int | None = None, *, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, batch_size: int | None = None, *, order: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(indices, patches)`` batches in spatial order (or ``order``)."""
         bs = batch_size or settings.batch_size
         order = self.spatial_order() if order is None else np.asarray(order)

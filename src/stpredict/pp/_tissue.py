@@ -84,8 +84,8 @@ def tissue_mask(
     -------
     A :class:`TissueMask`.
     """
-    from skimage import filters, morphology
     from scipy import ndimage as ndi
+    from skimage import filters, morphology
 
     image_key = pick_key(sdata, "images", image_key)
     element = sdata.images[image_key]
