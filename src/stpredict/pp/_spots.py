@@ -153,6 +153,10 @@ def resolve_elements(
             regions, _, _ = table_region(t)
             if any(r in sdata.shapes for r in regions) and (spots_key is None or spots_key in regions):
                 annotating.append(k)
+        if len(annotating) > 1:
+            # super-resolved grids written by stpredict annotate their own shapes: not the measured spots
+            measured = [k for k in annotating if "superresolve" not in sdata.tables[k].uns.get("stpredict", {})]
+            annotating = measured or annotating
         if len(annotating) == 1:
             table_key = annotating[0]
         elif len(annotating) > 1:

@@ -1,0 +1,5 @@
+"""Read-only accessors."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,216 @@
+"""Per-gene scores within one slide, map similarity and domain agreement (numpy/scipy/scikit-learn only).
+
+Conventions (the honest ones, applied to every method alike):
+
+- correlations are computed **per gene within one slide**, never pooled across slides;
+- a gene whose truth is constant has an undefined correlation: ``NaN``, counted and reported, and such
+  genes are dropped from summaries for every method;
+- a prediction that is constant where the truth varies scores ``0`` (a method that predicts nothing
+  scores nothing), not ``NaN``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "ari",
+    "map_pearson",
+    "map_ssim",
+    "mae_per_gene",
+    "mse_per_gene",
+    "nmi",
+    "pearson_per_gene",
+    "rasterize",
+    "score_table",
+    "spearman_per_gene",
+    "summarize",
+]
+
+_EPS = 1e-12
+
+
+def _as_2d(a: Any) -> np.ndarray:
+    import scipy.sparse as sp
+
+    a = a.toarray() if sp.issparse(a) else np.asarray(a)
+    a = a.astype(np.float64, copy=False)
+    return a[:, None] if a.ndim == 1 else a
+
+
+def _check_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _as_2d(y_true), _as_2d(y_pred)
+    if t.shape != p.shape:
+        msg = f"y_true {t.shape} and y_pred {p.shape} differ in shape; both are n_spots × n_genes."
+        raise ValueError(msg)
+    return t, p
+
+
+def _constant(a: np.ndarray) -> np.ndarray:
+    return np.ptp(a, axis=0) <= _EPS * np.maximum(np.abs(a).max(axis=0), 1.0)
+
+
+def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+    """Pearson correlation of each gene (column) between truth and prediction.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+
+    Returns
+    -------
+    ``(n_genes,)``: NaN where the truth is constant, 0 where only the prediction is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.metrics import pearson_per_gene
+    >>> t = np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 3.0], [3.0, 2.0, 3.5]])
+    >>> p = np.array([[1.0, 1.0, 5.0], [2.0, 3.0, 5.0], [3.5, 5.0, 5.0]])
+    >>> pearson_per_gene(t, p).round(3).tolist()
+    [0.993, nan, 0.0]
+    """
+    t, p = _check_pair(y_true, y_pred)
+    tc, pc = t - t.mean(0), p - p.mean(0)
+    num = (tc * pc).sum(0)
+    den = np.sqrt((tc**2).sum(0) * (pc**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / den
+    const_t, const_p = _constant(t), _constant(p)
+    r[const_p] = 0.0
+    r[const_t] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+    """Spearman correlation per gene (Pearson of average ranks), same NaN/0 conventions."""
+    from scipy.stats import rankdata
+
+    t, p = _check_pair(y_true, y_pred)
+    rt = rankdata(t, axis=0)
+    rp = rankdata(p, axis=0)
+    r = pearson_per_gene(rt, rp)
+    r[_constant(t)] = np.nan
+    r[~_constant(t) & _constant(p)] = 0.0
+    return r
+
+
+def mse_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+    """Mean squared error per gene."""
+    t, p = _check_pair(y_true, y_pred)
+    return ((t - p) ** 2).mean(0)
+
+
+def mae_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+    """Mean absolute error per gene."""
+    t, p = _check_pair(y_true, y_pred)
+    return np.abs(t - p).mean(0)
+
+
+def summarize(scores: Any) -> dict[str, float]:
+    """Mean, sd, quartiles and counts of per-gene scores, NaNs (constant truth) excluded and counted."""
+    s = np.asarray(scores, dtype=float)
+    valid = s[~np.isnan(s)]
+    if valid.size == 0:
+        return {"mean": np.nan, "sd": np.nan, "q25": np.nan, "median": np.nan, "q75": np.nan, "n_genes": 0, "n_nan": int(s.size)}
+    q25, med, q75 = np.percentile(valid, [25, 50, 75])
+    return {
+        "mean": float(valid.mean()),
+        "sd": float(valid.std()),
+        "q25": float(q25),
+        "median": float(med),
+        "q75": float(q75),
+        "n_genes": int(valid.size),
+        "n_nan": int(s.size - valid.size),
+    }
+
+
+def score_table(y_true: Any, y_pred: Any, genes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-gene Pearson, Spearman, MSE, MAE and truth variance of one slide, as a DataFrame."""
+    t, p = _check_pair(y_true, y_pred)
+    genes = list(genes) if genes is not None else [f"gene_{i}" for i in range(t.shape[1])]
+    return pd.DataFrame(
+        {
+            "pearson": pearson_per_gene(t, p),
+            "spearman": spearman_per_gene(t, p),
+            "mse": mse_per_gene(t, p),
+            "mae": mae_per_gene(t, p),
+            "truth_var": t.var(0),
+            "n": t.shape[0],
+        },
+        index=pd.Index(genes, name="gene"),
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# maps (super-resolution against a high-resolution truth)
+# -------------------------------------------------------------------------------------------------
+def rasterize(centers: Any, values: Any, bin_size: float, *, origin: Sequence[float] | None = None) -> np.ndarray:
+    """Place values of points on a regular grid of ``bin_size`` (same units as ``centers``).
+
+    Returns ``(n_genes, h, w)`` with the mean of the points falling in each cell and NaN in empty cells.
+    """
+    c = np.asarray(centers, dtype=float)
+    v = _as_2d(values)
+    o = c.min(0) - bin_size / 2 if origin is None else np.asarray(origin, dtype=float)
+    ij = np.floor((c - o) / bin_size).astype(int)
+    w, h = ij.max(0) + 1
+    flat = ij[:, 1] * w + ij[:, 0]
+    cnt = np.bincount(flat, minlength=h * w).astype(float)
+    out = np.full((v.shape[1], h * w), np.nan)
+    for g in range(v.shape[1]):
+        s = np.bincount(flat, weights=v[:, g], minlength=h * w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[g] = np.where(cnt > 0, s / cnt, np.nan)
+    return out.reshape(v.shape[1], h, w)
+
+
+def map_pearson(true_maps: Any, pred_maps: Any) -> np.ndarray:
+    """Per-gene Pearson over the cells of ``(genes, h, w)`` maps where both are defined."""
+    t, p = np.asarray(true_maps, float), np.asarray(pred_maps, float)
+    mask = ~(np.isnan(t) | np.isnan(p)).any(0)
+    return pearson_per_gene(t[:, mask].T, p[:, mask].T)
+
+
+def map_ssim(true_maps: Any, pred_maps: Any, *, win_size: int = 7) -> np.ndarray:
+    """Per-gene SSIM of ``(genes, h, w)`` maps (skimage), data range from the truth; empty cells get each map's mean."""
+    from skimage.metrics import structural_similarity
+
+    t, p = np.asarray(true_maps, float), np.asarray(pred_maps, float)
+    mask = ~(np.isnan(t) | np.isnan(p)).any(0)
+    out = np.full(t.shape[0], np.nan)
+    ws = min(win_size, *(d if d % 2 else d - 1 for d in t.shape[1:]))
+    if ws < 3:
+        return out
+    for g in range(t.shape[0]):
+        tg = np.where(mask, t[g], np.nanmean(t[g][mask]))
+        pg = np.where(mask, p[g], np.nanmean(p[g][mask]))
+        rng = float(tg.max() - tg.min())
+        if rng <= 0:
+            continue
+        out[g] = structural_similarity(tg, pg, data_range=rng, win_size=ws)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# domains
+# -------------------------------------------------------------------------------------------------
+def ari(labels_true: Any, labels_pred: Any) -> float:
+    """Adjusted Rand index of spatial domains against reference labels."""
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(labels_true), np.asarray(labels_pred)))
+
+
+def nmi(labels_true: Any, labels_pred: Any) -> float:
+    """Normalised mutual information of spatial domains against reference labels."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(np.asarray(labels_true), np.asarray(labels_pred)))

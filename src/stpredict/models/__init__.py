@@ -1,0 +1,53 @@
+"""Backbones, the predictor contract and registry, and the built-in predictors."""
+
+from __future__ import annotations
+
+from . import baselines, ridge
+from ._backbone import Backbone, TorchBackbone, get_backbone
+from ._base import (
+    Predictor,
+    Regions,
+    SlideData,
+    create_predictor,
+    get_predictor_class,
+    list_predictors,
+    load,
+    predictors_table,
+    read_header,
+    register_predictor,
+)
+from ._handcrafted import HandcraftedBackbone
+from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
+from .ridge import RidgePredictor
+
+
+def list_backbones():
+    """The pathology foundation models stpredict knows (name, hub id, dim, license, gating, local availability)."""
+    from ._foundation import list_backbones as _lb
+
+    return _lb()
+
+
+__all__ = [
+    "Backbone",
+    "HandcraftedBackbone",
+    "MeanBaseline",
+    "NearestBaseline",
+    "NeighborsBaseline",
+    "Predictor",
+    "Regions",
+    "RidgePredictor",
+    "SlideData",
+    "TorchBackbone",
+    "baselines",
+    "create_predictor",
+    "get_backbone",
+    "get_predictor_class",
+    "list_backbones",
+    "list_predictors",
+    "load",
+    "predictors_table",
+    "read_header",
+    "register_predictor",
+    "ridge",
+]

@@ -1,0 +1,453 @@
+"""The predictor contract: inputs, the abstract base class, the registry and checkpoint I/O."""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from .._logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._image import ImageLevel
+    from ..pp._patches import PatchExtractor
+
+__all__ = [
+    "Predictor",
+    "Regions",
+    "SlideData",
+    "create_predictor",
+    "get_predictor_class",
+    "list_predictors",
+    "load",
+    "register_predictor",
+]
+
+logger = get_logger(__name__)
+
+Consumes = Literal["embeddings", "patches", "tiles", "map"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# inputs built by stp.tl (predictors never touch SpatialData)
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class SlideData:
+    """One slide's measured spots, as a predictor sees them.
+
+    Attributes
+    ----------
+    name
+        Slide name (library id or table key).
+    centers_px
+        ``(n, 2)`` spot centres (x, y) in level-0 image pixels.
+    microns_per_pixel_xy
+        Level-0 pixel size along x and y.
+    spot_diameter_px
+        Spot diameter in level-0 pixels.
+    image_levels
+        The image pyramid (lazy arrays), for predictors that read pixels.
+    obs_names
+        Spot names.
+    genes
+        Genes of ``y`` (the panel being fitted or predicted).
+    y
+        ``(n, genes)`` targets on the output scale (normalize_total 1e4 + log1p by default), or ``None`` on a
+        slide without counts.
+    y_linear
+        The same before the log (normalised linear units), for predictors that aggregate in linear space.
+    library_size
+        Total counts per spot (all genes).
+    embeddings
+        ``(n, d)`` backbone features of the spots' windows, when the predictor consumes embeddings.
+    meta
+        Free-form provenance (image key, backbone parameters).
+    """
+
+    name: str
+    centers_px: np.ndarray
+    microns_per_pixel_xy: tuple[float, float]
+    spot_diameter_px: float
+    image_levels: list[ImageLevel] = field(repr=False)
+    obs_names: pd.Index
+    genes: list[str] | None = None
+    y: np.ndarray | None = None
+    y_linear: np.ndarray | None = None
+    library_size: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Number of spots."""
+        return int(len(self.centers_px))
+
+    @property
+    def microns_per_pixel(self) -> float:
+        """Geometric-mean pixel size."""
+        return float(np.sqrt(self.microns_per_pixel_xy[0] * self.microns_per_pixel_xy[1]))
+
+    @property
+    def centers_um(self) -> np.ndarray:
+        """Spot centres in µm."""
+        return np.asarray(self.centers_px) * np.asarray(self.microns_per_pixel_xy)
+
+    @property
+    def spot_diameter_um(self) -> float:
+        """Spot diameter in µm."""
+        return float(self.spot_diameter_px * self.microns_per_pixel)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """Level-0 ``(height, width)``."""
+        return self.image_levels[0].shape_yx
+
+    def patches(self, size_um: float, patch_px: int, centers_px: np.ndarray | None = None) -> PatchExtractor:
+        """A patch reader for windows around the spots (or ``centers_px``)."""
+        from ..pp._patches import PatchExtractor
+
+        c = self.centers_px if centers_px is None else centers_px
+        return PatchExtractor(self.image_levels, c, self.microns_per_pixel_xy, size_um=size_um, patch_px=patch_px)
+
+    def subset(self, idx: np.ndarray) -> SlideData:
+        """The slide restricted to spots ``idx`` (used for held-out folds)."""
+        idx = np.asarray(idx)
+
+        def take(a):
+            return None if a is None else np.asarray(a)[idx]
+
+        return SlideData(
+            name=self.name,
+            centers_px=np.asarray(self.centers_px)[idx],
+            microns_per_pixel_xy=self.microns_per_pixel_xy,
+            spot_diameter_px=self.spot_diameter_px,
+            image_levels=self.image_levels,
+            obs_names=self.obs_names[idx],
+            genes=self.genes,
+            y=take(self.y),
+            y_linear=take(self.y_linear),
+            library_size=take(self.library_size),
+            embeddings=take(self.embeddings),
+            meta=dict(self.meta),
+        )
+
+    def without_targets(self) -> SlideData:
+        """The slide with its measured values removed (an H&E-only view)."""
+        out = self.subset(np.arange(self.n))
+        out.y = out.y_linear = out.library_size = None
+        return out
+
+
+@dataclass
+class Regions:
+    """Where to predict: spots, pseudo-spots, bins or shapes, in the slide's level-0 pixels.
+
+    Attributes
+    ----------
+    centers_px
+        ``(n, 2)`` centres (x, y).
+    kind
+        ``"circle"`` or ``"square"``.
+    size_um
+        Diameter (circles) or side (squares) in µm.
+    name
+        ``"spots"``, a grid name (``ps4``, ``bin16um``) or a shapes key.
+    embeddings
+        ``(n, d)`` features of windows around the centres (same backbone and window as training), if the
+        predictor consumes embeddings.
+    """
+
+    centers_px: np.ndarray
+    kind: Literal["circle", "square"] = "circle"
+    size_um: float = 55.0
+    name: str = "spots"
+    embeddings: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Number of regions."""
+        return int(len(self.centers_px))
+
+    def centers_um(self, slide: SlideData) -> np.ndarray:
+        """Centres in µm."""
+        return np.asarray(self.centers_px) * np.asarray(slide.microns_per_pixel_xy)
+
+    def patches(self, slide: SlideData, size_um: float, patch_px: int) -> PatchExtractor:
+        """A patch reader for windows around the regions."""
+        return slide.patches(size_um, patch_px, centers_px=self.centers_px)
+
+
+# --------------------------------------------------------------------------------------------------------
+# base class
+# --------------------------------------------------------------------------------------------------------
+class Predictor(abc.ABC):
+    """Base class of every predictor (see ARCHITECTURE.md, "The predictor contract").
+
+    Subclasses set :attr:`consumes`, implement :meth:`fit`, :meth:`predict`, :meth:`get_state` and
+    :meth:`set_state`, and are registered with :func:`register_predictor`. Configuration is the keyword
+    arguments of ``__init__`` (JSON-able); fitted arrays go through :meth:`get_state` into safetensors.
+
+    Attributes
+    ----------
+    name
+        Registered name.
+    consumes
+        What :mod:`stpredict.tl` must build for it: ``"embeddings"``, ``"patches"``, ``"tiles"`` or ``"map"``.
+    default_backbone
+        Backbone used for ``"embeddings"`` when the caller names none.
+    provides_std
+        Whether :meth:`predict` returns a predictive standard deviation.
+    genes
+        The fitted gene panel.
+    preprocessing
+        How targets were made (normalisation, log1p, gene selection), recorded by :mod:`stpredict.tl`.
+    backbone
+        Parameters of the backbone whose embeddings it consumes.
+    """
+
+    name: ClassVar[str] = "predictor"
+    consumes: ClassVar[Consumes] = "embeddings"
+    default_backbone: ClassVar[str | None] = "handcrafted"
+    provides_std: ClassVar[bool] = False
+    #: the predictor reads the measured values of the slide it predicts (neighbour baselines)
+    uses_slide_targets: ClassVar[bool] = False
+
+    def __init__(self, **config: Any) -> None:
+        self.config: dict[str, Any] = dict(config)
+        self.genes: list[str] | None = None
+        self.preprocessing: dict[str, Any] = {}
+        self.backbone: dict[str, Any] = {}
+        self.training: dict[str, Any] = {}
+        #: torch device for predictors that train networks (``None``: :attr:`stpredict.settings.device`)
+        self.device: Any = None
+
+    # -- to implement -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(
+        self,
+        slides: Sequence[SlideData],
+        *,
+        genes: Sequence[str],
+        max_epochs: int | None = None,
+        seed: int | None = None,
+    ) -> Predictor:
+        """Fit on one or more slides whose ``y`` holds the targets of ``genes``; returns ``self``."""
+
+    @abc.abstractmethod
+    def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predict ``(mean, std or None)``, each ``(regions.n, len(genes))``, on the output scale."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Fitted arrays to save (numpy, any shapes)."""
+        return {}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`get_state` returned."""
+
+    # -- shared ---------------------------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` has run (or a checkpoint was loaded)."""
+        return self.genes is not None
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            msg = f"This {self.name} predictor is not fitted: call stp.tl.fit(...) or .fit(...) first."
+            raise RuntimeError(msg)
+
+    def save(self, path: str | Path) -> Path:
+        """Save to one ``.safetensors`` file: arrays as tensors, config/genes/preprocessing as JSON metadata.
+
+        Never pickle: a checkpoint holds only numbers and JSON.
+        """
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        state = {k: np.ascontiguousarray(v) for k, v in self.get_state().items()}
+        header = {
+            "predictor": self.name,
+            "config": self.config,
+            "genes": list(self.genes or []),
+            "preprocessing": self.preprocessing,
+            "backbone": self.backbone,
+            "training": self.training,
+            "format_version": 1,
+        }
+        from .. import __version__
+
+        header["stpredict_version"] = __version__
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path), metadata={"stpredict": json.dumps(_jsonable(header))})
+        return path
+
+    def __repr__(self) -> str:
+        status = f"{len(self.genes)} genes" if self.genes else "not fitted"
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({cfg}) [{status}]"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+# --------------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Predictor]] = {}
+_ENTRY_POINTS_LOADED = False
+ENTRY_POINT_GROUP = "stpredict.predictors"
+
+
+def register_predictor(
+    name: str | None = None, *, override: bool = False
+) -> Callable[[type[Predictor]], type[Predictor]]:
+    """Class decorator registering a :class:`Predictor` subclass under ``name``.
+
+    A duplicate name raises unless ``override=True``.
+
+    Examples
+    --------
+    >>> from stpredict.models import Predictor, register_predictor
+    >>> @register_predictor("my_model")
+    ... class MyModel(Predictor): ...
+    """
+
+    def decorator(cls: type[Predictor]) -> type[Predictor]:
+        key = name or cls.name
+        if not isinstance(cls, type) or not issubclass(cls, Predictor):
+            msg = f"register_predictor decorates Predictor subclasses, got {cls!r}."
+            raise TypeError(msg)
+        if key in _REGISTRY and _REGISTRY[key] is not cls and not override:
+            msg = f"A predictor named {key!r} is already registered ({_REGISTRY[key].__module__}); pass override=True."
+            raise ValueError(msg)
+        cls.name = key
+        _REGISTRY[key] = cls
+        return cls
+
+    return decorator
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED  # noqa: PLW0603
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the package
+            logger.warning("Could not load predictor plugin %r (%s): %s", ep.name, ep.value, e)
+            continue
+        if isinstance(obj, type) and issubclass(obj, Predictor) and ep.name not in _REGISTRY:
+            register_predictor(ep.name)(obj)
+
+
+def list_predictors(pattern: str = "*") -> list[str]:
+    """Registered predictor names matching an fnmatch ``pattern`` (built-ins and entry-point plugins)."""
+    _load_entry_points()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def predictors_table() -> pd.DataFrame:
+    """One row per registered predictor: what it consumes, its default backbone, whether it gives a std."""
+    rows = []
+    for n in list_predictors():
+        cls = _REGISTRY[n]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        rows.append(
+            {
+                "name": n,
+                "consumes": cls.consumes,
+                "default_backbone": cls.default_backbone,
+                "std": cls.provides_std,
+                "description": doc[0] if doc else "",
+            }
+        )
+    return pd.DataFrame(rows).set_index("name")
+
+
+def get_predictor_class(name: str) -> type[Predictor]:
+    """The class registered under ``name``; a KeyError lists the registered names and close matches."""
+    _load_entry_points()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        msg = f"Unknown model {name!r}.{hint} Registered predictors: {', '.join(sorted(_REGISTRY))}."
+        raise KeyError(msg)
+    return _REGISTRY[name]
+
+
+def create_predictor(name: str, **config: Any) -> Predictor:
+    """Instantiate the predictor registered under ``name`` with its configuration."""
+    cls = get_predictor_class(name)
+    try:
+        return cls(**config)
+    except TypeError as e:
+        msg = f"Bad options for model {name!r}: {e}. See help(stp.models.{cls.__name__})."
+        raise TypeError(msg) from e
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a checkpoint (config, genes, preprocessing, backbone)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        msg = f"Checkpoint {str(path)!r} does not exist."
+        raise FileNotFoundError(msg)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+    if "stpredict" not in meta:
+        msg = f"{str(path)!r} is a safetensors file but not an stpredict checkpoint (no 'stpredict' metadata)."
+        raise ValueError(msg)
+    return json.loads(meta["stpredict"])
+
+
+def load(path: str | Path) -> Predictor:
+    """Load a predictor saved with :meth:`Predictor.save`.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` checkpoint.
+
+    Returns
+    -------
+    The fitted predictor, with its genes, preprocessing and backbone settings.
+    """
+    from safetensors.numpy import load_file
+
+    header = read_header(path)
+    pred = create_predictor(header["predictor"], **header.get("config", {}))
+    pred.genes = list(header.get("genes", []))
+    pred.preprocessing = header.get("preprocessing", {})
+    pred.backbone = header.get("backbone", {})
+    pred.training = header.get("training", {})
+    pred.set_state(load_file(str(path)))
+    return pred

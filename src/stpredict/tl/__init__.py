@@ -1,0 +1,10 @@
+"""The public verbs: embed, fit, predict, superresolve, evaluate."""
+
+from __future__ import annotations
+
+from ._evaluate import evaluate
+from ._fit import embed, fit
+from ._predict import predict
+from ._superresolve import superresolve
+
+__all__ = ["embed", "evaluate", "fit", "predict", "superresolve"]

@@ -1,0 +1,310 @@
+"""``predict``: per-spot predictions into the spots table."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from .._docs import doc_params
+from .._keys import LAYER_PREDICTED, UNS_KEY
+from .._logging import get_logger
+from ..models._base import Regions
+from ._core import Training, fit_predictor, fresh_copy, resolve_model, set_device, slide_fingerprint
+from ._inputs import OUTPUT_SPACE, build_slide, resolve_backbone, spatial_folds, spot_embeddings, uns_safe
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from ..models._base import Predictor, SlideData
+
+__all__ = ["predict"]
+
+logger = get_logger(__name__)
+
+
+@doc_params()
+def predict(
+    sdata: SpatialData,
+    model: Any = "ridge",
+    *,
+    genes: Sequence[str] | int | None = None,
+    n_genes: int = 50,
+    backbone: Any = None,
+    weights: Any = None,
+    patch_size_um: float | None = None,
+    image_key: str | None = None,
+    spots_key: str | None = None,
+    table_key: str | None = None,
+    microns_per_pixel: float | None = None,
+    layer: str | None = None,
+    oof_folds: int = 5,
+    max_epochs: int | None = None,
+    seed: int | None = 0,
+    device: str | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool | None = None,
+    key_added: str = LAYER_PREDICTED,
+    inplace: bool = True,
+    **model_kwargs: Any,
+) -> AnnData | None:
+    """Predict expression at every spot and write it into the spots table.
+
+    With a model **name** (or an unfitted predictor), the model is fitted on the measured spots of
+    ``sdata`` and every measured spot gets an **out-of-fold** prediction: the spots are cut into spatial
+    blocks dealt to ``oof_folds`` folds, and each fold is predicted by a model fitted on the other folds — so
+    no spot is predicted by a model that saw its counts. With a **fitted** predictor or a **checkpoint** path,
+    that model predicts every spot (a slide it was trained on is flagged as in-sample in ``.uns``).
+
+    Parameters
+    ----------
+    {sdata}
+    model
+        Registered name, fitted predictor, or path of a saved ``.safetensors`` checkpoint.
+    genes
+        Panel for a model fitted here: a list, or ``n`` highly variable genes (seurat_v3 on this slide's raw
+        counts). Default: ``n_genes``. A fitted model predicts its own panel.
+    n_genes
+        Panel size when ``genes`` is ``None``.
+    backbone
+        Backbone for embedding-based predictors (default the predictor's, or the one a fitted model used).
+    weights
+        Local weights for the backbone.
+    patch_size_um
+        Window side in µm (default the backbone's, 112 µm; a fitted model uses its own).
+    {keys}
+    {mpp}
+    layer
+        Layer of raw counts (``None``: ``X``).
+    oof_folds
+        Folds of the spatially blocked cross-fitting (at least 2).
+    max_epochs
+        Training budget of iterative predictors.
+    {seed}
+    {device}
+    {batch}
+    {progress}
+    key_added
+        Name of the layers: ``layers[key_added]`` and ``layers[f"{key_added}_std"]``.
+    {inplace}
+    **model_kwargs
+        Options of the predictor, when ``model`` is a name.
+
+    Returns
+    -------
+    ``None``, having written into ``sdata.tables[table_key]``:
+
+    - ``layers["predicted"]`` — float32, NaN for genes the model does not predict (and rows not annotating
+      the spots); on the scale recorded in ``uns`` (log1p of counts normalised to 1e4 by default);
+    - ``layers["predicted_std"]`` — predictive standard deviation, when the model gives one;
+    - ``var["predicted"]`` — True for the genes of the panel;
+    - ``obsm["predicted"]`` — DataFrame of the whole panel, including genes the table does not measure;
+    - ``uns["stpredict"]["predicted"]`` — model, panel, preprocessing, backbone, folds, seed, timings.
+
+    On a slide without a table (H&E only), a table ``"predictions"`` annotating the spots is created, with the
+    predictions as ``X``. With ``inplace=False`` the table is returned as a new AnnData instead.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> sdata = stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
+    >>> stp.tl.predict(sdata, "ridge", progress=False)
+    >>> sdata.tables["table"].layers["predicted"].shape
+    (20, 5)
+    """
+    predictor, fitted = resolve_model(model, model_kwargs)
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"model": predictor.name, "config": predictor.config}
+    if not fitted:
+        if oof_folds < 2:
+            msg = f"oof_folds must be at least 2 (got {oof_folds}): in-sample predictions of measured spots are not offered."
+            raise ValueError(msg)
+        tr = Training(
+            [sdata],
+            predictor,
+            genes=genes,
+            n_genes=n_genes,
+            backbone=backbone,
+            weights=weights,
+            patch_size_um=patch_size_um,
+            image_key=image_key,
+            spots_key=spots_key,
+            table_key=table_key,
+            microns_per_pixel=microns_per_pixel,
+            layer=layer,
+        )
+        slide, geo = tr.slides[0], tr.geos[0]
+        if slide.n < 2 * oof_folds:
+            msg = f"{slide.n} measured spots are too few for {oof_folds}-fold cross-fitting."
+            raise ValueError(msg)
+        logger.info("predict: %s, %d spots, %d genes, %d-fold spatially blocked cross-fitting.", predictor.name, slide.n, len(tr.genes), oof_folds)
+        tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        folds, block = spatial_folds(slide.centers_um, oof_folds, seed=seed)
+        mean = np.full((slide.n, len(tr.genes)), np.nan, dtype=np.float32)
+        std = np.full_like(mean, np.nan)
+        has_std = False
+        for f in range(oof_folds):
+            test = np.flatnonzero(folds == f)
+            train = np.flatnonzero(folds != f)
+            if len(test) == 0:
+                continue
+            p = fresh_copy(predictor)
+            set_device(p, device)
+            ctx = slide.subset(train)
+            fit_predictor(p, [ctx], tr.genes, max_epochs=max_epochs, seed=seed)
+            held = slide.subset(test)
+            regions = Regions(held.centers_px, "circle", slide.spot_diameter_um, "spots", held.embeddings)
+            m, s = p.predict(ctx, regions)
+            mean[test] = m
+            if s is not None:
+                std[test] = s
+                has_std = True
+        genes_out = tr.genes
+        record.update(
+            {
+                "mode": "out-of-fold",
+                "oof_folds": oof_folds,
+                "oof_block_um": round(block, 2),
+                "oof_fold": folds.astype(np.int32),
+                "gene_selection": tr.gene_selection,
+                "backbone": dict(tr.backbone.params(), patch_size_um=tr.patch_size_um) if tr.backbone else {},
+            }
+        )
+        sdata_table_key = geo.table_key
+        cache = tr
+    else:
+        predictor.device = device
+        slide, geo = _prediction_slide(
+            sdata, predictor, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel, layer=layer
+        )
+        bb = resolve_backbone(predictor, backbone, weights)
+        _check_backbone(predictor, bb, patch_size_um)
+        patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um if bb else 0.0)) if bb else 0.0
+        emb = None
+        if bb is not None:
+            emb, _, _ = spot_embeddings(
+                sdata.tables[geo.table_key] if geo.table_key else None, geo, slide.image_levels, bb,
+                patch_size_um=patch_um, cache=False, device=device, batch_size=batch_size,
+                num_workers=num_workers, progress=progress,
+            )  # fmt: skip
+        regions = Regions(slide.centers_px, "circle", slide.spot_diameter_um, "spots", emb)
+        mean, std = predictor.predict(slide, regions)
+        has_std = std is not None
+        genes_out = predictor.genes
+        in_sample = slide_fingerprint(slide) in predictor.training.get("fingerprints", [])
+        if in_sample:
+            logger.warning(
+                "The model was trained on this slide: its predictions of the measured spots are in-sample. "
+                "Use stp.tl.predict(sdata, model=<name>) for out-of-fold predictions."
+            )
+        record.update({"mode": "fitted model", "in_sample": bool(in_sample), "backbone": predictor.backbone})
+        sdata_table_key = geo.table_key
+        cache = None
+    record.update(
+        {
+            "genes": list(genes_out),
+            "output_space": OUTPUT_SPACE,
+            "preprocessing": predictor.preprocessing if fitted else {"normalize_total": 1e4, "log1p": True},
+            "seed": seed,
+            "device": str(device or "settings"),
+            "stpredict_version": __version__,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "std": bool(has_std),
+        }
+    )
+    out = _write_table(
+        sdata, geo, sdata_table_key, genes_out, mean, std if has_std else None, record, key_added=key_added, inplace=inplace
+    )
+    if inplace and cache is not None:
+        cache.cache_embeddings()
+    logger.info("predict: done in %.1f s.", time.perf_counter() - t0)
+    return out
+
+
+def _prediction_slide(sdata, predictor: Predictor, **keys) -> tuple[SlideData, Any]:
+    layer = keys.pop("layer")
+    genes = predictor.genes
+    slide, geo = build_slide(sdata, **keys, genes=None, layer=layer, need_targets=False)
+    table = sdata.tables[geo.table_key] if geo.table_key else None
+    if table is not None and table.n_vars and all(g in table.var_names for g in genes):
+        slide, geo = build_slide(sdata, **keys, genes=genes, layer=layer, need_targets=False)
+    if predictor.uses_slide_targets and slide.y is None:
+        msg = f"{predictor.name} reads the measured values of the slide it predicts, and this slide lacks them for its genes."
+        raise ValueError(msg)
+    return slide, geo
+
+
+def _check_backbone(predictor: Predictor, bb: Any, patch_size_um: float | None) -> None:
+    fitted = predictor.backbone.get("backbone")
+    if bb is not None and fitted and bb.name != fitted:
+        msg = (
+            f"The model was fitted on {fitted!r} embeddings but backbone {bb.name!r} was asked for: "
+            "predictions need the same backbone (omit backbone=... to use the model's)."
+        )
+        raise ValueError(msg)
+    if patch_size_um is not None and fitted and float(patch_size_um) != float(predictor.backbone.get("patch_size_um", patch_size_um)):
+        msg = f"The model was fitted on {predictor.backbone['patch_size_um']} µm windows, not {patch_size_um} µm."
+        raise ValueError(msg)
+
+
+def _write_table(sdata, geo, table_key, genes, mean, std, record, *, key_added: str, inplace: bool):
+    import anndata as ad
+
+    genes = list(genes)
+    record = uns_safe(record)
+    if table_key is None or sdata.tables[table_key].n_vars == 0:
+        from spatialdata.models import TableModel
+
+        obs = pd.DataFrame(index=pd.Index(geo.obs_names.astype(str)))
+        obs["region"] = pd.Categorical([geo.spots_key] * geo.n_spots)
+        obs["instance_id"] = geo.shapes_index
+        adata = ad.AnnData(X=mean.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+        adata.layers[key_added] = mean.astype(np.float32)
+        if std is not None:
+            adata.layers[f"{key_added}_std"] = std.astype(np.float32)
+        adata.var[key_added] = True
+        adata.uns[UNS_KEY] = {key_added: record}
+        adata.obsm["spatial"] = geo.centers
+        adata = TableModel.parse(adata, region=geo.spots_key, region_key="region", instance_key="instance_id")
+        if not inplace:
+            return adata
+        name = "predictions" if table_key is None else table_key
+        sdata.tables[name] = adata
+        logger.info("Added table %r (X = predictions) annotating %r.", name, geo.spots_key)
+        return None
+    table = sdata.tables[table_key]
+    target = table.copy() if not inplace else table
+    col = target.var_names.get_indexer(genes)
+    present = col >= 0
+    full = np.full((target.n_obs, target.n_vars), np.nan, dtype=np.float32)
+    full[np.ix_(geo.rows, col[present])] = mean[:, present]
+    layers = {key_added: full}
+    if std is not None:
+        full_s = np.full_like(full, np.nan)
+        full_s[np.ix_(geo.rows, col[present])] = std[:, present]
+        layers[f"{key_added}_std"] = full_s
+    panel = pd.DataFrame(np.nan, index=target.obs_names, columns=pd.Index(genes), dtype=np.float32)
+    panel.iloc[geo.rows] = mean
+    # all checks passed and everything computed: write
+    for k, v in layers.items():
+        target.layers[k] = v
+    if std is None and f"{key_added}_std" in target.layers:
+        del target.layers[f"{key_added}_std"]
+    flag = np.zeros(target.n_vars, dtype=bool)
+    flag[col[present]] = True
+    target.var[key_added] = flag
+    target.obsm[key_added] = panel
+    target.uns.setdefault(UNS_KEY, {})[key_added] = record
+    if not present.all():
+        logger.info("%d predicted genes are not in table %r: they are in obsm[%r] only.", int((~present).sum()), table_key, key_added)
+    if inplace:
+        logger.info("Added table %r layers[%r]%s, var[%r], obsm[%r], uns[%r][%r].", table_key, key_added, f", layers[{key_added + '_std'!r}]" if std is not None else "", key_added, key_added, UNS_KEY, key_added)
+        return None
+    return target

@@ -1,0 +1,117 @@
+"""Every registered predictor, through fit → predict → save → load → the same predictions.
+
+A new predictor is tested by registering it: this module parametrises over ``list_predictors()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stpredict as stp
+from stpredict.models import Regions, list_predictors
+
+#: tiny budgets so that every predictor runs in seconds here
+TINY = {"max_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    from stpredict.tl._core import Training
+
+    sdata = stp.datasets.synthetic(image_size=768, n_genes=6, seed=3)
+    return sdata, Training
+
+
+@pytest.mark.parametrize("name", list_predictors())
+def test_predictor_contract(name, prepared, tmp_path):
+    sdata, Training = prepared
+    pred = stp.models.create_predictor(name)
+    tr = Training(
+        [sdata], pred, genes=None, n_genes=50, backbone=None, weights=None, patch_size_um=None,
+        image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, layer=None,
+    )  # fmt: skip
+    tr.embed(device="cpu", batch_size=16, num_workers=0, progress=False)
+    slide = tr.slides[0]
+    train = np.arange(slide.n) % 3 != 0
+    ctx, held = slide.subset(np.flatnonzero(train)), slide.subset(np.flatnonzero(~train))
+    tr.annotate(pred)
+    pred.device = "cpu"
+    pred.fit([ctx], genes=tr.genes, seed=0, **TINY)
+    assert pred.is_fitted
+    regions = Regions(held.centers_px, "circle", slide.spot_diameter_um, "spots", held.embeddings)
+    mean, std = pred.predict(ctx, regions)
+    assert mean.shape == (held.n, len(tr.genes))
+    assert np.isfinite(mean).all()
+    if pred.provides_std:
+        assert std is not None
+        assert std.shape == mean.shape
+        assert (std >= 0).all()
+    path = pred.save(tmp_path / name)
+    assert path.suffix == ".safetensors"
+    back = stp.models.load(path)
+    assert type(back) is type(pred)
+    assert back.genes == pred.genes
+    assert back.preprocessing == pred.preprocessing
+    assert back.backbone == pred.backbone
+    back.device = "cpu"
+    mean2, std2 = back.predict(ctx, regions)
+    np.testing.assert_allclose(mean2, mean, rtol=1e-5, atol=1e-5)
+    # same seed, same predictions
+    again = stp.models.create_predictor(name)
+    again.device = "cpu"
+    again.fit([ctx], genes=tr.genes, seed=0, **TINY)
+    np.testing.assert_allclose(again.predict(ctx, regions)[0], mean, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_is_not_pickle(prepared, tmp_path):
+    sdata, _ = prepared
+    pred = stp.tl.fit(sdata, "ridge", progress=False)
+    path = pred.save(tmp_path / "r.safetensors")
+    head = path.read_bytes()[:8]
+    assert head[:2] != b"\x80\x04"  # not a pickle
+    header = stp.models.read_header(path)
+    assert header["predictor"] == "ridge"
+    assert header["preprocessing"]["log1p"] is True
+    assert header["backbone"]["backbone"] == "handcrafted"
+
+
+def test_registry_errors_and_plugins():
+    with pytest.raises(KeyError, match="Unknown model 'rige'.*ridge"):
+        stp.models.create_predictor("rige")
+    from stpredict.models import Predictor, register_predictor
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_predictor("ridge")
+        class Other(Predictor):
+            def fit(self, slides, *, genes, max_epochs=None, seed=None):
+                return self
+
+            def predict(self, slide, regions):
+                return None, None
+
+    table = stp.models.predictors_table()
+    assert {"ridge", "mean", "neighbors", "copy"} <= set(table.index)
+
+
+def test_ridge_recovers_linear_signal():
+    from stpredict.models import SlideData
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 10))
+    W = rng.normal(size=(10, 3))
+    Y = X @ W + 0.1 * rng.normal(size=(300, 3))
+    mk = lambda a, b: SlideData("s", np.zeros((len(a), 2)), (1.0, 1.0), 10.0, [], pd_index(len(a)), y=b, embeddings=a)  # noqa: E731
+    pred = stp.models.create_predictor("ridge", clip=False).fit([mk(X[:200], Y[:200])], genes=["a", "b", "c"])
+    m, s = pred.predict(mk(X[:200], Y[:200]), Regions(np.zeros((100, 2)), embeddings=X[200:]))
+    assert stp.metrics.pearson_per_gene(Y[200:], m).min() > 0.95
+    # calibrated std: about 68 % of residuals within one std (Gaussian noise)
+    cover = (np.abs(Y[200:] - m) <= s).mean()
+    assert 0.5 < cover < 0.9
+
+
+def pd_index(n):
+    import pandas as pd
+
+    return pd.Index([f"s{i}" for i in range(n)])
