@@ -28,7 +28,7 @@ def test_predict_writes_layers_and_record(sdata_syn):
     assert rec["mode"] == "out-of-fold"
     assert rec["output_space"].startswith("log1p")
     assert len(rec["oof_fold"]) == t.n_obs
-    assert t.obsm["X_handcrafted"].shape == (t.n_obs, 36)
+    assert t.obsm["X_handcrafted"].shape == (t.n_obs, 54)
     scores = stp.tl.evaluate(sdata_syn)
     stp.tl.predict(sdata_syn, "mean", key_added="mean", progress=False)
     floor = stp.tl.evaluate(sdata_syn, key="mean")

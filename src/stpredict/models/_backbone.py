@@ -47,6 +47,10 @@ class Backbone:
         """Features of a batch of patches."""
         raise NotImplementedError
 
+    def input_spec(self, size_um: float) -> tuple[float, int]:
+        """``(read_size_um, patch_px)``: what to read for a window of ``size_um`` (default: the window itself)."""
+        return float(size_um), int(self.patch_px)
+
     def params(self) -> dict[str, Any]:
         """JSON-able description recorded with the embeddings."""
         return {"backbone": self.name, "dim": int(self.dim), "patch_px": int(self.patch_px)}

@@ -105,18 +105,26 @@ def _window_stats(maps: np.ndarray, reducer: Callable[[np.ndarray], np.ndarray])
 
 
 class HandcraftedBackbone(Backbone):
-    """Weight-free features: stain (HED), colour, texture and nuclei statistics of a window.
+    """Weight-free features: stain (HED), colour, texture and nuclei statistics around a window.
 
-    For each window the features are the means of 14 per-pixel maps (optical density per channel; H, E and
-    DAB concentrations from Ruifrok–Johnston deconvolution; grey level; saturation; gradient energy of grey
-    and of hematoxylin; a hematoxylin blob response; a nuclei mask; nuclei centres, as nuclei per 100 µm²;
-    a tissue mask) plus the standard deviations of H, E, grey and blob response — over the whole window and
-    over its central half, i.e. 36 features. Patches are analysed at 1 µm/px (112 px over 112 µm).
+    Per-pixel maps (14): optical density per channel; H, E and DAB concentrations from Ruifrok–Johnston
+    colour deconvolution (``skimage.color.hed_from_rgb``); grey level; saturation; gradient energy of grey
+    and of hematoxylin; a hematoxylin blob response (difference of Gaussians at nucleus scale); a nuclei mask;
+    nuclei centres (nuclei per 100 µm²); a tissue mask. Each feature is the mean of a map, or the standard
+    deviation of H, E, grey and blob response (4), over three concentric views — the context
+    (``context`` × the window, default 336 µm), the window (112 µm) and its centre (56 µm): 3 × 18 = 54
+    features. Pixels are analysed at ``mpp`` µm/px (1 µm/px).
+
+    The context view was adopted after measuring ridge leave-one-section-out on both real datasets here:
+    mean per-gene PCC 0.155 → 0.19 on her2st and 0.436 → 0.477 on the mouse olfactory bulb (window only →
+    window + 3× context), the multi-scale idea of TRIPLEX.
 
     Parameters
     ----------
-    patch_um
-        Default window side in µm.
+    window_um
+        Default window side in µm (the spot's view).
+    context
+        Side of the context view as a multiple of the window (1 disables it).
     mpp
         Analysis resolution in µm/px.
     """
@@ -124,33 +132,43 @@ class HandcraftedBackbone(Backbone):
     name = "handcrafted"
     has_dense = True
 
-    def __init__(self, patch_um: float = 112.0, mpp: float = 1.0) -> None:
-        self.default_patch_um = float(patch_um)
+    def __init__(self, window_um: float = 112.0, context: float = 3.0, mpp: float = 1.0) -> None:
+        self.default_patch_um = float(window_um)
+        self.context = float(context)
         self.mpp = float(mpp)
-        self.patch_px = round(self.default_patch_um / self.mpp)
-        self.dim = 2 * (len(MAP_NAMES) + len(STD_MAPS))
+        self.patch_px = round(self.default_patch_um * self.context / self.mpp)
+        #: views as fractions of the read patch: context, window, centre
+        self.views = (1.0, 1.0 / self.context, 0.5 / self.context) if self.context > 1 else (1.0, 0.5)
+        self.dim = len(self.views) * (len(MAP_NAMES) + len(STD_MAPS))
+
+    def input_spec(self, size_um: float) -> tuple[float, int]:
+        """Read ``context × size_um`` at ``mpp`` µm/px."""
+        read = size_um * self.context
+        return read, round(read / self.mpp)
 
     @property
     def feature_names(self) -> list[str]:
-        """Names of the 36 features."""
+        """Names of the features."""
         base = [f"mean_{n}" for n in MAP_NAMES] + [f"std_{n}" for n in STD_MAPS]
-        return [f"{b}_full" for b in base] + [f"{b}_centre" for b in base]
+        names = ("context", "window", "centre") if len(self.views) == 3 else ("window", "centre")
+        return [f"{b}_{v}" for v in names for b in base]
 
     def embed(self, patches: np.ndarray, *, device: Any = None) -> np.ndarray:  # noqa: ARG002
-        """Features of ``(b, 3, P, P)`` uint8 patches covering the window (at any P; 1 µm/px expected)."""
+        """Features of ``(b, 3, P, P)`` uint8 patches covering the context view at ``mpp`` µm/px."""
         p = np.asarray(patches)
-        mpp = self.default_patch_um / p.shape[-1]
-        maps = pixel_maps(p, mpp)
+        maps = pixel_maps(p, self.mpp)
         h = maps.shape[-1]
-        q = h // 4
-        full = _window_stats(maps, lambda m: m.mean(axis=(2, 3)))
-        centre = _window_stats(maps, lambda m: m[:, :, q : h - q, q : h - q].mean(axis=(2, 3)))
-        return np.concatenate(full + centre, axis=1).astype(np.float32)
+        feats = []
+        for frac in self.views:
+            k = max(1, round(h * frac))
+            a = (h - k) // 2
+            feats += _window_stats(maps, lambda m, a=a, k=k: m[:, :, a : a + k, a : a + k].mean(axis=(2, 3)))
+        return np.concatenate(feats, axis=1).astype(np.float32)
 
     def params(self) -> dict[str, Any]:
-        """Name, dimension and analysis resolution."""
+        """Name, dimension, views and analysis resolution."""
         out = super().params()
-        out.update({"mpp": self.mpp, "weights": "none (hand-crafted)"})
+        out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)"})
         return out
 
     def dense(
@@ -179,7 +197,7 @@ class HandcraftedBackbone(Backbone):
         extent_um
             Image width and height in µm.
         window_um
-            Window side in µm (the backbone's patch size).
+            Window side in µm (the backbone's patch size; the context view is ``context`` times larger).
         tile_um, cell_um
             Tile and cell sizes in µm.
         progress
@@ -188,7 +206,8 @@ class HandcraftedBackbone(Backbone):
         from tqdm.auto import tqdm
 
         centers_um = np.asarray(centers_um, dtype=float)
-        half = window_um / 2
+        read_um = window_um * (self.context if self.context > 1 else 1.0)
+        half = read_um / 2
         lo = np.maximum(np.floor((centers_um.min(0) - half) / cell_um) * cell_um, 0.0)
         hi = np.minimum(np.ceil((centers_um.max(0) + half) / cell_um) * cell_um, np.asarray(extent_um))
         n_cx = int(np.ceil((hi[0] - lo[0]) / cell_um))
@@ -215,8 +234,8 @@ class HandcraftedBackbone(Backbone):
             sums[:, ty : ty + ny, tx : tx + nx] = cells
         # window means by box filters over the cell grid (integral images), at the centres
         feats = []
-        for frac in (1.0, 0.5):
-            w = max(1, round(frac * window_um / cell_um))
+        for frac in self.views:
+            w = max(1, round(frac * read_um / cell_um))
             # value at i: mean of cells [i - w//2, i + w - w//2): centred on cell i (odd w) or its left edge (even w)
             box = ndi.uniform_filter(sums, size=(1, w, w), mode="constant")
             gx = (centers_um[:, 0] - lo[0]) / cell_um

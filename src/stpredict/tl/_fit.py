@@ -76,7 +76,7 @@ def embed(
     >>> sdata = stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
     >>> stp.tl.embed(sdata, "handcrafted", progress=False)
     >>> sdata.tables["table"].obsm["X_handcrafted"].shape[1]
-    36
+    54
     """
     from ..models._backbone import get_backbone
 

@@ -134,7 +134,8 @@ def compute_embeddings(
     out = np.zeros((n, backbone.dim), dtype=np.float32)
     if n == 0:
         return out
-    ext = PatchExtractor(slide_levels, centers_px, mpp_xy, size_um=patch_size_um, patch_px=backbone.patch_px)
+    read_um, patch_px = backbone.input_spec(patch_size_um)
+    ext = PatchExtractor(slide_levels, centers_px, mpp_xy, size_um=read_um, patch_px=patch_px)
     bs = batch_size or settings.batch_size
     nw = settings.num_workers if num_workers is None else int(num_workers)
     show = settings.progress if progress is None else progress
@@ -334,7 +335,7 @@ def resolve_backbone(predictor: Predictor, backbone: Any, weights: Any) -> Backb
         if fitted == "handcrafted":
             from ..models._handcrafted import HandcraftedBackbone
 
-            return HandcraftedBackbone(mpp=float(predictor.backbone.get("mpp", 1.0)))
+            return HandcraftedBackbone(mpp=float(predictor.backbone.get("mpp", 1.0)), context=float(predictor.backbone.get("context", 3.0)))
         return get_backbone(fitted, weights=weights)
     spec = backbone if backbone is not None else predictor.default_backbone
     if spec is None:

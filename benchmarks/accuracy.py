@@ -1,0 +1,125 @@
+"""Accuracy of every registered predictor and baseline under the honest protocols, on real data.
+
+Tasks (50 seurat_v3 genes chosen on each fold's training data, per-gene Pearson within each held-out slide):
+
+- ``loso``: leave-one-section-out (her2st C2–C6: one patient, so cross-section, not cross-patient; mob MOB1–4);
+- ``hide50``: hide ``perm[: n // 2]`` of ``default_rng(0).permutation(n)`` within each slide;
+- ``pool2``: pool 2×2 spots (array x // 2, y // 2) into pseudo-spots, fit on them, recover the original spots.
+
+Writes ``benchmarks/results/accuracy.md`` (one table: task × method: mean PCC ± sd over folds, median and
+quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the table into ``docs/benchmarks.md``.
+
+    python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,hide50,pool2] [--methods ridge,mean,...]
+                                  [--max-epochs N] [--time-budget SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+TASKS = {"loso": ("leave_one_section_out", {}), "hide50": ("hide_spots", {"fraction": 0.5}), "pool2": ("pool", {"pool": 2})}
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    import pandas as pd
+
+    import stpredict as stp
+    from _data import her2st, mob
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="her2st,mob")
+    p.add_argument("--tasks", default="loso,hide50,pool2")
+    p.add_argument("--methods", default=None, help="comma-separated; default every registered predictor")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per method and task; slower methods are skipped afterwards")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--no-docs", action="store_true")
+    args = p.parse_args()
+
+    methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
+    loaders = {"her2st": her2st, "mob": mob}
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, skipped, embed_s = [], {}, {}
+    for ds in args.datasets.split(","):
+        t0 = time.perf_counter()
+        slides = loaders[ds]()
+        print(f"{ds}: {len(slides)} slides read in {time.perf_counter() - t0:.0f} s", flush=True)
+        # embeddings of the default backbone once per slide, reused by every method through the obsm cache
+        t0 = time.perf_counter()
+        for s_ in slides:
+            stp.tl.embed(s_, "handcrafted", progress=False)
+        embed_s[ds] = time.perf_counter() - t0
+        print(f"{ds}: handcrafted embeddings in {embed_s[ds]:.0f} s", flush=True)
+        for task in args.tasks.split(","):
+            protocol, kw = TASKS[task]
+            for m in methods:
+                cls = stp.models.get_predictor_class(m)
+                if protocol == "leave_one_section_out" and cls.uses_slide_targets:
+                    continue
+                if m == "copy" and protocol != "pool":
+                    continue
+                if m in skipped:
+                    continue
+                t1 = time.perf_counter()
+                try:
+                    res = stp.tl.cross_validate(slides, m, protocol=protocol, n_genes=50, seed=0, max_epochs=args.max_epochs, progress=False, **kw)
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    print(f"  {ds} {task} {m}: FAILED {type(e).__name__}: {e}", flush=True)
+                    continue
+                wall = time.perf_counter() - t1
+                s = res.summary()
+                res.scores.to_csv(args.out / f"pergene_{ds}_{task}_{m}.csv", index=False)
+                rows.append({"dataset": ds, "task": task, "method": m, **s, "wall_seconds": wall})
+                print(f"  {ds} {task:7s} {m:10s} PCC {s['pcc_mean']:.3f} ± {s['pcc_sd_folds']:.3f}  ({wall:.0f} s)", flush=True)
+                if args.time_budget and wall > args.time_budget:
+                    skipped[m] = wall
+    df = pd.DataFrame(rows)
+    df.to_csv(args.out / "accuracy.csv", index=False)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False).stdout.strip()
+    lines = [
+        f"Run {dt.date.today().isoformat()}, commit `{commit or 'unknown'}`, `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`.",
+        "Mean per-gene Pearson within each held-out slide, ± sd over folds; median [q25, q75] over (fold, gene); "
+        "50 HVG (seurat_v3) chosen on each fold's training data; seconds summed over folds (2 CPU cores).",
+        "",
+        "| dataset | task | method | PCC mean ± sd | median [q25, q75] | MSE | fit s | predict s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['task']} | {r['method']} | {r['pcc_mean']:.3f} ± {r['pcc_sd_folds']:.3f} | "
+            f"{r['pcc_median']:.3f} [{r['pcc_q25']:.3f}, {r['pcc_q75']:.3f}] | {r['mse']:.3f} | {r['fit_seconds']:.1f} | {r['predict_seconds']:.1f} |"
+        )
+    lines.append("")
+    lines.append(
+        "Hand-crafted embeddings (shared by every method on that backbone, computed once per slide): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in embed_s.items())
+        + "; fit/predict seconds exclude them."
+    )
+    if skipped:
+        lines.append("")
+        lines.append("Skipped after exceeding the time budget: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in skipped.items()))
+    table = "\n".join(lines)
+    (args.out / "accuracy.md").write_text(table + "\n")
+    print(table)
+    docs = HERE.parent / "docs" / "benchmarks.md"
+    if not args.no_docs and docs.exists():
+        text = docs.read_text()
+        marker = "<!-- results -->"
+        head = text.split(marker)[0] if marker in text else text
+        docs.write_text(head + marker + "\n\n" + table + "\n")
+    _ = np
+
+
+if __name__ == "__main__":
+    main()
