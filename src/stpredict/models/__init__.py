@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import baselines, ridge
+from . import baselines, histosge, ridge
 from ._backbone import Backbone, TorchBackbone, get_backbone
 from ._base import (
     Predictor,
@@ -17,6 +17,7 @@ from ._base import (
     register_predictor,
 )
 from ._handcrafted import HandcraftedBackbone
+from .histosge import HisToSGE
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
 from .ridge import RidgePredictor
 
@@ -31,6 +32,7 @@ def list_backbones():
 __all__ = [
     "Backbone",
     "HandcraftedBackbone",
+    "HisToSGE",
     "MeanBaseline",
     "NearestBaseline",
     "NeighborsBaseline",

@@ -231,6 +231,8 @@ class Predictor(abc.ABC):
         self.training: dict[str, Any] = {}
         #: torch device for predictors that train networks (``None``: :attr:`stpredict.settings.device`)
         self.device: Any = None
+        #: show progress bars while training (set by stp.tl from its ``progress`` argument)
+        self.progress: bool | None = False
 
     # -- to implement -------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -145,9 +145,10 @@ class Training:
         }
 
 
-def set_device(predictor: Predictor, device: Any) -> None:
-    """Tell a torch predictor which device to use (``None`` → settings)."""
+def set_device(predictor: Predictor, device: Any, progress: bool | None = False) -> None:
+    """Tell a torch predictor which device to use (``None`` → settings) and whether to show progress."""
     predictor.device = device
+    predictor.progress = progress
 
 
 def fit_predictor(
@@ -161,4 +162,5 @@ def fresh_copy(predictor: Predictor) -> Predictor:
     """An unfitted predictor with the same configuration."""
     new = create_predictor(predictor.name, **predictor.config)
     new.device = getattr(predictor, "device", None)
+    new.progress = getattr(predictor, "progress", False)
     return new

@@ -273,6 +273,7 @@ def cross_validate(
                 train_slides.append(sub)
             pred = create_predictor(proto_pred.name, **proto_pred.config)
             pred.device = device
+            pred.progress = progress
             pred.preprocessing = preprocessing_record(panel, how)
             t0 = time.perf_counter()
             pred.fit(train_slides, genes=panel, max_epochs=max_epochs, seed=seed)
@@ -393,6 +394,7 @@ def _pool_fold(proto, item, k, genes, n_genes, bb: Backbone | None, patch_um, em
     )
     pred = create_predictor(proto.name, **proto.config)
     pred.device = device
+    pred.progress = progress
     pred.preprocessing = preprocessing_record(panel, how)
     t0 = time.perf_counter()
     pred.fit([pooled_slide], genes=panel, max_epochs=max_epochs, seed=seed)

@@ -219,7 +219,7 @@ def fit(
         "fit: %s on %d spots of %d slide(s), %d genes.", predictor.name, sum(s.n for s in tr.slides), len(sdatas), len(tr.genes)
     )
     tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    set_device(predictor, device)
+    set_device(predictor, device, progress)
     tr.annotate(predictor)
     genes_, prep, bb, training = predictor.genes, predictor.preprocessing, predictor.backbone, predictor.training
     fit_predictor(predictor, tr.slides, tr.genes, max_epochs=max_epochs, seed=seed)

@@ -156,7 +156,7 @@ def predict(
             if len(test) == 0:
                 continue
             p = fresh_copy(predictor)
-            set_device(p, device)
+            set_device(p, device, progress)
             ctx = slide.subset(train)
             fit_predictor(p, [ctx], tr.genes, max_epochs=max_epochs, seed=seed)
             held = slide.subset(test)
@@ -180,7 +180,7 @@ def predict(
         sdata_table_key = geo.table_key
         cache = tr
     else:
-        predictor.device = device
+        set_device(predictor, device, progress)
         slide, geo = _prediction_slide(
             sdata, predictor, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel, layer=layer
         )

@@ -151,14 +151,14 @@ def superresolve(
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
     if tr is not None:
         tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-        set_device(predictor, device)
+        set_device(predictor, device, progress)
         tr.annotate(predictor)
         saved = (predictor.genes, predictor.preprocessing, predictor.backbone, predictor.training)
         fit_predictor(predictor, tr.slides, tr.genes, max_epochs=max_epochs, seed=seed)
         predictor.genes, predictor.preprocessing, predictor.backbone = saved[:3]
         predictor.training = {**saved[3], **predictor.training}
     else:
-        predictor.device = device
+        set_device(predictor, device, progress)
     emb, emb_info = (None, {})
     if bb is not None:
         emb, emb_info = region_embeddings(
