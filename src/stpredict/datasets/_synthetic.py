@@ -59,9 +59,10 @@ class SyntheticParams:
     n_regions: int = 4
     image_signal: float = 0.8
     depth: float = 20.0
-    region_scale_um: float = 350.0
+    region_scale_um: float = 600.0
     cell_um: float = 11.0
     seed: int = 0
+    stain_genes: float = 0.0
     stain_h: tuple[float, float, float] = (0.55, 0.76, 0.35)
     stain_e: tuple[float, float, float] = (0.12, 0.86, 0.49)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +110,14 @@ class SyntheticTissue:
         base = rng.lognormal(-1.5, 0.7, G) + 0.1
         self.W_visible = np.vstack([A, B[None], C[None], base[None]])  # (K + 3, G)
         self.W_hidden = rng.lognormal(-0.5, 0.8, (self.n_hidden, G)) * (rng.random((self.n_hidden, G)) < 0.7)
+        # genes driven by stain concentrations alone (hematoxylin and eosin), for stain-learning methods
+        n_stain = round(params.stain_genes * G)
+        self.stain_gene = np.zeros(G, dtype=bool)
+        self.stain_gene[:n_stain] = True
+        self.W_stain = np.zeros((2, G))
+        self.W_stain[:, :n_stain] = rng.uniform(0.2, 2.0, (2, n_stain)) * (rng.random((2, n_stain)) < 0.8)
+        self.W_visible[:, self.stain_gene] = 0.0
+        self.W_hidden[:, self.stain_gene] = 0.0
         self.genes = [f"gene_{i}" for i in range(G)]
 
     @staticmethod
@@ -238,10 +247,11 @@ class SyntheticTissue:
             [onehot, f["nucleus"][..., None], f["eosin"][..., None], np.ones_like(f["eosin"])[..., None]], -1
         )
         s = self.p.image_signal
-        return np.concatenate([s * vis, (1 - s) * f["hidden"]], -1) * f["tissue"][..., None]
+        stains = np.stack([f["hematoxylin"], f["eosin"]], -1)
+        return np.concatenate([s * vis, (1 - s) * f["hidden"], stains], -1) * f["tissue"][..., None]
 
     def _rates_from(self, f: dict[str, np.ndarray]) -> np.ndarray:
-        W = np.vstack([self.W_visible, self.W_hidden])
+        W = np.vstack([self.W_visible, self.W_hidden, self.W_stain])
         return np.maximum(self._design(f) @ W, 0.0)
 
     # --- region means ---------------------------------------------------------------------------------
@@ -355,6 +365,7 @@ def synthetic(
     n_regions: int = 4,
     image_signal: float = 0.8,
     depth: float = 20.0,
+    stain_genes: float = 0.0,
     seed: int = 0,
     chunks: int = 512,
 ) -> SpatialData:
@@ -379,6 +390,9 @@ def synthetic(
         does not show, which only spatial neighbours can recover).
     depth
         Counts per unit rate and spot: larger means less Poisson noise.
+    stain_genes
+        Fraction of genes whose expression is a positive combination of the hematoxylin and eosin
+        concentrations at each point and nothing else (for stain-learning methods).
     seed
         Seed of everything.
     chunks
@@ -406,6 +420,7 @@ def synthetic(
         n_regions=int(n_regions),
         image_signal=float(image_signal),
         depth=float(depth),
+        stain_genes=float(stain_genes),
         seed=int(seed),
     )
     return _build(params, chunks=chunks)
@@ -499,7 +514,8 @@ def synthetic_truth(
         for k in ("image_size", "stain_h", "stain_e"):
             meta[k] = tuple(np.asarray(meta[k]).tolist())
         meta["extra"] = dict(meta.get("extra", {}) or {})
-        for k in ("microns_per_pixel", "image_signal", "depth", "region_scale_um", "cell_um"):
+        meta.setdefault("stain_genes", 0.0)
+        for k in ("microns_per_pixel", "image_signal", "depth", "region_scale_um", "cell_um", "stain_genes"):
             meta[k] = float(meta[k])
         for k in ("n_genes", "n_regions", "seed"):
             meta[k] = int(meta[k])

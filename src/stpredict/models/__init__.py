@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import baselines, histosge, ridge
+from . import baselines, histosge, nsl, ridge
 from ._backbone import Backbone, TorchBackbone, get_backbone
 from ._base import (
     Predictor,
@@ -18,6 +18,7 @@ from ._base import (
 )
 from ._handcrafted import HandcraftedBackbone
 from .histosge import HisToSGE
+from .nsl import NeuralStainLearning
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
 from .ridge import RidgePredictor
 
@@ -36,6 +37,7 @@ __all__ = [
     "MeanBaseline",
     "NearestBaseline",
     "NeighborsBaseline",
+    "NeuralStainLearning",
     "Predictor",
     "Regions",
     "RidgePredictor",

@@ -41,21 +41,23 @@ STD_MAPS = ("hematoxylin", "eosin", "grey", "blob_h")
 
 
 def _hed_matrix() -> np.ndarray:
-    from skimage.color import hed_from_rgb
+    """OD → (H, E, DAB) deconvolution: the inverse of the Ruifrok–Johnston stain matrix (as scikit-image's)."""
+    from ..pp._stain import RUIFROK_HED
 
-    return np.asarray(hed_from_rgb, dtype=np.float32)
+    return np.linalg.inv(RUIFROK_HED).astype(np.float32)
 
 
 def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
     """Per-pixel feature maps of RGB images ``(b, 3, h, w)`` uint8 → ``(b, n_maps, h, w)`` float32.
 
-    Colour deconvolution uses scikit-image's Ruifrok–Johnston HED matrix (``skimage.color.hed_from_rgb``);
+    Colour deconvolution uses the Ruifrok–Johnston HED matrix (:data:`stpredict.pp.RUIFROK_HED`);
     texture is Sobel gradient energy; nuclei are hematoxylin blobs (difference of Gaussians at the scale of a
     nucleus, ~3 µm) and their local maxima (counts). Filters are sized in µm via ``mpp``.
     """
+    from ..pp._stain import rgb_to_od
+
     x = np.asarray(rgb, dtype=np.float32) / 255.0
-    b, _, h, w = x.shape
-    od = -np.log(np.clip(x, 1.0 / 255.0, 1.0))
+    od = rgb_to_od(rgb)
     hed = np.einsum("bchw,cd->bdhw", od, _hed_matrix())
     hed = np.maximum(hed, 0.0)
     grey = x.mean(axis=1)

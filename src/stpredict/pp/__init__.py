@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches
 from ._spots import SpotGeometry, spots
+from ._stain import RUIFROK_HED, StainNormalizer, macenko_stains, od_to_rgb, rgb_to_od, stain_concentrations
 from ._tissue import TissueMask, tissue_mask
 
 __all__ = [
@@ -12,13 +13,19 @@ __all__ = [
     "Lattice",
     "PatchDataset",
     "PatchExtractor",
+    "RUIFROK_HED",
     "SpotGeometry",
+    "StainNormalizer",
     "TissueMask",
     "choose_level",
     "fit_lattice",
     "grid",
+    "macenko_stains",
     "make_grid",
+    "od_to_rgb",
     "patches",
+    "rgb_to_od",
     "spots",
+    "stain_concentrations",
     "tissue_mask",
 ]
