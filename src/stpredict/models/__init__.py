@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import baselines, histosge, nsl, ridge
+from . import baselines, histosge, nsl, ridge, stnet
 from ._backbone import Backbone, TorchBackbone, get_backbone
 from ._base import (
     Predictor,
@@ -21,6 +21,7 @@ from .histosge import HisToSGE
 from .nsl import NeuralStainLearning
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
 from .ridge import RidgePredictor
+from .stnet import STNet
 
 
 def list_backbones():
@@ -41,6 +42,7 @@ __all__ = [
     "Predictor",
     "Regions",
     "RidgePredictor",
+    "STNet",
     "SlideData",
     "TorchBackbone",
     "baselines",
