@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import baselines, histosge, nsl, ridge, stnet
+from . import baselines, histosge, nsl, pixnet, ridge, stnet
 from ._backbone import Backbone, TorchBackbone, get_backbone
 from ._base import (
     Predictor,
@@ -20,6 +20,7 @@ from ._handcrafted import HandcraftedBackbone
 from .histosge import HisToSGE
 from .nsl import NeuralStainLearning
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
+from .pixnet import PixNet
 from .ridge import RidgePredictor
 from .stnet import STNet
 
@@ -39,6 +40,7 @@ __all__ = [
     "NearestBaseline",
     "NeighborsBaseline",
     "NeuralStainLearning",
+    "PixNet",
     "Predictor",
     "Regions",
     "RidgePredictor",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._aggregate import RegionMasks, aggregate_map, region_masks
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches
 from ._spots import SpotGeometry, spots
@@ -9,9 +10,11 @@ from ._stain import RUIFROK_HED, StainNormalizer, macenko_stains, od_to_rgb, rgb
 from ._tissue import TissueMask, tissue_mask
 
 __all__ = [
+    "aggregate_map",
     "GridPoints",
     "Lattice",
     "PatchDataset",
+    "RegionMasks",
     "PatchExtractor",
     "RUIFROK_HED",
     "SpotGeometry",
@@ -24,6 +27,7 @@ __all__ = [
     "make_grid",
     "od_to_rgb",
     "patches",
+    "region_masks",
     "rgb_to_od",
     "spots",
     "stain_concentrations",
