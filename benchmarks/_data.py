@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-HER2ST = {"C2": "5714_HE_BT_C2.jpg", "C3": "5714_HE_BT_D1.jpg", "C4": "5714_HE_BT_D2.jpg", "C5": "5714_HE_BT_E1.jpg", "C6": "5714_HE_BT_E2.jpg"}
+HER2ST = {
+    "C2": "5714_HE_BT_C2.jpg",
+    "C3": "5714_HE_BT_D1.jpg",
+    "C4": "5714_HE_BT_D2.jpg",
+    "C5": "5714_HE_BT_E1.jpg",
+    "C6": "5714_HE_BT_E2.jpg",
+}
 
 
 def her2st(sections=tuple(HER2ST)):
@@ -13,7 +19,11 @@ def her2st(sections=tuple(HER2ST)):
 
     d = SHARED / "her2st" / "data"
     return [
-        stp.io.read_st(d / "ST-cnts" / f"{s}.tsv.gz", d / "ST-spotfiles" / f"{s}_selection.tsv", d / "ST-imgs" / "C" / s / HER2ST[s])
+        stp.io.read_st(
+            d / "ST-cnts" / f"{s}.tsv.gz",
+            d / "ST-spotfiles" / f"{s}_selection.tsv",
+            d / "ST-imgs" / "C" / s / HER2ST[s],
+        )
         for s in sections
     ]
 
@@ -22,4 +32,7 @@ def mob(sections=(1, 2, 3, 4)):
     import stpredict as stp
 
     d = SHARED / "mob" / "counts"
-    return [stp.io.read_st(d / f"MOB{i}.tsv", d / f"alignment_table_MOB{i}.tsv", d / f"MOB{i}.jpg", array="2k") for i in sections]
+    return [
+        stp.io.read_st(d / f"MOB{i}.tsv", d / f"alignment_table_MOB{i}.tsv", d / f"MOB{i}.jpg", array="2k")
+        for i in sections
+    ]

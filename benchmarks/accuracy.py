@@ -26,23 +26,32 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-TASKS = {"loso": ("leave_one_section_out", {}), "hide50": ("hide_spots", {"fraction": 0.5}), "pool2": ("pool", {"pool": 2})}
+TASKS = {
+    "loso": ("leave_one_section_out", {}),
+    "hide50": ("hide_spots", {"fraction": 0.5}),
+    "pool2": ("pool", {"pool": 2}),
+}
 
 
 def main() -> None:
     warnings.filterwarnings("ignore")
     import numpy as np
     import pandas as pd
+    from _data import her2st, mob
 
     import stpredict as stp
-    from _data import her2st, mob
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="her2st,mob")
     p.add_argument("--tasks", default="loso,hide50,pool2")
     p.add_argument("--methods", default=None, help="comma-separated; default every registered predictor")
     p.add_argument("--max-epochs", type=int, default=None)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds per method and task; slower methods are skipped afterwards")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds per method and task; slower methods are skipped afterwards",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args()
@@ -73,7 +82,16 @@ def main() -> None:
                     continue
                 t1 = time.perf_counter()
                 try:
-                    res = stp.tl.cross_validate(slides, m, protocol=protocol, n_genes=50, seed=0, max_epochs=args.max_epochs, progress=False, **kw)
+                    res = stp.tl.cross_validate(
+                        slides,
+                        m,
+                        protocol=protocol,
+                        n_genes=50,
+                        seed=0,
+                        max_epochs=args.max_epochs,
+                        progress=False,
+                        **kw,
+                    )
                 except Exception as e:  # noqa: BLE001 - report and go on
                     print(f"  {ds} {task} {m}: FAILED {type(e).__name__}: {e}", flush=True)
                     continue
@@ -81,12 +99,17 @@ def main() -> None:
                 s = res.summary()
                 res.scores.to_csv(args.out / f"pergene_{ds}_{task}_{m}.csv", index=False)
                 rows.append({"dataset": ds, "task": task, "method": m, **s, "wall_seconds": wall})
-                print(f"  {ds} {task:7s} {m:10s} PCC {s['pcc_mean']:.3f} ± {s['pcc_sd_folds']:.3f}  ({wall:.0f} s)", flush=True)
+                print(
+                    f"  {ds} {task:7s} {m:10s} PCC {s['pcc_mean']:.3f} ± {s['pcc_sd_folds']:.3f}  ({wall:.0f} s)",
+                    flush=True,
+                )
                 if args.time_budget and wall > args.time_budget:
                     skipped[m] = wall
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "accuracy.csv", index=False)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False
+    ).stdout.strip()
     lines = [
         f"Run {dt.date.today().isoformat()}, commit `{commit or 'unknown'}`, `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`.",
         "Mean per-gene Pearson within each held-out slide, ± sd over folds; median [q25, q75] over (fold, gene); "
@@ -108,7 +131,9 @@ def main() -> None:
     )
     if skipped:
         lines.append("")
-        lines.append("Skipped after exceeding the time budget: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in skipped.items()))
+        lines.append(
+            "Skipped after exceeding the time budget: " + ", ".join(f"{k} ({v:.0f} s)" for k, v in skipped.items())
+        )
     table = "\n".join(lines)
     (args.out / "accuracy.md").write_text(table + "\n")
     print(table)

@@ -31,7 +31,9 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
     stp.tl.superresolve(sdata, model, grid=grid, n_genes=n_genes, seed=seed, progress=False)
     key = f"{model}_spots_{grid}"
     g = sdata.tables[key]
-    sq.gr.spatial_neighbors_knn(g, n_neighs=6) if hasattr(sq.gr, "spatial_neighbors_knn") else sq.gr.spatial_neighbors(g)
+    sq.gr.spatial_neighbors_knn(g, n_neighs=6) if hasattr(sq.gr, "spatial_neighbors_knn") else sq.gr.spatial_neighbors(
+        g
+    )
     sc.pp.pca(g, n_comps=min(20, g.n_vars - 1))
     sc.pp.neighbors(g, use_rep="X_pca")
     sc.tl.leiden(g, resolution=0.5, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
@@ -54,7 +56,7 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
         f"time {time.perf_counter() - t0:.1f} s",
     ]
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))  # noqa: T201
+    print("\n".join(lines))
     return 0
 
 

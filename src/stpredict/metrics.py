@@ -119,7 +119,15 @@ def summarize(scores: Any) -> dict[str, float]:
     s = np.asarray(scores, dtype=float)
     valid = s[~np.isnan(s)]
     if valid.size == 0:
-        return {"mean": np.nan, "sd": np.nan, "q25": np.nan, "median": np.nan, "q75": np.nan, "n_genes": 0, "n_nan": int(s.size)}
+        return {
+            "mean": np.nan,
+            "sd": np.nan,
+            "q25": np.nan,
+            "median": np.nan,
+            "q75": np.nan,
+            "n_genes": 0,
+            "n_nan": int(s.size),
+        }
     q25, med, q75 = np.percentile(valid, [25, 50, 75])
     return {
         "mean": float(valid.mean()),

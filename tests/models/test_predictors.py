@@ -26,7 +26,8 @@ def prepared():
 @pytest.mark.parametrize("name", list_predictors())
 def test_predictor_contract(name, prepared, tmp_path):
     sdata, Training = prepared
-    pred = stp.models.create_predictor(name)
+    smoke = stp.models.get_predictor_class(name).smoke_config
+    pred = stp.models.create_predictor(name, **smoke)
     tr = Training(
         [sdata], pred, genes=None, n_genes=50, backbone=None, weights=None, patch_size_um=None,
         image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, layer=None,
@@ -58,7 +59,7 @@ def test_predictor_contract(name, prepared, tmp_path):
     mean2, std2 = back.predict(ctx, regions)
     np.testing.assert_allclose(mean2, mean, rtol=1e-5, atol=1e-5)
     # same seed, same predictions
-    again = stp.models.create_predictor(name)
+    again = stp.models.create_predictor(name, **smoke)
     again.device = "cpu"
     again.fit([ctx], genes=tr.genes, seed=0, **TINY)
     np.testing.assert_allclose(again.predict(ctx, regions)[0], mean, rtol=1e-4, atol=1e-4)

@@ -158,12 +158,23 @@ def test_dense_handcrafted_matches_patch_path(sdata_syn):
     from stpredict.pp._grid import GridPoints
     from stpredict.tl._inputs import build_slide, compute_embeddings, region_embeddings
 
-    slide, geo = build_slide(sdata_syn, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=None, layer=None, need_targets=False)
+    slide, geo = build_slide(
+        sdata_syn,
+        image_key=None,
+        spots_key=None,
+        table_key=None,
+        microns_per_pixel=None,
+        genes=None,
+        layer=None,
+        need_targets=False,
+    )
     bb = HandcraftedBackbone()
     inner = np.flatnonzero((geo.centers > 120).all(1) & (geo.centers < 650).all(1))
     c = geo.centers[inner]
     patch = compute_embeddings(slide.image_levels, c, geo.microns_per_pixel_xy, bb, patch_size_um=112, progress=False)
     pts = GridPoints("bin8um", "square", c, np.array([8.0, 8.0]), 8.0, np.zeros(len(c), int), np.zeros(len(c), bool))
-    dense, _ = region_embeddings(slide, pts, bb, patch_size_um=112, device=None, batch_size=None, num_workers=None, progress=False)
+    dense, _ = region_embeddings(
+        slide, pts, bb, patch_size_um=112, device=None, batch_size=None, num_workers=None, progress=False
+    )
     r = [np.corrcoef(patch[:, j], dense[:, j])[0, 1] for j in range(bb.dim) if patch[:, j].std() > 1e-6]
     assert np.median(r) > 0.95

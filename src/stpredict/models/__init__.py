@@ -17,9 +17,9 @@ from ._base import (
     register_predictor,
 )
 from ._handcrafted import HandcraftedBackbone
+from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
 from .histosge import HisToSGE
 from .nsl import NeuralStainLearning
-from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
 from .pixnet import PixNet
 from .ridge import RidgePredictor
 from .stnet import STNet
@@ -33,6 +33,10 @@ def list_backbones():
 
 
 __all__ = [
+    "histosge",
+    "nsl",
+    "pixnet",
+    "stnet",
     "Backbone",
     "HandcraftedBackbone",
     "HisToSGE",

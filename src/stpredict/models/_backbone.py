@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .._logging import get_logger
 from ._device import autocast, resolve_device
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 __all__ = ["Backbone", "TorchBackbone", "get_backbone"]

@@ -155,7 +155,7 @@ class HandcraftedBackbone(Backbone):
         names = ("context", "window", "centre") if len(self.views) == 3 else ("window", "centre")
         return [f"{b}_{v}" for v in names for b in base]
 
-    def embed(self, patches: np.ndarray, *, device: Any = None) -> np.ndarray:  # noqa: ARG002
+    def embed(self, patches: np.ndarray, *, device: Any = None) -> np.ndarray:
         """Features of ``(b, 3, P, P)`` uint8 patches covering the context view at ``mpp`` µm/px."""
         p = np.asarray(patches)
         maps = pixel_maps(p, self.mpp)

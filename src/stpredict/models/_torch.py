@@ -34,7 +34,9 @@ def seed_everything(seed: int | None) -> int:
     return int(seed)
 
 
-def split_validation(n: int, fraction: float, seed: int | None, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_validation(
+    n: int, fraction: float, seed: int | None, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(train, val)`` indices; with ``groups`` whole groups (e.g. spatial blocks or slides) go to validation."""
     rng = np.random.default_rng(seed)
     if n < 10 or fraction <= 0:
@@ -152,7 +154,10 @@ def fit_module(
 
 def module_state(module: torch.nn.Module, prefix: str) -> dict[str, np.ndarray]:
     """A module's state dict as numpy arrays under ``prefix``."""
-    return {f"{prefix}{k}": v.detach().float().cpu().numpy() if v.is_floating_point() else v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return {
+        f"{prefix}{k}": v.detach().float().cpu().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
+        for k, v in module.state_dict().items()
+    }
 
 
 def load_module_state(module: torch.nn.Module, state: dict[str, np.ndarray], prefix: str) -> None:

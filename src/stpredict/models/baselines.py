@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ._base import Predictor, Regions, SlideData, register_predictor
+from ._base import Predictor, register_predictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ._base import Regions, SlideData
 
 __all__ = ["MeanBaseline", "NearestBaseline", "NeighborsBaseline"]
 
@@ -23,14 +25,14 @@ class MeanBaseline(Predictor):
     default_backbone = None
     provides_std = True
 
-    def fit(self, slides: Sequence[SlideData], *, genes: Sequence[str], max_epochs=None, seed=None) -> MeanBaseline:  # noqa: ARG002
+    def fit(self, slides: Sequence[SlideData], *, genes: Sequence[str], max_epochs=None, seed=None) -> MeanBaseline:
         """Record the pooled training mean and std."""
         Y = np.concatenate([np.asarray(s.y, dtype=np.float64) for s in slides])
         self.genes = list(genes)
         self._mean, self._std = Y.mean(0), Y.std(0)
         return self
 
-    def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray]:  # noqa: ARG002
+    def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray]:
         """The training mean, repeated."""
         self._check_fitted()
         m = np.broadcast_to(self._mean, (regions.n, len(self._mean))).astype(np.float32)
@@ -52,7 +54,7 @@ class _SlideNeighbours(Predictor):
     provides_std = True
     uses_slide_targets = True
 
-    def fit(self, slides: Sequence[SlideData], *, genes: Sequence[str], max_epochs=None, seed=None):  # noqa: ARG002
+    def fit(self, slides: Sequence[SlideData], *, genes: Sequence[str], max_epochs=None, seed=None):
         """Nothing to learn: prediction reads the measured spots of the predicted slide."""
         self.genes = list(genes)
         return self

@@ -34,19 +34,21 @@ Deviations (each documented, none changes the method's intent)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from .._logging import get_logger
-from ._base import Predictor, Regions, SlideData, register_predictor
+from ._base import Predictor, register_predictor
 from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
+
+    from ._base import Regions, SlideData
 
 __all__ = ["HisToSGE"]
 
@@ -82,7 +84,11 @@ def _build_net(d_in: int, n_genes: int, cfg: dict[str, Any]) -> torch.nn.Module:
             self.n1, self.attn = nn.LayerNorm(dim), Attention()
             self.n2 = nn.LayerNorm(dim)
             self.ff = nn.Sequential(
-                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(cfg["dropout"]), nn.Linear(dim, dim), nn.Dropout(cfg["dropout"])
+                nn.Linear(dim, dim),
+                nn.GELU(),
+                nn.Dropout(cfg["dropout"]),
+                nn.Linear(dim, dim),
+                nn.Dropout(cfg["dropout"]),
             )
 
         def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -154,6 +160,7 @@ class HisToSGE(Predictor):
     consumes = "embeddings"
     default_backbone = "auto"
     provides_std = True
+    smoke_config: ClassVar[dict[str, Any]] = {"n_models": 2, "dim": 64, "head_hidden": 64}
 
     def __init__(
         self,
@@ -184,7 +191,7 @@ class HisToSGE(Predictor):
         self._sd: np.ndarray | None = None
 
     # ---------------------------------------------------------------------------------------------
-    def _context(self, ctx_xy: np.ndarray, q_xy: np.ndarray, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _context(self, ctx_xy: np.ndarray, q_xy: np.ndarray, *, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
         """Indices ``(m, K)`` of each query's nearest context spots and a validity mask."""
         k = self.config["n_neighbors"]
         kk = min(k + 1, len(ctx_xy))
@@ -241,7 +248,7 @@ class HisToSGE(Predictor):
             blocks, _ = spatial_folds(xy, 10, seed=seed + si)
             tr, va = split_validation(s.n, cfg["val_fraction"], seed + si, groups=blocks)
             tr_idx, tr_valid = self._context(xy[tr], xy[tr], exclude_self=True)
-            va_idx, va_valid = (self._context(xy[tr], xy[va], exclude_self=True) if len(va) else (None, None))
+            va_idx, va_valid = self._context(xy[tr], xy[va], exclude_self=True) if len(va) else (None, None)
             parts.append((feat, xy, np.asarray(s.y, np.float32), tr, va, tr_idx, tr_valid, va_idx, va_valid))
         n_train = sum(len(p[3]) for p in parts)
 

@@ -39,13 +39,15 @@ import numpy as np
 
 from .._logging import get_logger
 from ..pp._stain import RUIFROK_HED, rgb_to_od
-from ._base import Predictor, Regions, SlideData, register_predictor
+from ._base import Predictor, register_predictor
 from ._torch import fit_module, seed_everything, split_validation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
+
+    from ._base import Regions, SlideData
 
 __all__ = ["NeuralStainLearning"]
 

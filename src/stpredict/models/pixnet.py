@@ -14,7 +14,8 @@ Zhang, Yang & Pan, "Spatial Transcriptomics Analysis of Spatially Dense Gene Exp
   (their other tiles supervise them) — no spot is ever scored on part of its disk;
 - augmentation: the 8 dihedral transforms, applied to the tile and to its spot masks together;
 - inference stitches overlapping tiles (stride half a tile) weighted by a separable sin² window, which sums
-  to exactly one in the tiled interior, so the blended map has no seams; region means are accumulated tile by
+  to exactly one in the tiled interior, so the blended map has no seams; each tile is computed with a context
+  margin of a quarter tile that is cropped away, so the network sees tissue rather than padding; region means are accumulated tile by
   tile (memory bounded by the tile, not the slide), and the map itself can be written chunk by chunk into a
   zarr array for viewing (``predict_map``).
 
@@ -24,19 +25,21 @@ encoder (``resnet18`` by default) from scratch, which the log says once. Default
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .._logging import get_logger
 from ..pp._aggregate import region_masks
-from ._base import Predictor, Regions, SlideData, register_predictor
+from ._base import Predictor, register_predictor
 from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
+
+    from ._base import Regions, SlideData
 
 __all__ = ["PixNet"]
 
@@ -50,7 +53,6 @@ BUDGETS = {
 
 def _build(encoder: str, n_genes: int, channels: int, out_stride: int) -> torch.nn.Module:
     import timm
-    import torch
     import torch.nn.functional as F
     from torch import nn
 
@@ -134,6 +136,7 @@ class PixNet(Predictor):
     consumes = "tiles"
     default_backbone = None
     provides_std = False
+    smoke_config: ClassVar[dict[str, Any]] = {"input_mpp": 4.0, "tile_um": 192.0, "channels": 16}
 
     def __init__(
         self,
@@ -225,7 +228,7 @@ class PixNet(Predictor):
             items.append((s, s.centers_um, s.spot_diameter_um, np.asarray(s.y, np.float32), is_val))
         margin = map_um  # keep supervised disks one map pixel inside the tile
 
-        def tiles(rng: np.random.Generator | None, want_val: bool):
+        def tiles(rng: np.random.Generator | None, *, want_val: bool):
             """Yield (image uint8 (3,P,P), masks (S,h,w), targets (S,G)) for tiles around spots."""
             for s, xy, d, y, is_val in items:
                 sel = np.flatnonzero(is_val == want_val)
@@ -247,9 +250,9 @@ class PixNet(Predictor):
                     dense[m.region, m.rows, m.cols] = m.weight
                     yield s, origin + tile_um / 2, dense, y[inside]
 
-        def batches(rng, want_val):
+        def batches(rng, *, want_val):
             # the epoch's tiles first, then one patch reader per slide (its chunk cache serves every tile)
-            todo = list(tiles(rng, want_val))
+            todo = list(tiles(rng, want_val=want_val))
             readers = {}
             from ..pp._patches import PatchExtractor
 
@@ -258,7 +261,13 @@ class PixNet(Predictor):
                 if cen:
                     mpp = np.asarray(s.microns_per_pixel_xy)
                     readers[id(s)] = (
-                        PatchExtractor(s.image_levels, np.asarray(cen) / mpp, tuple(mpp), size_um=geo["tile_um"], patch_px=geo["tile_px"]),
+                        PatchExtractor(
+                            s.image_levels,
+                            np.asarray(cen) / mpp,
+                            tuple(mpp),
+                            size_um=geo["tile_um"],
+                            patch_px=geo["tile_px"],
+                        ),
                         iter(range(len(cen))),
                     )
             bs = int(geo["batch_size"])
@@ -279,8 +288,8 @@ class PixNet(Predictor):
             return (err * valid).sum() / valid.sum().clamp_min(1.0)
 
         log = fit_module(
-            net, lambda rng: batches(rng, False), loss_fn,
-            val_batches=(lambda: batches(None, True)) if any(it[4].any() for it in items) else None,
+            net, lambda rng: batches(rng, want_val=False), loss_fn,
+            val_batches=(lambda: batches(None, want_val=True)) if any(it[4].any() for it in items) else None,
             max_epochs=int(max_epochs if max_epochs is not None else geo["max_epochs"]),
             patience=self.config["patience"], lr=self.config["lr"], weight_decay=self.config["weight_decay"],
             device=dev, seed=seed, progress=self.progress, desc="pixnet",
@@ -329,7 +338,7 @@ class PixNet(Predictor):
     def _load_encoder(self, net) -> None:
         from ._foundation import load_weights_file
 
-        state, _ = load_weights_file(self.config["weights"])
+        state = load_weights_file(self.config["weights"])
         missing, unexpected = net.encoder.load_state_dict(state, strict=False)
         if len(missing) > 0.5 * len(net.encoder.state_dict()):
             msg = f"Weights {self.config['weights']!r} do not fit encoder {self.config['encoder']}: {len(missing)} keys missing."
@@ -347,7 +356,7 @@ class PixNet(Predictor):
         gx, gy = np.meshgrid(xs, ys)
         return np.column_stack([gx.ravel(), gy.ravel()]) * map_um, n_map
 
-    def _tile_maps(self, slide: SlideData, origins_um: np.ndarray, geo: dict, dev: Any):
+    def _tile_maps(self, slide: SlideData, origins_um: np.ndarray, geo: dict, dev: Any, *, window: bool = True):
         """Yield ``(origin_um, weighted map (G, n, n))`` for each tile, in batches."""
         import torch
 
@@ -356,10 +365,17 @@ class PixNet(Predictor):
 
         mpp = np.asarray(slide.microns_per_pixel_xy)
         n_map = geo["tile_map_px"]
+        # each tile is computed with a context margin of a quarter tile on every side, then cropped: the
+        # network sees real tissue, not padding, around the part of the map that is kept
+        ctx = max(2, n_map // 4)
+        full = n_map + 2 * ctx
+        stride = self.config["out_stride"]
         w1 = _window(n_map)
-        win = torch.as_tensor(np.outer(w1, w1), device=dev, dtype=torch.float32)
+        win = torch.as_tensor(np.outer(w1, w1) if window else np.ones((n_map, n_map)), device=dev, dtype=torch.float32)
         centres = (origins_um + geo["tile_um"] / 2) / mpp
-        ext = PatchExtractor(slide.image_levels, centres, tuple(mpp), size_um=geo["tile_um"], patch_px=geo["tile_px"])
+        ext = PatchExtractor(
+            slide.image_levels, centres, tuple(mpp), size_um=full * geo["map_um"], patch_px=full * stride
+        )
         net = self._net.to(dev).eval()
         bs = 16
         with torch.inference_mode(), autocast(dev):
@@ -368,7 +384,7 @@ class PixNet(Predictor):
                 x = self._normalise(torch.as_tensor(ext.read(idx), device=dev).float())
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                maps = net(x).float() * win
+                maps = net(x).float()[:, :, ctx : ctx + n_map, ctx : ctx + n_map] * win
                 for j, i in enumerate(idx):
                     yield origins_um[i], maps[j].cpu().numpy()
 
@@ -382,7 +398,11 @@ class PixNet(Predictor):
         map_um, n_map = geo["map_um"], geo["tile_map_px"]
         c_um = regions.centers_um(slide)
         polys = regions.meta.get("polygons_um")
-        half_ext = regions.size_um / 2 if polys is None else max(max(p.bounds[2] - p.bounds[0], p.bounds[3] - p.bounds[1]) for p in polys) / 2
+        half_ext = (
+            regions.size_um / 2
+            if polys is None
+            else max(max(p.bounds[2] - p.bounds[0], p.bounds[3] - p.bounds[1]) for p in polys) / 2
+        )
         lo, hi = c_um.min(0) - half_ext, c_um.max(0) + half_ext
         origins, _ = self._tile_grid(lo, hi, geo)
         num = np.zeros((regions.n, len(self.genes)))
@@ -403,7 +423,12 @@ class PixNet(Predictor):
             else:
                 from shapely import affinity
 
-                local = [affinity.affine_transform(polys[h], [1 / map_um, 0, 0, 1 / map_um, -origin[0] / map_um, -origin[1] / map_um]) for h in hits]
+                local = [
+                    affinity.affine_transform(
+                        polys[h], [1 / map_um, 0, 0, 1 / map_um, -origin[0] / map_um, -origin[1] / map_um]
+                    )
+                    for h in hits
+                ]
                 m = region_masks((n_map, n_map), polygons=local)
             if len(m.region) == 0:
                 continue
@@ -423,11 +448,13 @@ class PixNet(Predictor):
         *,
         store: Any = None,
         tile_map_px: int | None = None,
+        single_tile: bool = False,
     ) -> tuple[Any, float, tuple[float, float]]:
         """The stitched linear map over ``bbox_um = (x0, y0, x1, y1)``: ``(array (G, h, w), map µm/px, origin µm)``.
 
         ``store`` (a path) writes it chunk by chunk into a zarr array instead of memory; ``tile_map_px``
-        overrides the tile size (in map pixels) used for inference.
+        overrides the tile size (in map pixels) used for inference; ``single_tile`` runs the network once on
+        the whole box (for small boxes: the reference the stitched map is tested against).
         """
         from ._device import resolve_device
 
@@ -440,6 +467,13 @@ class PixNet(Predictor):
         g1 = np.ceil(np.array([x1, y1]) / map_um)
         w, h = (g1 - g0).astype(int)
         G = len(self.genes)
+        if single_tile:
+            n = int(max(w, h))
+            n += n % 2
+            geo1 = {**geo, "tile_map_px": n, "tile_px": n * self.config["out_stride"], "tile_um": n * map_um}
+            origin = g0 * map_um
+            ext_map = next(self._tile_maps(slide, origin[None], geo1, dev, window=False))[1]
+            return ext_map[:, :h, :w].astype(np.float32), map_um, (float(origin[0]), float(origin[1]))
         wsum = np.zeros((h, w), np.float32)
         if store is None:
             out = np.zeros((G, h, w), np.float32)
@@ -470,6 +504,11 @@ class PixNet(Predictor):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Rebuild the network and load its weights."""
-        net = _build(self.config["encoder"], int(np.asarray(state["n_genes"]).ravel()[0]), self.config["channels"], self.config["out_stride"])
+        net = _build(
+            self.config["encoder"],
+            int(np.asarray(state["n_genes"]).ravel()[0]),
+            self.config["channels"],
+            self.config["out_stride"],
+        )
         load_module_state(net, state, "net.")
         self._net = net.eval()

@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._base import Predictor, Regions, SlideData, register_predictor
+from ._base import Predictor, register_predictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from ._base import Regions, SlideData
 
 __all__ = ["RidgePredictor"]
 
@@ -38,9 +40,7 @@ class RidgePredictor(Predictor):
     default_backbone = "handcrafted"
     provides_std = True
 
-    def __init__(
-        self, *, alphas: Sequence[float] | None = None, pca: int | None = None, clip: bool = True
-    ) -> None:
+    def __init__(self, *, alphas: Sequence[float] | None = None, pca: int | None = None, clip: bool = True) -> None:
         alphas = list(np.logspace(-4, 3, 15)) if alphas is None else [float(a) for a in alphas]
         super().__init__(alphas=alphas, pca=pca, clip=clip)
         self._state: dict[str, np.ndarray] = {}
@@ -50,8 +50,8 @@ class RidgePredictor(Predictor):
         slides: Sequence[SlideData],
         *,
         genes: Sequence[str],
-        max_epochs: int | None = None,  # noqa: ARG002 - closed form
-        seed: int | None = None,  # noqa: ARG002 - deterministic
+        max_epochs: int | None = None,
+        seed: int | None = None,
     ) -> RidgePredictor:
         """Fit on the slides' embeddings and targets."""
         X = np.concatenate([np.asarray(s.embeddings, dtype=np.float64) for s in slides])
@@ -115,7 +115,7 @@ class RidgePredictor(Predictor):
             Z = Z @ st["pca"].T
         return Z
 
-    def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray]:  # noqa: ARG002
+    def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray]:
         """Mean and posterior std at the regions' embeddings."""
         self._check_fitted()
         if regions.embeddings is None:

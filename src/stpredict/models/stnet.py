@@ -21,18 +21,20 @@ Here
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .._logging import get_logger
-from ._base import Predictor, Regions, SlideData, register_predictor
+from ._base import Predictor, register_predictor
 from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
+
+    from ._base import Regions, SlideData
 
 __all__ = ["STNet"]
 
@@ -82,6 +84,7 @@ class STNet(Predictor):
     consumes = "patches"
     default_backbone = None
     provides_std = True
+    smoke_config: ClassVar[dict[str, Any]] = {"trunk": "resnet18", "patch_px": 32, "batch_size": 8}
 
     def __init__(
         self,
@@ -127,7 +130,7 @@ class STNet(Predictor):
         if load and self.config["weights"]:
             from ._foundation import load_weights_file
 
-            state, _ = load_weights_file(self.config["weights"])
+            state = load_weights_file(self.config["weights"])
             missing, unexpected = net.load_state_dict(
                 {k: v for k, v in state.items() if not k.startswith(net.default_cfg.get("classifier", "classifier"))},
                 strict=False,
@@ -228,7 +231,7 @@ class STNet(Predictor):
         views = range(8) if self.config["tta"] else range(1)
         means, stds = [], []
         with torch.inference_mode(), autocast(dev):
-            for idx, batch in reader.batches(64, order=np.arange(len(reader))):
+            for _, batch in reader.batches(64, order=np.arange(len(reader))):
                 x = self._normalise(torch.as_tensor(batch, device=dev))
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,7 +32,9 @@ def _extent(centers: np.ndarray, pad: float) -> tuple[float, float, float, float
     return lo[0], hi[0], hi[1], lo[1]
 
 
-def _scatter(ax: Axes, img, fx, fy, centers, values, size_px, title, cmap="viridis", vmin=None, vmax=None, categorical=False):
+def _scatter(
+    ax: Axes, img, fx, fy, centers, values, size_px, title, cmap="viridis", vmin=None, vmax=None, *, categorical=False
+):
     ax.imshow(img, extent=(0, img.shape[1] * fx, img.shape[0] * fy, 0))
     # marker size in points² from the region size in data units
     ax.set_xlim(*_extent(centers, 2 * size_px)[:2])
@@ -108,17 +110,41 @@ def predicted_vs_measured(
     pred = np.asarray(table.layers[key])[np.ix_(geo.rows, table.var_names.get_indexer(genes))]
     img, fx, fy = _background(sdata, geo.image_key)
     ncol = 3 if grid_table else 2
-    fig, axes = plt.subplots(len(genes), ncol, figsize=(figsize_per_panel * ncol + 1, figsize_per_panel * len(genes)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(genes), ncol, figsize=(figsize_per_panel * ncol + 1, figsize_per_panel * len(genes)), squeeze=False
+    )
     for i, g in enumerate(genes):
         both = np.concatenate([y[:, i], pred[:, i][np.isfinite(pred[:, i])]])
         vmin, vmax = np.percentile(both, [1, 99])
         _scatter(axes[i, 0], img, fx, fy, geo.centers, y[:, i], geo.diameter, f"{g} measured", vmin=vmin, vmax=vmax)
-        sc = _scatter(axes[i, 1], img, fx, fy, geo.centers, pred[:, i], geo.diameter, f"{g} predicted" + ("" if key == LAYER_PREDICTED else f" ({key})"), vmin=vmin, vmax=vmax)
+        sc = _scatter(
+            axes[i, 1],
+            img,
+            fx,
+            fy,
+            geo.centers,
+            pred[:, i],
+            geo.diameter,
+            f"{g} predicted" + ("" if key == LAYER_PREDICTED else f" ({key})"),
+            vmin=vmin,
+            vmax=vmax,
+        )
         if grid_table:
             gt = sdata.tables[grid_table]
             gi = gt.var_names.get_loc(g)
             size = float(gt.uns["stpredict"]["superresolve"]["region_size_um"]) / geo.microns_per_pixel
-            _scatter(axes[i, 2], img, fx, fy, np.asarray(gt.obsm["spatial"]), np.asarray(gt.X[:, gi]).ravel(), size, f"{g} {grid_table}", vmin=vmin, vmax=vmax)
+            _scatter(
+                axes[i, 2],
+                img,
+                fx,
+                fy,
+                np.asarray(gt.obsm["spatial"]),
+                np.asarray(gt.X[:, gi]).ravel(),
+                size,
+                f"{g} {grid_table}",
+                vmin=vmin,
+                vmax=vmax,
+            )
         fig.colorbar(sc, ax=axes[i, -1], fraction=0.046, pad=0.02, label="log1p(norm.)")
     fig.tight_layout()
     return fig

@@ -116,7 +116,9 @@ def region_masks(
             wt_l.append(frac[rr, cc])
         polygons = centers
     cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-    return RegionMasks(cat(rows_l, np.int64), cat(cols_l, np.int64), cat(reg_l, np.int64), cat(wt_l, np.float64), len(polygons))
+    return RegionMasks(
+        cat(rows_l, np.int64), cat(cols_l, np.int64), cat(reg_l, np.int64), cat(wt_l, np.float64), len(polygons)
+    )
 
 
 def aggregate_map(values: np.ndarray, masks: RegionMasks) -> np.ndarray:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dask
+import dask.threaded
 import numpy as np
+from dask.optimization import cull
 
 from .._docs import doc_params
 from .._image import image_levels
@@ -27,6 +30,8 @@ __all__ = ["PatchDataset", "PatchExtractor", "choose_level", "patches"]
 
 #: ARCHITECTURE.md: read from the coarsest level whose µm/px is at most this factor above the target.
 LEVEL_TOLERANCE = 1.05
+#: Threads resampling the patches of a batch (PIL releases the GIL); only in the process that built the reader.
+RESAMPLE_THREADS = min(4, os.cpu_count() or 1)
 
 
 def choose_level(level_mpp: list[tuple[float, float]], target_mpp: float) -> int:
@@ -63,6 +68,12 @@ class _ChunkCache:
             while self._bytes > self.max_bytes and len(self._data) > 1:
                 _, old = self._data.popitem(last=False)
                 self._bytes -= old.nbytes
+
+    def drop_rows_above(self, ky: int) -> None:
+        """Forget the chunks of rows ``< ky`` (no longer needed by a spatially ordered pass)."""
+        with self._lock:
+            for k in [k for k in self._data if k[0] < ky]:
+                self._bytes -= self._data.pop(k).nbytes
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,8 @@ class PatchExtractor:
         self._cache_mb = settings.chunk_cache_mb if cache_mb is None else cache_mb
         self._cache = _ChunkCache(int(self._cache_mb) * 2**20)
         self._pid = os.getpid()
+        self._dsk: dict | None = None  # the level's low-level task graph, built on the first read
+        self._pool: ThreadPoolExecutor | None = None
         # window origins in level pixels
         cx = self.centers[:, 0] / lvl.factor_x
         cy = self.centers[:, 1] / lvl.factor_y
@@ -145,6 +158,8 @@ class PatchExtractor:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = None  # each worker process builds its own cache
+        state["_dsk"] = None
+        state["_pool"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -178,6 +193,39 @@ class PatchExtractor:
         cx = np.searchsorted(self._chunks_x, self._x0 + self.plan.win_x // 2, side="right")
         return np.lexsort((self._x0, cx, cy))
 
+    def _chunk_rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First and last chunk row touched by the windows ``idx``."""
+        h = self.levels[self.plan.level].shape_yx[0]
+        y0 = self._y0[idx]
+        ky0 = np.searchsorted(self._chunks_y, np.clip(y0, 0, h - 1), side="right") - 1
+        ky1 = np.searchsorted(self._chunks_y, np.clip(y0 + self.plan.win_y - 1, 0, h - 1), side="right") - 1
+        return ky0, ky1
+
+    def _compute_blocks(self, missing: list[tuple[int, int]]) -> list[Any]:
+        """Compute chunks ``(ky, kx)`` of the level.
+
+        Runs the culled low-level graph directly: going through ``dask.compute`` on per-block collections costs
+        milliseconds of graph building and tokenising per call, more than decoding a chunk.
+        """
+        # dask's thread pool does not survive a fork: DataLoader workers compute synchronously
+        threaded = os.getpid() == self._pid
+        arr = self._array
+        if arr.numblocks[0] == 1:
+            try:
+                if self._dsk is None:
+                    self._dsk = dict(arr.__dask_graph__())
+                keys = [(arr.name, 0, ky, kx) for ky, kx in missing]
+                if all(k in self._dsk for k in keys):
+                    dsk, _ = cull(self._dsk, keys)
+                    get = dask.threaded.get if threaded and len(keys) > 1 else dask.get
+                    return list(get(dsk, keys))
+            except Exception:  # noqa: BLE001 - an exotic graph: fall back on dask.compute below
+                self._dsk = {}
+        blocks = [arr.blocks[0, ky, kx] if arr.numblocks[0] == 1 else
+                  arr[:, self._chunks_y[ky]:self._chunks_y[ky + 1],
+                      self._chunks_x[kx]:self._chunks_x[kx + 1]] for ky, kx in missing]  # fmt: skip
+        return list(dask.compute(*blocks, scheduler="threads" if threaded else "sync"))
+
     def _fetch(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
         out: dict[tuple[int, int], np.ndarray] = {}
         missing = []
@@ -188,12 +236,7 @@ class PatchExtractor:
             else:
                 out[k] = arr
         if missing:
-            blocks = [self._array.blocks[0, ky, kx] if self._array.numblocks[0] == 1 else
-                      self._array[:, self._chunks_y[ky]:self._chunks_y[ky + 1],
-                                  self._chunks_x[kx]:self._chunks_x[kx + 1]] for ky, kx in missing]  # fmt: skip
-            # dask's thread pool does not survive a fork: DataLoader workers compute synchronously
-            scheduler = "threads" if os.getpid() == self._pid else "sync"
-            values = dask.compute(*blocks, scheduler=scheduler)
+            values = self._compute_blocks(missing)
             for k, v in zip(missing, values, strict=True):
                 v = np.ascontiguousarray(np.asarray(v)[: self._nc])
                 self._cache.put(k, v)
@@ -207,8 +250,7 @@ class PatchExtractor:
         h, w = self.levels[self.plan.level].shape_yx
         out = np.full((len(idx), 3, wy, wx), self.pad_value, dtype=np.uint8)
         x0, y0 = self._x0[idx], self._y0[idx]
-        ky0 = np.searchsorted(self._chunks_y, np.clip(y0, 0, h - 1), side="right") - 1
-        ky1 = np.searchsorted(self._chunks_y, np.clip(y0 + wy - 1, 0, h - 1), side="right") - 1
+        ky0, ky1 = self._chunk_rows(idx)
         kx0 = np.searchsorted(self._chunks_x, np.clip(x0, 0, w - 1), side="right") - 1
         kx1 = np.searchsorted(self._chunks_x, np.clip(x0 + wx - 1, 0, w - 1), side="right") - 1
         inside = (x0 + wx > 0) & (x0 < w) & (y0 + wy > 0) & (y0 < h)
@@ -246,10 +288,22 @@ class PatchExtractor:
         from PIL import Image
 
         p = self.patch_px
-        out = np.empty((raw.shape[0], 3, p, p), dtype=np.uint8)
-        for j in range(raw.shape[0]):
-            im = Image.fromarray(np.ascontiguousarray(raw[j].transpose(1, 2, 0)))
-            out[j] = np.asarray(im.resize((p, p), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+        n = raw.shape[0]
+        out = np.empty((n, 3, p, p), dtype=np.uint8)
+
+        def resample(j: int) -> None:
+            # channel by channel as 8-bit planes: no HWC transposes, and PIL resamples 3 planes instead of
+            # the 4 of its RGBX layout; same antialiased bilinear filter, bit-identical to an RGB resize
+            for c in range(3):
+                out[j, c] = np.asarray(Image.fromarray(raw[j, c]).resize((p, p), Image.Resampling.BILINEAR))
+
+        if n > 1 and RESAMPLE_THREADS > 1 and os.getpid() == self._pid:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(RESAMPLE_THREADS, thread_name_prefix="stpredict-patches")
+            list(self._pool.map(resample, range(n)))
+        else:
+            for j in range(n):
+                resample(j)
         return out
 
     def batches(
@@ -257,10 +311,18 @@ class PatchExtractor:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(indices, patches)`` batches in spatial order (or ``order``)."""
         bs = batch_size or settings.batch_size
-        order = self.spatial_order() if order is None else np.asarray(order)
+        spatial = order is None
+        order = self.spatial_order() if spatial else np.asarray(order)
+        if spatial and len(order):
+            # in spatial order, once no later window touches a chunk row it can leave the cache: the memory
+            # held follows the slide's width, not its area
+            ky0, _ = self._chunk_rows(order)
+            still_needed = np.minimum.accumulate(ky0[::-1])[::-1]
         for s in range(0, len(order), bs):
             idx = order[s : s + bs]
             yield idx, self.read(idx)
+            if spatial and s + bs < len(order):
+                self._cache.drop_rows_above(int(still_needed[s + bs]))
 
 
 class PatchDataset:

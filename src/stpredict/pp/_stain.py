@@ -102,14 +102,20 @@ class StainNormalizer:
         ref = np.asarray(reference)
         if self.method == "macenko":
             self.stains = macenko_stains(ref)
-            c = stain_concentrations(rgb_to_od(ref), self.stains).reshape(-1, 2) if ref.ndim == 3 else np.moveaxis(
-                stain_concentrations(rgb_to_od(ref), self.stains), 1, -1
-            ).reshape(-1, 2)
+            c = (
+                stain_concentrations(rgb_to_od(ref), self.stains).reshape(-1, 2)
+                if ref.ndim == 3
+                else np.moveaxis(stain_concentrations(rgb_to_od(ref), self.stains), 1, -1).reshape(-1, 2)
+            )
             self.max_conc = np.percentile(c, 99, axis=0)
         elif self.method == "reinhard":
             lab = _to_lab(ref)
-            self.lab_mean = lab.reshape(3, -1).mean(1) if ref.ndim == 3 else np.moveaxis(lab, 1, 0).reshape(3, -1).mean(1)
-            self.lab_std = (lab.reshape(3, -1) if ref.ndim == 3 else np.moveaxis(lab, 1, 0).reshape(3, -1)).std(1) + 1e-6
+            self.lab_mean = (
+                lab.reshape(3, -1).mean(1) if ref.ndim == 3 else np.moveaxis(lab, 1, 0).reshape(3, -1).mean(1)
+            )
+            self.lab_std = (lab.reshape(3, -1) if ref.ndim == 3 else np.moveaxis(lab, 1, 0).reshape(3, -1)).std(
+                1
+            ) + 1e-6
         else:
             msg = f"method must be 'macenko' or 'reinhard', got {self.method!r}."
             raise ValueError(msg)

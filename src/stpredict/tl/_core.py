@@ -80,7 +80,9 @@ class Training:
         tables = [(s.tables[g.table_key], g.rows) for s, g in zip(sdatas, self.geos, strict=True)]
         self.genes, self.gene_selection = select_genes(tables, genes, layer=layer, n_genes=n_genes)
         self.slides: list[SlideData] = [
-            build_slide(s, **keys, microns_per_pixel=microns_per_pixel, genes=self.genes, layer=layer, need_targets=True)[0]
+            build_slide(
+                s, **keys, microns_per_pixel=microns_per_pixel, genes=self.genes, layer=layer, need_targets=True
+            )[0]
             for s in sdatas
         ]
         for i, sl in enumerate(self.slides):
@@ -145,7 +147,7 @@ class Training:
         }
 
 
-def set_device(predictor: Predictor, device: Any, progress: bool | None = False) -> None:
+def set_device(predictor: Predictor, device: Any, progress: bool | None = False) -> None:  # noqa: FBT001, FBT002
     """Tell a torch predictor which device to use (``None`` → settings) and whether to show progress."""
     predictor.device = device
     predictor.progress = progress

@@ -226,7 +226,16 @@ def cross_validate(
     # validate and resolve every slide before any heavy work
     base = []
     for i, s in enumerate(sdatas):
-        sl, geo = build_slide(s, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=None, layer=None, need_targets=True)
+        sl, geo = build_slide(
+            s,
+            image_key=None,
+            spots_key=None,
+            table_key=None,
+            microns_per_pixel=None,
+            genes=None,
+            layer=None,
+            need_targets=True,
+        )
         if names is not None:
             sl.name = str(names[i])
         base.append((sl, geo, s.tables[geo.table_key]))
@@ -253,7 +262,22 @@ def cross_validate(
     for f, (test_i, train_is, train_idx, test_idx) in enumerate(plan):
         sl_test, geo_test, table_test = base[test_i]
         if protocol == "pool":
-            result = _pool_fold(proto_pred, base[test_i], pool, genes, n_genes, bb, patch_um, embeddings(test_i), device, batch_size, num_workers, progress, max_epochs, seed)
+            result = _pool_fold(
+                proto_pred,
+                base[test_i],
+                pool,
+                genes,
+                n_genes,
+                bb,
+                patch_um,
+                embeddings(test_i),
+                device,
+                batch_size,
+                num_workers,
+                progress,
+                max_epochs,
+                seed,
+            )
             y_true, mean, panel, n_train, t_fit, t_pred, train_names = result
             test_names = list(sl_test.obs_names)
         else:
@@ -287,7 +311,13 @@ def cross_validate(
                 emb = embeddings(test_i)
                 context.embeddings = emb
             emb_t = embeddings(test_i)
-            regions = Regions(sl_test.centers_px[test_idx], "circle", sl_test.spot_diameter_um, "spots", None if emb_t is None else emb_t[test_idx])
+            regions = Regions(
+                sl_test.centers_px[test_idx],
+                "circle",
+                sl_test.spot_diameter_um,
+                "spots",
+                None if emb_t is None else emb_t[test_idx],
+            )
             t0 = time.perf_counter()
             mean, _ = pred.predict(context, regions)
             t_pred = time.perf_counter() - t0
@@ -314,7 +344,15 @@ def cross_validate(
                 "predict_seconds": round(t_pred, 3),
             }
         )
-        splits.append(Split(f, test_i, list(train_is), train_names if isinstance(train_names, dict) else {test_i: train_names}, test_names))
+        splits.append(
+            Split(
+                f,
+                test_i,
+                list(train_is),
+                train_names if isinstance(train_names, dict) else {test_i: train_names},
+                test_names,
+            )
+        )
         logger.info("cv %s fold %d (%s): mean PCC %.3f", proto_pred.name, f, sl_test.name, s["mean"])
     params = {
         "model": proto_pred.name,
@@ -328,7 +366,9 @@ def cross_validate(
         "backbone": dict(bb.params(), patch_size_um=patch_um) if bb is not None else None,
         "max_epochs": max_epochs,
         "embed_seconds": round(emb_seconds[0], 3),
-        "gene_selection": "given" if genes is not None else f"top {n_genes} HVG (seurat_v3) of each fold's training spots",
+        "gene_selection": "given"
+        if genes is not None
+        else f"top {n_genes} HVG (seurat_v3) of each fold's training spots",
     }
     return CVResult(pd.concat(rows, ignore_index=True), pd.DataFrame(fold_rows), splits, fold_genes, params)
 
@@ -359,7 +399,22 @@ def _plan(protocol, base, groups, fraction, seed):
     return plan
 
 
-def _pool_fold(proto, item, k, genes, n_genes, bb: Backbone | None, patch_um, emb_orig, device, batch_size, num_workers, progress, max_epochs, seed):
+def _pool_fold(
+    proto,
+    item,
+    k,
+    genes,
+    n_genes,
+    bb: Backbone | None,
+    patch_um,
+    emb_orig,
+    device,
+    batch_size,
+    num_workers,
+    progress,
+    max_epochs,
+    seed,
+):
     """Fit on pooled pseudo-spots of one slide, predict its original spots."""
     import anndata as ad
 
@@ -376,7 +431,18 @@ def _pool_fold(proto, item, k, genes, n_genes, bb: Backbone | None, patch_um, em
     y, ylin, lib = targets(ptab, rows, panel, None)
     emb = None
     if bb is not None:
-        emb = compute_embeddings(sl.image_levels, centers, sl.microns_per_pixel_xy, bb, patch_size_um=patch_um, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress, desc="embed pooled")
+        emb = compute_embeddings(
+            sl.image_levels,
+            centers,
+            sl.microns_per_pixel_xy,
+            bb,
+            patch_size_um=patch_um,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            desc="embed pooled",
+        )
     sizes = np.bincount(member)
     pooled_slide = SlideData(
         name=f"{sl.name}_pool{k}",

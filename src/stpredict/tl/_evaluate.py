@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .._docs import doc_params
 from .._keys import LAYER_PREDICTED, UNS_KEY
@@ -15,6 +14,7 @@ from ._inputs import build_slide
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import pandas as pd
     from spatialdata import SpatialData
 
 __all__ = ["evaluate"]

@@ -216,7 +216,11 @@ def fit(
         layer=layer,
     )
     logger.info(
-        "fit: %s on %d spots of %d slide(s), %d genes.", predictor.name, sum(s.n for s in tr.slides), len(sdatas), len(tr.genes)
+        "fit: %s on %d spots of %d slide(s), %d genes.",
+        predictor.name,
+        sum(s.n for s in tr.slides),
+        len(sdatas),
+        len(tr.genes),
     )
     tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
     set_device(predictor, device, progress)

@@ -276,7 +276,9 @@ def region_embeddings(
         from ..pp._patches import PatchExtractor
 
         def read_tile(center_um: np.ndarray, size_um: float, out_px: int) -> np.ndarray:
-            ext = PatchExtractor(slide.image_levels, (np.asarray(center_um) / mpp)[None], tuple(mpp), size_um=size_um, patch_px=out_px)
+            ext = PatchExtractor(
+                slide.image_levels, (np.asarray(center_um) / mpp)[None], tuple(mpp), size_um=size_um, patch_px=out_px
+            )
             return ext.read([0])
 
         show = settings.progress if progress is None else progress
@@ -335,7 +337,9 @@ def resolve_backbone(predictor: Predictor, backbone: Any, weights: Any) -> Backb
         if fitted == "handcrafted":
             from ..models._handcrafted import HandcraftedBackbone
 
-            return HandcraftedBackbone(mpp=float(predictor.backbone.get("mpp", 1.0)), context=float(predictor.backbone.get("context", 3.0)))
+            return HandcraftedBackbone(
+                mpp=float(predictor.backbone.get("mpp", 1.0)), context=float(predictor.backbone.get("context", 3.0))
+            )
         return get_backbone(fitted, weights=weights)
     spec = backbone if backbone is not None else predictor.default_backbone
     if spec is None:
@@ -392,7 +396,8 @@ def build_slide(
     if table is not None and genes is not None and table.n_vars > 0 and all(g in table.var_names for g in genes):
         y, y_lin, lib = targets(table, geo.rows, genes, layer)
     slide = SlideData(
-        name=name or str(table.uns.get("stpredict_source", {}).get("library_id", spots_key) if table is not None else spots_key),
+        name=name
+        or str(table.uns.get("stpredict_source", {}).get("library_id", spots_key) if table is not None else spots_key),
         centers_px=geo.centers,
         microns_per_pixel_xy=geo.microns_per_pixel_xy,
         spot_diameter_px=geo.diameter,
@@ -407,7 +412,9 @@ def build_slide(
     return slide, geo
 
 
-def spatial_folds(centers_um: np.ndarray, k: int, *, seed: int | None, block_um: float | None = None) -> tuple[np.ndarray, float]:
+def spatial_folds(
+    centers_um: np.ndarray, k: int, *, seed: int | None, block_um: float | None = None
+) -> tuple[np.ndarray, float]:
     """Spatially blocked K-fold assignment: square blocks (≈ 4 per fold) dealt to folds at random.
 
     Returns the fold of each spot and the block side in µm.

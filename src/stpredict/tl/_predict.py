@@ -144,7 +144,13 @@ def predict(
         if slide.n < 2 * oof_folds:
             msg = f"{slide.n} measured spots are too few for {oof_folds}-fold cross-fitting."
             raise ValueError(msg)
-        logger.info("predict: %s, %d spots, %d genes, %d-fold spatially blocked cross-fitting.", predictor.name, slide.n, len(tr.genes), oof_folds)
+        logger.info(
+            "predict: %s, %d spots, %d genes, %d-fold spatially blocked cross-fitting.",
+            predictor.name,
+            slide.n,
+            len(tr.genes),
+            oof_folds,
+        )
         tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
         folds, block = spatial_folds(slide.centers_um, oof_folds, seed=seed)
         mean = np.full((slide.n, len(tr.genes)), np.nan, dtype=np.float32)
@@ -182,10 +188,16 @@ def predict(
     else:
         set_device(predictor, device, progress)
         slide, geo = _prediction_slide(
-            sdata, predictor, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel, layer=layer
+            sdata,
+            predictor,
+            image_key=image_key,
+            spots_key=spots_key,
+            table_key=table_key,
+            microns_per_pixel=microns_per_pixel,
+            layer=layer,
         )
+        _check_backbone(predictor, backbone, patch_size_um)
         bb = resolve_backbone(predictor, backbone, weights)
-        _check_backbone(predictor, bb, patch_size_um)
         patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um if bb else 0.0)) if bb else 0.0
         emb = None
         if bb is not None:
@@ -220,7 +232,15 @@ def predict(
         }
     )
     out = _write_table(
-        sdata, geo, sdata_table_key, genes_out, mean, std if has_std else None, record, key_added=key_added, inplace=inplace
+        sdata,
+        geo,
+        sdata_table_key,
+        genes_out,
+        mean,
+        std if has_std else None,
+        record,
+        key_added=key_added,
+        inplace=inplace,
     )
     if inplace and cache is not None:
         cache.cache_embeddings()
@@ -241,15 +261,23 @@ def _prediction_slide(sdata, predictor: Predictor, **keys) -> tuple[SlideData, A
     return slide, geo
 
 
-def _check_backbone(predictor: Predictor, bb: Any, patch_size_um: float | None) -> None:
+def _check_backbone(predictor: Predictor, backbone: Any, patch_size_um: float | None) -> None:
+    """A fitted model predicts only from the embeddings it was fitted on (checked before building anything)."""
     fitted = predictor.backbone.get("backbone")
-    if bb is not None and fitted and bb.name != fitted:
-        msg = (
-            f"The model was fitted on {fitted!r} embeddings but backbone {bb.name!r} was asked for: "
-            "predictions need the same backbone (omit backbone=... to use the model's)."
-        )
-        raise ValueError(msg)
-    if patch_size_um is not None and fitted and float(patch_size_um) != float(predictor.backbone.get("patch_size_um", patch_size_um)):
+    if backbone is not None and fitted:
+        asked = backbone if isinstance(backbone, str) else getattr(backbone, "name", type(backbone).__name__)
+        short = str(asked).removeprefix("hf-hub:").split("/")[-1].lower()
+        if asked != fitted and short != fitted:
+            msg = (
+                f"The model was fitted on {fitted!r} embeddings but backbone {asked!r} was asked for: "
+                "predictions need the same backbone (omit backbone=... to use the model's)."
+            )
+            raise ValueError(msg)
+    if (
+        patch_size_um is not None
+        and fitted
+        and float(patch_size_um) != float(predictor.backbone.get("patch_size_um", patch_size_um))
+    ):
         msg = f"The model was fitted on {predictor.backbone['patch_size_um']} µm windows, not {patch_size_um} µm."
         raise ValueError(msg)
 
@@ -303,8 +331,22 @@ def _write_table(sdata, geo, table_key, genes, mean, std, record, *, key_added: 
     target.obsm[key_added] = panel
     target.uns.setdefault(UNS_KEY, {})[key_added] = record
     if not present.all():
-        logger.info("%d predicted genes are not in table %r: they are in obsm[%r] only.", int((~present).sum()), table_key, key_added)
+        logger.info(
+            "%d predicted genes are not in table %r: they are in obsm[%r] only.",
+            int((~present).sum()),
+            table_key,
+            key_added,
+        )
     if inplace:
-        logger.info("Added table %r layers[%r]%s, var[%r], obsm[%r], uns[%r][%r].", table_key, key_added, f", layers[{key_added + '_std'!r}]" if std is not None else "", key_added, key_added, UNS_KEY, key_added)
+        logger.info(
+            "Added table %r layers[%r]%s, var[%r], obsm[%r], uns[%r][%r].",
+            table_key,
+            key_added,
+            f", layers[{key_added + '_std'!r}]" if std is not None else "",
+            key_added,
+            key_added,
+            UNS_KEY,
+            key_added,
+        )
         return None
     return target

@@ -129,7 +129,12 @@ def superresolve(
     predictor, fitted = resolve_model(model, model_kwargs)
     t0 = time.perf_counter()
     grid_name = canonical_grid_name(f"bin{float(bin_size):g}um") if bin_size is not None else canonical_grid_name(grid)
-    keys = {"image_key": image_key, "spots_key": spots_key, "table_key": table_key, "microns_per_pixel": microns_per_pixel}
+    keys = {
+        "image_key": image_key,
+        "spots_key": spots_key,
+        "table_key": table_key,
+        "microns_per_pixel": microns_per_pixel,
+    }
     if not fitted:
         tr = Training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
@@ -139,8 +144,8 @@ def superresolve(
         bb, patch_um = tr.backbone, tr.patch_size_um
     else:
         slide, geo = _prediction_slide(sdata, predictor, layer=layer, **keys)
+        _check_backbone(predictor, backbone, patch_size_um)
         bb = resolve_backbone(predictor, backbone, weights)
-        _check_backbone(predictor, bb, patch_size_um)
         patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um)) if bb is not None else 0.0
         tr = None
     # grid first: it validates bin size and lattice before any training
@@ -211,7 +216,9 @@ def superresolve(
     if not inplace:
         return SpatialData(shapes={shapes_key: shapes}, tables={table_name: adata})
     for key, kind in ((shapes_key, "shapes"), (table_name, "tables")):
-        other = [k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)]
+        other = [
+            k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
+        ]
         if other:
             msg = f"Element name {key!r} is already used by {other[0]}; pass key_added=... for the table."
             raise ValueError(msg)
@@ -219,7 +226,9 @@ def superresolve(
         logger.info("Replacing table %r.", table_name)
         del sdata.tables[table_name]
     if shapes_key in sdata.shapes and not _same_geometry(sdata.shapes[shapes_key], shapes):
-        logger.warning("Replacing shapes %r with a different grid; tables annotating the old one are now stale.", shapes_key)
+        logger.warning(
+            "Replacing shapes %r with a different grid; tables annotating the old one are now stale.", shapes_key
+        )
         del sdata.shapes[shapes_key]
     if shapes_key not in sdata.shapes:
         sdata.shapes[shapes_key] = shapes
