@@ -4,12 +4,16 @@ The task compared is the real one: a window of 112 µm around each spot, resampl
 Squidpy does it with ``spot_scale`` (window size) and ``scale`` (resampling, skimage, antialiased when shrinking).
 
 Both methods read the same pixels: each slide is first materialised once into a SpatialData zarr store under
-``--workdir`` (kept between runs), and every measurement runs in its own subprocess, which reports its
-throughput and its peak resident memory (``ru_maxrss`` minus the baseline after imports).
+``--workdir`` (kept between runs; the 20,000² synthetic slide takes ~10 min to render the first time), and
+every measurement runs in its own subprocess, which reports its throughput and its peak resident memory
+(``ru_maxrss`` minus the baseline after imports). Squidpy gets the level-0 image in memory (what
+``ImageContainer`` needs), ours reads it lazily through its chunk cache. her2st is measured twice: from its
+zarr store, and as ``stp.io.read_st`` returns it (JPEG decoded into memory, for both methods).
 
-    python benchmarks/patches.py                      # synthetic Visium-size slide + her2st C2
-    python benchmarks/patches.py --quick              # smaller synthetic slide
-    python benchmarks/patches.py --memory-scaling     # also small vs large synthetic slide, both methods
+    python benchmarks/patches.py                      # synthetic Visium-size slide + her2st C2 (~3 min)
+    python benchmarks/patches.py --quick              # 8,000² synthetic slide
+    python benchmarks/patches.py --memory-scaling     # also peak memory on a small vs the large synthetic slide
+    python benchmarks/patches.py --n-spots 500        # squidpy crops 500 random spots only
 """
 
 from __future__ import annotations
@@ -349,7 +353,12 @@ def main() -> None:
     p.add_argument("--datasets", default="synthetic,her2st", help="comma-separated: synthetic, her2st")
     p.add_argument("--quick", action="store_true", help="a smaller synthetic slide (8,000² px instead of 20,000²)")
     p.add_argument("--synthetic-size", type=int, default=None, help="side of the synthetic slide in px")
-    p.add_argument("--n-spots", type=int, default=500, help="random spots cropped by squidpy (per-crop throughput)")
+    p.add_argument(
+        "--n-spots",
+        type=int,
+        default=None,
+        help="crop only this many random spots with squidpy (throughput is per crop); default: all spots",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-time", type=float, default=2.0, help="repeat passes over the spots for at least this (s)")
     p.add_argument(
@@ -360,7 +369,9 @@ def main() -> None:
     )
     p.add_argument("--n-check", type=int, default=16, help="spots compared between squidpy and ours")
     p.add_argument("--memory-scaling", action="store_true", help="also peak memory on a small synthetic slide")
-    p.add_argument("--small-size", type=int, default=8000, help="side of the small slide for --memory-scaling")
+    p.add_argument(
+        "--small-size", type=int, default=None, help="side of the small slide for --memory-scaling (default 8000)"
+    )
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "stpredict_bench_patches")
     p.add_argument("--prepare-only", default=None, help="comma-separated datasets to materialise, then exit")
     # internal: one measurement in a child process
@@ -397,7 +408,7 @@ def main() -> None:
         r: dict[str, dict] = {}
         r["ours"] = _run_child(args, "ours", ds)
         r["ours_1t"] = _run_child(args, "ours", ds, threads=1)
-        n_sq = min(args.n_spots, r["ours"]["n_total"])
+        n_sq = min(args.n_spots or r["ours"]["n_total"], r["ours"]["n_total"])
         if n_sq < r["ours"]["n_total"]:
             r["ours_sub"] = _run_child(args, "ours", ds, spots=n_sq)
         r["squidpy"] = _run_child(
@@ -406,7 +417,7 @@ def main() -> None:
         results[ds] = r
     scaling = None
     if args.memory_scaling:
-        small = f"synthetic-{args.small_size}"
+        small = f"synthetic-{args.small_size or (8000 if size > 8000 else size // 2)}"
         large = names["synthetic"][0]
         prepare(small, args.workdir)
         prepare(large, args.workdir)
@@ -417,7 +428,7 @@ def main() -> None:
             else:
                 scaling[ds] = {
                     "ours": _run_child(args, "ours", ds),
-                    "squidpy": _run_child(args, "squidpy", ds, spots=min(args.n_spots, 100), n_check=2),
+                    "squidpy": _run_child(args, "squidpy", ds, spots=min(args.n_spots or 100, 100), n_check=2),
                 }
 
     # ---- report
@@ -452,8 +463,8 @@ def main() -> None:
                             f"{x['t_extract']:.2f}", f"{rate:.1f}", f"{e2e:.1f}",
                             f"{x['mem_mb']:.0f}"]))  # fmt: skip
     print()
-    print("setup: open the zarr store and the spots, then ours: the read plan; squidpy: load level 0 into memory")
-    print("       and build the ImageContainer (the 'container s' column, part of setup).")
+    print("setup: open the slide (zarr store; read_st for her2st-memory) and its spots, then ours: the read plan;")
+    print("       squidpy: load level 0 into memory and build the ImageContainer ('container s', part of setup).")
     print("spots: spots used / spots on the slide x passes over them (repeated, cold cache, for >= --min-time s).")
     print("end-to-end: all spots of the slide, setup included (squidpy's crop time extrapolated from its spots).")
     print("peak MiB: ru_maxrss of the child process minus its baseline after imports.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import baselines, histosge, nsl, pixnet, ridge, stnet
+from . import baselines, diffusion, histosge, nsl, pixnet, ridge, stnet
 from ._backbone import Backbone, TorchBackbone, get_backbone
 from ._base import (
     Predictor,
@@ -18,6 +18,7 @@ from ._base import (
 )
 from ._handcrafted import HandcraftedBackbone
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
+from .diffusion import CrossModalDiffusion
 from .histosge import HisToSGE
 from .nsl import NeuralStainLearning
 from .pixnet import PixNet
@@ -33,6 +34,8 @@ def list_backbones():
 
 
 __all__ = [
+    "CrossModalDiffusion",
+    "diffusion",
     "histosge",
     "nsl",
     "pixnet",
