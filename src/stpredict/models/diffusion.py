@@ -14,7 +14,7 @@ enough to train on one slide on a laptop:
    plus slide-level tissue tokens; a gate computed from the diffusion time and the query re-weights the
    scales at every step (coarse context early in denoising, cell detail late).
 3. **Co-expression gene-correlation graph.** A graph over genes from the measured map's gene-gene
-   correlations (|r| above a threshold, symmetric-normalised, with self loops) couples genes that co-vary:
+   correlations (``|r|`` above a threshold, symmetric-normalised, with self loops) couples genes that co-vary:
    the denoiser's output passes through a learned graph convolution over the gene channels.
 
 Map representation
@@ -24,6 +24,11 @@ Map representation
     ``ps16`` (``f = 4``) pseudo-spot lattices, so grid tables come straight out of the sampler; µm bins and other
     regions get coverage-weighted means of the fine cells in linear space (log1p after aggregation).
     Image features for each fine cell come from the ``handcrafted`` backbone's dense path (weight-free).
+
+The denoiser generates the *residual* of the fine map over the bilinearly interpolated coarse map (scaled to unit
+variance per gene), as SR3/SRDiff-style super-resolution models do: the paper does not say whether it diffuses the
+map or a residual; the residual keeps an under-trained model at interpolation rather than at the mean and makes the
+sampled spread the uncertainty of the refinement alone.
 
 Training (DDPM, ε-prediction, cosine schedule; DDIM sampling with ``steps``, deterministic; optional
 classifier-free guidance on histology: the histology condition is dropped with probability ``p_uncond`` in
@@ -108,7 +113,7 @@ class LatticeMap:
         return lat @ self.basis_px.T + self.origin_px
 
     def finer(self, factor: int = 2) -> LatticeMap:
-        """An empty map ``factor``× finer over the same lattice extent (mask: within one fine cell of a measured one)."""
+        """An empty map ``factor`` times finer over the same lattice extent (mask: within one fine cell of a measured one)."""
         from scipy.ndimage import binary_dilation
 
         h, w = self.shape
@@ -116,7 +121,14 @@ class LatticeMap:
         m = np.zeros((H, W), bool)
         m[::factor, ::factor] = self.mask
         m = binary_dilation(m, iterations=factor - 1) if factor > 1 else m
-        return LatticeMap(np.zeros((self.values.shape[0], H, W), np.float32), m, self.origin_px, self.basis_px, self.step / factor, self.offset)
+        return LatticeMap(
+            np.zeros((self.values.shape[0], H, W), np.float32),
+            m,
+            self.origin_px,
+            self.basis_px,
+            self.step / factor,
+            self.offset,
+        )
 
 
 def lattice_map(centers_px: np.ndarray, values: np.ndarray) -> LatticeMap:
@@ -167,7 +179,9 @@ def resample(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return np.stack([map_coordinates(v, [R, C], order=1, mode="nearest") for v in values]).astype(np.float32)
 
 
-def coarse_condition(values: np.ndarray, mask: np.ndarray, shape: tuple[int, int], *, training: bool) -> tuple[np.ndarray, np.ndarray]:
+def coarse_condition(
+    values: np.ndarray, mask: np.ndarray, shape: tuple[int, int], *, training: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The coarse map interpolated at every fine cell's position, and its coverage.
 
     At inference fine cell ``i`` of a ``2×`` finer lattice sits at coarse coordinate ``i / 2``. In
@@ -226,7 +240,9 @@ def _build(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[str, Any])
         def forward(self, h, z_img, z_expr, z_shared, temb):
             g = torch.softmax(self.gate(temb), -1)[:, :, None, None, None]  # (b, 3, 1, 1, 1)
             mods = torch.stack([self.img(z_img), self.expr(z_expr), self.shared(z_shared)], 1)  # (b, 3, 2c, H, W)
-            mod = (g * F.interpolate(mods.flatten(1, 2), size=h.shape[-2:], mode="nearest").unflatten(1, (3, -1))).sum(1)
+            mod = (g * F.interpolate(mods.flatten(1, 2), size=h.shape[-2:], mode="nearest").unflatten(1, (3, -1))).sum(
+                1
+            )
             scale, shift = mod.chunk(2, dim=1)
             return self.norm(h) * (1 + scale) + shift
 
@@ -265,10 +281,17 @@ def _build(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[str, Any])
             # h: (b, c, H, W); scales: list of (b, C, H', W') image features; temb: (b, T)
             b, c, H, W = h.shape
             q_in = self.norm(h).flatten(2).transpose(1, 2)  # (b, HW, c)
-            toks = [F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2) for s in scales]
-            gate = torch.softmax(self.scale_gate(torch.cat([temb[:, None].expand(-1, H * W, -1), q_in], -1)), -1)  # (b, HW, S)
+            toks = [
+                F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+                for s in scales
+            ]
+            gate = torch.softmax(
+                self.scale_gate(torch.cat([temb[:, None].expand(-1, H * W, -1), q_in], -1)), -1
+            )  # (b, HW, S)
             local = torch.stack(toks, 2) * gate[..., None]  # (b, HW, S, C)
-            glob = (torch.stack([s.mean((2, 3)) for s in scales], 1).mean(1, keepdim=True) + self.global_tokens[None]).unsqueeze(1)
+            glob = (
+                torch.stack([s.mean((2, 3)) for s in scales], 1).mean(1, keepdim=True) + self.global_tokens[None]
+            ).unsqueeze(1)
             kv_in = torch.cat([local, glob.expand(-1, H * W, -1, -1)], 2)  # (b, HW, S+G, C)
             k, v = self.kv(kv_in).chunk(2, -1)
             q = self.q(q_in)
@@ -382,7 +405,7 @@ class CrossModalDiffusion(Predictor):
     p_uncond
         Probability of dropping the histology condition in training.
     corr_threshold
-        |r| above which two genes are linked in the co-expression graph.
+        ``|r|`` above which two genes are linked in the co-expression graph.
     lr, weight_decay, batch_size
         Optimiser settings; the batch is made of random crops of the training maps.
     max_epochs
@@ -391,6 +414,9 @@ class CrossModalDiffusion(Predictor):
         Steps per epoch.
     crop
         Side of the training crops in map cells.
+    calibrate
+        Rescale the sampled spread per gene so that the central 90 % of the samples covers 90 % of the training
+        octave's measured values (split-conformal style; see :meth:`fit`). ``False`` keeps the raw sample spread.
     """
 
     consumes = "map"
@@ -413,10 +439,11 @@ class CrossModalDiffusion(Predictor):
         corr_threshold: float = 0.3,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
-        batch_size: int = 16,
-        max_epochs: int = 60,
+        batch_size: int = 8,
+        max_epochs: int = 30,
         steps_per_epoch: int = 50,
         crop: int = 16,
+        calibrate: bool = True,
     ) -> None:
         if mode not in ("self", "paired"):
             msg = f"mode must be 'self' or 'paired', got {mode!r}."
@@ -429,10 +456,13 @@ class CrossModalDiffusion(Predictor):
             n_samples=int(n_samples), guidance=float(guidance), p_uncond=float(p_uncond),
             corr_threshold=float(corr_threshold), lr=float(lr), weight_decay=float(weight_decay),
             batch_size=int(batch_size), max_epochs=int(max_epochs), steps_per_epoch=int(steps_per_epoch), crop=int(crop),
+            calibrate=bool(calibrate),
         )  # fmt: skip
         self._net: Any = None
         self._mu: np.ndarray | None = None
         self._sd: np.ndarray | None = None
+        self._rsd: np.ndarray | None = None
+        self._spread: np.ndarray | None = None
         self._img_mu: np.ndarray | None = None
         self._img_sd: np.ndarray | None = None
 
@@ -452,11 +482,27 @@ class CrossModalDiffusion(Predictor):
         bb = HandcraftedBackbone(window_um=cell_um, context=3.0, mpp=res)
 
         def read_tile(center_um, size_um, out_px):
-            ext = PatchExtractor(slide.image_levels, (np.asarray(center_um) / mpp)[None], tuple(mpp), size_um=size_um, patch_px=out_px)
+            ext = PatchExtractor(
+                slide.image_levels, (np.asarray(center_um) / mpp)[None], tuple(mpp), size_um=size_um, patch_px=out_px
+            )
             return ext.read([0])
 
-        f1 = bb.dense(read_tile, centers_um, extent, window_um=cell_um, cell_um=max(res * 2, cell_um / 8), tile_um=max(1024.0, 16 * cell_um))
-        f3 = bb.dense(read_tile, centers_um, extent, window_um=3 * cell_um, cell_um=max(res * 2, cell_um / 4), tile_um=max(1024.0, 32 * cell_um))
+        f1 = bb.dense(
+            read_tile,
+            centers_um,
+            extent,
+            window_um=cell_um,
+            cell_um=max(res * 2, cell_um / 8),
+            tile_um=max(1024.0, 16 * cell_um),
+        )
+        f3 = bb.dense(
+            read_tile,
+            centers_um,
+            extent,
+            window_um=3 * cell_um,
+            cell_um=max(res * 2, cell_um / 4),
+            tile_um=max(1024.0, 32 * cell_um),
+        )
         feats = np.concatenate([f1, f3], 1)
         H, W = lm.shape
         return feats.T.reshape(-1, H, W).astype(np.float32)
@@ -467,10 +513,17 @@ class CrossModalDiffusion(Predictor):
         low, low_mask = pool2(lm.values, lm.mask)
         low_up, mask_up = coarse_condition(low, low_mask, lm.shape, training=True)
         img = self._image_features(slide, lm)
-        return {"high": lm.values, "mask": lm.mask, "low": low_up, "low_mask": mask_up, "img": img}
+        lib = slide.library_size if slide.library_size is not None else np.full(slide.n, 1e4)
+        library = lattice_map(slide.centers_px, np.asarray(lib, float)[:, None]).values[0]
+        return {"high": lm.values, "mask": lm.mask, "low": low_up, "low_mask": mask_up, "img": img, "library": library}
 
     def _standardise(self, a: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
         return (a - mu[:, None, None]) / sd[:, None, None]
+
+    def _residual(self, pair: dict[str, np.ndarray], high: np.ndarray) -> np.ndarray:
+        """The diffusion target: standardised ``high`` minus the standardised coarse condition, per-gene unit variance."""
+        r = self._standardise(high, self._mu, self._sd) - self._standardise(pair["low"], self._mu, self._sd)
+        return (r / self._rsd[:, None, None]).astype(np.float32)
 
     # -- training ------------------------------------------------------------------------------------
     def fit(
@@ -490,14 +543,34 @@ class CrossModalDiffusion(Predictor):
         seed = seed_everything(seed)
         dev = resolve_device(self.device)
         pairs = [self._pairs(s) for s in slides]
+        # a random fifth of the measured cells is kept out of the loss to calibrate the sampled spread on
+        split_rng = np.random.default_rng(seed)
+        for p in pairs:
+            held = (
+                p["mask"] & (split_rng.random(p["mask"].shape) < 0.2) if cfg["calibrate"] else np.zeros_like(p["mask"])
+            )
+            p["calib"], p["train"] = held, p["mask"] & ~held
         allv = np.concatenate([p["high"][:, p["mask"]] for p in pairs], 1)
         self._mu, self._sd = allv.mean(1), allv.std(1) + 1e-3
         imgs = np.concatenate([p["img"].reshape(p["img"].shape[0], -1) for p in pairs], 1)
         self._img_mu, self._img_sd = imgs.mean(1), imgs.std(1) + 1e-6
         adj = coexpression_adjacency(
-            np.concatenate([p["high"][:, p["mask"]] for p in pairs], 1)[:, None, :], np.ones((1, allv.shape[1]), bool), cfg["corr_threshold"]
+            np.concatenate([p["high"][:, p["mask"]] for p in pairs], 1)[:, None, :],
+            np.ones((1, allv.shape[1]), bool),
+            cfg["corr_threshold"],
         )
         self._adj = adj
+        # the denoiser generates the residual over the interpolated coarse map, scaled to unit variance per gene
+        res = np.concatenate(
+            [
+                (self._standardise(p["high"], self._mu, self._sd) - self._standardise(p["low"], self._mu, self._sd))[
+                    :, p["mask"]
+                ]
+                for p in pairs
+            ],
+            1,
+        )
+        self._rsd = res.std(1) + 1e-3
         net = _build(len(genes), imgs.shape[0], adj, cfg).to(dev)
         T = cfg["timesteps"]
         abar = torch.as_tensor(_cosine_alphas(T), dtype=torch.float32, device=dev)
@@ -505,8 +578,8 @@ class CrossModalDiffusion(Predictor):
         for p in pairs:
             data.append(
                 {
-                    "x0": torch.as_tensor(self._standardise(p["high"], self._mu, self._sd), device=dev),
-                    "mask": torch.as_tensor(p["mask"], device=dev),
+                    "x0": torch.as_tensor(self._residual(p, p["high"]), device=dev),
+                    "mask": torch.as_tensor(p["train"], device=dev),
                     "low": torch.as_tensor(self._standardise(p["low"], self._mu, self._sd), device=dev),
                     "low_mask": torch.as_tensor(p["low_mask"][None], device=dev),
                     "img": torch.as_tensor(self._standardise(p["img"], self._img_mu, self._img_sd), device=dev),
@@ -549,13 +622,63 @@ class CrossModalDiffusion(Predictor):
             lr=cfg["lr"], weight_decay=cfg["weight_decay"], device=dev, seed=seed, progress=self.progress, desc="diffusion",
         )  # fmt: skip
         self._net = net.cpu()
+        self._spread = np.ones(len(genes), np.float32)
+        if cfg["calibrate"]:
+            self._spread = self._calibrate(pairs, seed)
         self.genes = list(genes)
-        self.training = {"n_spots": int(sum(s.n for s in slides)), "seed": seed, "mode": cfg["mode"], "n_samples": cfg["n_samples"], **log.as_dict()}
+        self.training = {
+            "n_spots": int(sum(s.n for s in slides)), "seed": seed, "mode": cfg["mode"], "n_samples": cfg["n_samples"],
+            "spread_factor_median": float(np.median(self._spread)), **log.as_dict(),
+        }  # fmt: skip
         return self
 
+    def _calibrate(self, pairs: list[dict[str, np.ndarray]], seed: int) -> np.ndarray:
+        """Per-gene factor on the sampled spread, from the training octave (pooled map → measured map).
+
+        Samples the measured map from its own 2 × 2 pooling and chooses, per gene, the factor ``f`` for which
+        90 % of the measured values of the held-out calibration cells (a random fifth of the measured cells,
+        excluded from the training loss) fall within ``mean ± 1.645 · sqrt((f · sd)² + noise²)``, where ``noise`` is
+        the Poisson count noise of each measured spot in log1p units (delta method from its library size and the
+        sampled mean). The factor thus calibrates the model's uncertainty about the expected expression, not the
+        count noise the measurements add to it (split-conformal, on the octave the model learned).
+        """
+        zs, ns = [], []
+        n = max(int(self.config["n_samples"]), 4)
+        for i, p in enumerate(pairs):
+            low = self._standardise(p["low"], self._mu, self._sd).astype(np.float32)
+            img = self._standardise(p["img"], self._img_mu, self._img_sd).astype(np.float32)
+            x = self._sample(low, p["low_mask"].astype(np.float32), img, n, seed + 7919 + i, spread=None)
+            high = self._standardise(p["high"], self._mu, self._sd)
+            m = p["calib"]
+            mean_log = np.maximum(x.mean(0) * self._sd[:, None, None] + self._mu[:, None, None], 0.0)
+            lib = np.maximum(p["library"], 1.0)[None]
+            noise_var = np.expm1(mean_log) * (1e4 / lib) * np.exp(-2 * mean_log) / self._sd[:, None, None] ** 2
+            zs.append(np.stack([np.abs(high - x.mean(0))[:, m], x.std(0)[:, m]]))
+            ns.append(noise_var[:, m])
+        err, sd = np.concatenate(zs, 2)
+        noise = np.concatenate(ns, 1)
+        factors = np.ones(err.shape[0], np.float32)
+        for g in range(err.shape[0]):
+            lo, hi = 0.05, 50.0
+            for _ in range(40):  # coverage is monotone in f: bisect in log space
+                f = np.sqrt(lo * hi)
+                cover = np.mean(err[g] <= 1.6449 * np.sqrt((f * sd[g]) ** 2 + noise[g]))
+                lo, hi = (lo, f) if cover >= 0.9 else (f, hi)
+            factors[g] = hi
+        return factors
+
     # -- sampling ------------------------------------------------------------------------------------
-    def _sample(self, low_std: np.ndarray, low_mask: np.ndarray, img: np.ndarray, n: int, seed: int) -> np.ndarray:
-        """DDIM samples ``(n, G, H, W)`` in standardised units."""
+    def _sample(
+        self,
+        low_std: np.ndarray,
+        low_mask: np.ndarray,
+        img: np.ndarray,
+        n: int,
+        seed: int,
+        *,
+        spread: np.ndarray | None | str = "fitted",
+    ) -> np.ndarray:
+        """DDIM samples ``(n, G, H, W)`` in standardised units (the coarse condition plus a sampled residual)."""
         import torch
 
         from ._device import autocast, resolve_device
@@ -586,7 +709,15 @@ class CrossModalDiffusion(Predictor):
                 x0 = x0.clamp(-6, 6)
                 a_prev = abar[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
                 x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-        return x.float().cpu().numpy()
+        rsd = torch.as_tensor(self._rsd, dtype=torch.float32, device=dev)[None, :, None, None]
+        x = x.float()
+        if isinstance(spread, str):
+            spread = self._spread
+        if spread is not None and n > 1:
+            f = torch.as_tensor(spread, dtype=torch.float32, device=dev)[None, :, None, None]
+            mean = x.mean(0, keepdim=True)
+            x = mean + f * (x - mean)
+        return (low.float() + x * rsd).cpu().numpy()
 
     def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray]:
         """Sample the refined map of ``slide``'s measured spots and read it at the regions (mean, sd)."""
@@ -619,21 +750,43 @@ class CrossModalDiffusion(Predictor):
         out = cur_std * self._sd[None, :, None, None] + self._mu[None, :, None, None]
         return np.maximum(out, 0.0), cur
 
-    def _read_regions(self, slide: SlideData, fine: LatticeMap, maps: np.ndarray, regions: Regions) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample region values: exact fine cells for lattice points, coverage means (linear) otherwise."""
+    def _read_regions(
+        self, slide: SlideData, fine: LatticeMap, maps: np.ndarray, regions: Regions
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample region values, then their mean and sd over samples.
+
+        Regions on the fine lattice read their cell; regions no larger than a fine cell elsewhere (e.g. original
+        spots between the cells of a pooled map) are read by bilinear interpolation in linear space; larger
+        regions (µm bins) take the mean of the fine cells they cover, in linear space. log1p after aggregation.
+        """
+        from scipy.ndimage import map_coordinates
         from scipy.spatial import cKDTree
 
         cells = fine.centers_px()
         n, G, H, W = maps.shape
         flat = maps.reshape(n, G, H * W)
         d, idx = cKDTree(cells).query(regions.centers_px)
-        spacing = float(np.min(np.linalg.norm(fine.basis_px * fine.step, axis=0)))
+        cell_vec = fine.basis_px * fine.step
+        spacing = float(np.min(np.linalg.norm(cell_vec, axis=0)))
+        mpp = np.asarray(slide.microns_per_pixel_xy)
+        size_px = regions.size_um / float(np.sqrt(mpp[0] * mpp[1]))
         if regions.kind == "circle" and np.all(d < 0.05 * spacing):
             vals = flat[:, :, idx]  # (n, G, m)
+        elif size_px <= 1.5 * spacing:
+            ij = np.linalg.solve(
+                cell_vec, (regions.centers_px - fine.origin_px).T - fine.basis_px @ fine.offset[:, None]
+            )  # (2, m)
+            lin = np.expm1(maps)
+            coords = [ij[1], ij[0]]
+            vals = np.stack(
+                [
+                    np.stack([map_coordinates(lin[k, g], coords, order=1, mode="nearest") for g in range(G)])
+                    for k in range(n)
+                ]
+            )
+            vals = np.log1p(np.maximum(vals, 0.0))
         else:
-            # coverage-weighted mean of fine cells inside each region, in linear space
-            mpp = np.asarray(slide.microns_per_pixel_xy)
-            r_px = regions.size_um / 2 / float(np.sqrt(mpp[0] * mpp[1]))
+            r_px = size_px / 2
             tree = cKDTree(cells)
             lin = np.expm1(flat)
             vals = np.zeros((n, G, regions.n))
@@ -643,7 +796,11 @@ class CrossModalDiffusion(Predictor):
                     near = [int(idx[j])]
                 near = np.asarray(near)
                 off = cells[near] - c
-                inside = (np.abs(off) <= max(r_px, spacing / 2)).all(1) if regions.kind == "square" else np.hypot(*off.T) <= max(r_px, spacing / 2)
+                inside = (
+                    (np.abs(off) <= max(r_px, spacing / 2)).all(1)
+                    if regions.kind == "square"
+                    else np.hypot(*off.T) <= max(r_px, spacing / 2)
+                )
                 sel = near[inside] if inside.any() else near[[np.argmin(np.hypot(*off.T))]]
                 vals[:, :, j] = np.log1p(lin[:, :, sel].mean(-1))
         vals = np.transpose(vals, (0, 2, 1))  # (n, m, G)
@@ -651,13 +808,22 @@ class CrossModalDiffusion(Predictor):
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Denoiser weights, standardisation and the gene graph."""
-        st = {"mu": self._mu, "sd": self._sd, "img_mu": self._img_mu, "img_sd": self._img_sd, "adj": self._adj}
+        st = {
+            "mu": self._mu,
+            "sd": self._sd,
+            "rsd": self._rsd,
+            "spread": self._spread,
+            "img_mu": self._img_mu,
+            "img_sd": self._img_sd,
+            "adj": self._adj,
+        }
         st.update(module_state(self._net, "net."))
         return st
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Rebuild the denoiser."""
-        self._mu, self._sd = np.asarray(state["mu"]), np.asarray(state["sd"])
+        self._mu, self._sd, self._rsd = np.asarray(state["mu"]), np.asarray(state["sd"]), np.asarray(state["rsd"])
+        self._spread = np.asarray(state["spread"])
         self._img_mu, self._img_sd = np.asarray(state["img_mu"]), np.asarray(state["img_sd"])
         self._adj = np.asarray(state["adj"])
         net = _build(len(self._mu), len(self._img_mu), self._adj, self.config)

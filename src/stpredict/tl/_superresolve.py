@@ -54,6 +54,7 @@ def superresolve(
     num_workers: int | None = None,
     progress: bool | None = None,
     key_added: str | None = None,
+    map_key: str | bool | None = None,
     inplace: bool = True,
     **model_kwargs: Any,
 ) -> SpatialData | None:
@@ -98,6 +99,11 @@ def superresolve(
     {progress}
     key_added
         Table name; default ``f"<model>_<spots_key>_<grid>"``.
+    map_key
+        Also write the model's dense expression map (models that make one: ``pixnet``) as an image element with
+        one channel per gene, for napari or spatialdata-plot: ``True`` names it ``f"<model>_<spots_key>_map"``.
+        Values are linear normalised expression (counts per 1e4, no log) at the model's map resolution, over
+        the spots' bounding box; the image carries the H&E's transformations scaled to its pixel size.
     {inplace}
     **model_kwargs
         Options of the predictor, when ``model`` is a name.
@@ -108,6 +114,7 @@ def superresolve(
 
     - ``sdata.shapes[f"<spots_key>_<grid>"]`` — circles (pseudo-spots) or squares (bins) in the spots'
       coordinates, with their transformations;
+    - with ``map_key``, ``sdata.images[map_key]`` (``c`` = genes), its parameters in the table's ``uns``;
     - ``sdata.tables[f"<model>_<spots_key>_<grid>"]`` annotating them: ``X`` the predicted expression on
       the scale recorded in ``uns`` (log1p of counts normalised to 1e4; aggregation, if any, done in linear
       space before the log), ``layers["predicted_std"]``, ``obsm["spatial"]`` in the image's full-resolution
@@ -127,6 +134,9 @@ def superresolve(
     from spatialdata import SpatialData
 
     predictor, fitted = resolve_model(model, model_kwargs)
+    if map_key and not hasattr(predictor, "predict_map"):
+        msg = f"map_key: model {predictor.name!r} makes no dense map; only predictors with `predict_map` (e.g. 'pixnet') do."
+        raise ValueError(msg)
     t0 = time.perf_counter()
     grid_name = canonical_grid_name(f"bin{float(bin_size):g}um") if bin_size is not None else canonical_grid_name(grid)
     keys = {
@@ -153,6 +163,10 @@ def superresolve(
     points = make_grid(geo, grid_name, mask=mask)
     shapes_key = grid_shapes_key(geo.spots_key, grid_name)
     table_name = key_added or grid_table_key(predictor.name, geo.spots_key, grid_name)
+    image_name = (f"{predictor.name}_{geo.spots_key}_map" if map_key is True else map_key) or None
+    if image_name is not None and image_name in sdata.images and image_name == geo.image_key:
+        msg = f"map_key {image_name!r} is the H&E image; choose another name."
+        raise ValueError(msg)
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
     if tr is not None:
         tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
@@ -211,11 +225,18 @@ def superresolve(
         "seconds": round(time.perf_counter() - t0, 3),
         **{k: v for k, v in predictor.training.items() if k in ("n_samples",)},
     }
+    map_image = None
+    if image_name is not None:
+        map_image, map_info = _map_image(sdata, predictor, slide, geo)
+        record["map"] = {"key": image_name, **map_info}
     adata.uns[UNS_KEY] = {"superresolve": uns_safe(record)}
     adata = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="instance_id")
     if not inplace:
-        return SpatialData(shapes={shapes_key: shapes}, tables={table_name: adata})
-    for key, kind in ((shapes_key, "shapes"), (table_name, "tables")):
+        images = {image_name: map_image} if map_image is not None else {}
+        return SpatialData(images=images, shapes={shapes_key: shapes}, tables={table_name: adata})
+    for key, kind in ((shapes_key, "shapes"), (table_name, "tables"), (image_name, "images")):
+        if key is None:
+            continue
         other = [
             k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
         ]
@@ -233,11 +254,47 @@ def superresolve(
     if shapes_key not in sdata.shapes:
         sdata.shapes[shapes_key] = shapes
     sdata.tables[table_name] = adata
+    if map_image is not None:
+        if image_name in sdata.images:
+            del sdata.images[image_name]
+        sdata.images[image_name] = map_image
     logger.info(
         "Added shapes %r and table %r (%d regions × %d genes) in %.1f s.",
         shapes_key, table_name, points.n, len(genes_out), time.perf_counter() - t0,
     )  # fmt: skip
     return None
+
+
+def _map_image(sdata: SpatialData, predictor: Any, slide: Any, geo: Any) -> tuple[Any, dict[str, Any]]:
+    """The predictor's dense map over the spots' bounding box as an image element in the H&E's frame."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence, Translation, get_transformation
+
+    mpp = np.asarray(slide.microns_per_pixel_xy, float)
+    c_um = np.asarray(slide.centers_px) * mpp
+    r_um = float(geo.diameter_um)
+    lo, hi = c_um.min(0) - r_um, c_um.max(0) + r_um
+    arr, map_um, origin_um = predictor.predict_map(slide, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
+    to_px = Sequence(
+        [
+            Scale([map_um / mpp[0], map_um / mpp[1]], axes=("x", "y")),
+            Translation([origin_um[0] / mpp[0], origin_um[1] / mpp[1]], axes=("x", "y")),
+        ]
+    )
+    image_ts = get_transformation(sdata.images[geo.image_key], get_all=True)
+    ts = {cs: Sequence([to_px, t]) for cs, t in image_ts.items()}
+    img = Image2DModel.parse(
+        np.asarray(arr, np.float32),
+        dims=("c", "y", "x"),
+        c_coords=[str(g) for g in predictor.genes],
+        transformations=ts,
+    )
+    info = {
+        "microns_per_pixel": float(map_um),
+        "origin_um": [float(origin_um[0]), float(origin_um[1])],
+        "values": "linear normalised expression (per 1e4)",
+    }
+    return img, info
 
 
 def _same_geometry(a: Any, b: Any) -> bool:

@@ -1,0 +1,94 @@
+"""PixNet: seamless stitching, region aggregation through the dense map, the map as an image element."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stpredict as stp
+from stpredict.tl._inputs import build_slide
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    sdata = stp.datasets.synthetic(image_size=768, n_genes=6, seed=2)
+    genes = list(sdata.tables["table"].var_names)
+    cfg = stp.models.get_predictor_class("pixnet").smoke_config
+    p = stp.tl.fit(sdata, "pixnet", genes=genes, max_epochs=1, seed=0, progress=False, **cfg)
+    slide, _ = build_slide(
+        sdata, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=genes, layer=None,
+        need_targets=True,
+    )  # fmt: skip
+    return sdata, p, slide
+
+
+def test_stitched_map_matches_single_tile(fitted):
+    """Many overlapping tiles (sin² blending, quarter-tile context) reproduce one tile over the whole box.
+
+    The network's receptive field is wider than the context margin, so tiles do not see exactly what the
+    single pass sees; the tolerance (5 % relative L2, 0.99 correlation) bounds that context effect, and is far
+    below the differences between genes or regions (a seam or a misplaced tile gives > 30 %).
+    """
+    _, p, slide = fitted
+    c = slide.centers_px.mean(0) * np.asarray(slide.microns_per_pixel_xy)
+    box = (c[0] - 180, c[1] - 180, c[0] + 180, c[1] + 180)
+    one, map_um, origin = p.predict_map(slide, box, single_tile=True)
+    tiled, map_um2, origin2 = p.predict_map(slide, box, tile_map_px=16)
+    assert map_um == map_um2 and origin == origin2 and one.shape == tiled.shape
+    assert (tiled >= 0).all()
+    inner = (slice(None), slice(4, -4), slice(4, -4))  # the box's own border has less context in either case
+    a, b = tiled[inner], one[inner]
+    rel = np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert rel < 0.05, rel
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_chunked_zarr_map_equals_in_memory(fitted, tmp_path):
+    _, p, slide = fitted
+    c = slide.centers_px.mean(0) * np.asarray(slide.microns_per_pixel_xy)
+    box = (c[0] - 120, c[1] - 120, c[0] + 120, c[1] + 120)
+    mem, _, _ = p.predict_map(slide, box)
+    z, _, _ = p.predict_map(slide, box, store=tmp_path / "map.zarr")
+    np.testing.assert_allclose(np.asarray(z[:]), mem, rtol=1e-5, atol=1e-6)
+
+
+def test_spot_prediction_is_the_disk_mean_of_the_map(fitted):
+    """`predict` at the spots equals log1p of the map's mean over each spot's disk (linear space)."""
+    sdata, p, slide = fitted
+    from stpredict.models._base import Regions
+
+    idx = np.arange(0, slide.n, max(1, slide.n // 8))
+    regions = Regions(centers_px=slide.centers_px[idx], kind="circle", size_um=float(stp.pp.spots(sdata).diameter_um))
+    pred, _ = p.predict(slide, regions)
+    mpp = np.asarray(slide.microns_per_pixel_xy)
+    r = regions.size_um / 2
+    for k, cpx in enumerate(regions.centers_px):
+        c = cpx * mpp
+        m, map_um, (ox, oy) = p.predict_map(slide, (c[0] - r - 20, c[1] - r - 20, c[0] + r + 20, c[1] + r + 20))
+        yy, xx = np.mgrid[: m.shape[1], : m.shape[2]]
+        inside = np.hypot(ox + (xx + 0.5) * map_um - c[0], oy + (yy + 0.5) * map_um - c[1]) <= r
+        np.testing.assert_allclose(pred[k], np.log1p(m[:, inside].mean(1)), rtol=0.1, atol=0.05)
+
+
+def test_superresolve_writes_the_map_as_an_image(fitted):
+    from spatialdata.transformations import get_transformation
+
+    sdata, p, _ = fitted
+    stp.tl.superresolve(sdata, p, bin_size=24, map_key=True, progress=False, tissue=False)
+    key = "pixnet_spots_map"
+    img = sdata.images[key]
+    assert list(img.coords["c"].values) == list(p.genes)
+    assert float(img.min()) >= 0
+    rec = sdata.tables["pixnet_spots_bin24um"].uns["stpredict"]["superresolve"]["map"]
+    assert rec["key"] == key
+    # the image's pixel (0, 0) lands at the map origin in the H&E's pixels
+    t = get_transformation(img, to_coordinate_system="global").to_affine_matrix(("x", "y"), ("x", "y"))
+    mpp = stp.pp.spots(sdata).microns_per_pixel
+    np.testing.assert_allclose(t[:2, 2], np.asarray(rec["origin_um"]) / mpp, rtol=1e-6)
+    np.testing.assert_allclose(t[0, 0], rec["microns_per_pixel"] / mpp, rtol=1e-6)
+
+
+def test_map_key_refused_for_models_without_a_map(sdata_syn):
+    with pytest.raises(ValueError, match="dense map"):
+        stp.tl.superresolve(sdata_syn, "ridge", grid="ps4", map_key=True, progress=False)
+    assert "ridge_spots_ps4" not in sdata_syn.tables
