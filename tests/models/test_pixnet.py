@@ -92,3 +92,41 @@ def test_map_key_refused_for_models_without_a_map(sdata_syn):
     with pytest.raises(ValueError, match="dense map"):
         stp.tl.superresolve(sdata_syn, "ridge", grid="ps4", map_key=True, progress=False)
     assert "ridge_spots_ps4" not in sdata_syn.tables
+
+
+def _truth(truth, centers_um, size_um, kind):
+    lam = truth.mean_rates(centers_um, size_um, kind)
+    ok = lam.sum(1) > 0
+    return np.log1p(lam / np.maximum(lam.sum(1, keepdims=True), 1e-12) * 1e4), ok
+
+
+@pytest.mark.slow
+def test_map_tracks_truth_at_spots_and_at_smaller_bins():
+    """At the training spot size the aggregated map matches spot truth, and at 2× smaller bins (25 µm squares
+    vs 55 µm spots) it still tracks the high-resolution truth.
+
+    Whether it tracks it *better* than ridge on hand-crafted features and than neighbour interpolation depends
+    on the draw of the synthetic tissue (measured: ahead of both with 8 genes, behind neighbours with 6): that
+    comparison is reported by ``benchmarks`` and on the issue, not asserted here.
+    """
+    sdata = stp.datasets.synthetic(image_size=1200, n_genes=6, seed=1)
+    genes = list(sdata.tables["table"].var_names)
+    truth = stp.datasets.synthetic_truth(sdata)
+    geo = stp.pp.spots(sdata)
+    p = stp.tl.fit(sdata, "pixnet", genes=genes, max_epochs=12, seed=0, progress=False)
+    slide, _ = build_slide(
+        sdata, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=genes, layer=None,
+        need_targets=True,
+    )  # fmt: skip
+    from stpredict.models._base import Regions
+
+    at_spots, _ = p.predict(slide, Regions(slide.centers_px, "circle", geo.diameter_um))
+    t_spots, ok = _truth(truth, slide.centers_um, geo.diameter_um, "circle")
+    assert np.nanmean(stp.metrics.pearson_per_gene(t_spots[ok], at_spots[ok])) > 0.6
+
+    stp.tl.superresolve(sdata, p, bin_size=25, genes=genes, progress=False)
+    t = sdata.tables["pixnet_spots_bin25um"]
+    centers_um = np.asarray(t.obsm["spatial"]) * geo.microns_per_pixel
+    tt, ok = _truth(truth, centers_um, 25.0, "square")
+    pred = np.asarray(t[:, genes].X)
+    assert np.nanmean(stp.metrics.pearson_per_gene(tt[ok], pred[ok])) > 0.5

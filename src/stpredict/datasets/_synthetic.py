@@ -50,7 +50,49 @@ def _hash_uniform(*ints: np.ndarray, salt: int) -> np.ndarray:
 
 @dataclass
 class SyntheticParams:
-    """Parameters that fully determine a synthetic slide (stored in ``table.uns["synthetic"]``)."""
+    """Parameters that fully determine a synthetic slide (stored in ``table.uns["synthetic"]``).
+
+    :func:`synthetic` sets the fields it takes as arguments and keeps the defaults of the others;
+    :func:`synthetic_truth` rebuilds a :class:`SyntheticTissue` from them. All lengths are in µm except
+    ``image_size``, which is in pixels.
+
+    Attributes
+    ----------
+    image_size
+        ``(height, width)`` of the image's level 0, in pixels.
+    microns_per_pixel
+        Size of a level-0 pixel in µm; the tissue spans ``image_size`` times this.
+    layout
+        Spot layout: ``"visium"`` (55 µm spots on a hexagonal lattice of 100 µm pitch) or ``"st"`` (100 µm
+        spots on a square lattice of 200 µm pitch).
+    n_genes
+        Number of genes (named ``gene_0``, ``gene_1``, ...).
+    n_regions
+        Number of spatial domains, each with its own nuclei, stain and fibre texture.
+    image_signal
+        Share ``s``, between 0 and 1, of expression driven by image-visible features; the remaining
+        ``1 - s`` follows smooth fields that the image does not show.
+    depth
+        Expected counts per unit rate: a spot's counts are Poisson with mean ``depth`` times the mean rate
+        over its disk, so larger values mean less sampling noise.
+    region_scale_um
+        Length scale in µm of the random fields whose argmax defines the domains (the image-invisible fields
+        use twice this scale).
+    cell_um
+        Side in µm of the jittered grid of cells, each holding at most one nucleus.
+    seed
+        Seed of every random draw (appearance, expression weights, nuclei, image noise and counts).
+    stain_genes
+        Fraction of the genes (the first ``round(stain_genes * n_genes)``) whose expression is a non-negative
+        combination of the hematoxylin and eosin concentrations and nothing else.
+    stain_h
+        Generating optical-density vector (R, G, B) of hematoxylin, normalised to unit length when
+        rendering; deliberately not Ruifrok–Johnston's, so that methods cannot rely on the textbook vectors.
+    stain_e
+        Generating optical-density vector (R, G, B) of eosin, normalised to unit length when rendering.
+    extra
+        Free-form metadata stored with the parameters; the generator does not read it.
+    """
 
     image_size: tuple[int, int] = (1024, 1024)
     microns_per_pixel: float = 1.0
@@ -79,7 +121,46 @@ class SyntheticParams:
 
 
 class SyntheticTissue:
-    """The procedural tissue: render the image at any resolution, evaluate expression in any region."""
+    """The procedural tissue: render the image at any resolution, evaluate expression in any region.
+
+    Positions are in µm from the top-left corner of the image's level 0, x to the right and y down: the
+    centre of level-0 pixel ``(row, col)`` is at ``((col + 0.5) · mpp, (row + 0.5) · mpp)`` with ``mpp`` the
+    ``microns_per_pixel`` of the parameters. Usually obtained from :func:`synthetic_truth`.
+
+    Parameters
+    ----------
+    params
+        The parameters of the slide. Every random draw derives from ``params.seed``, so equal parameters give
+        the same tissue, image and expression.
+
+    Attributes
+    ----------
+    p
+        The parameters.
+    genes
+        Gene names, ``gene_0`` to ``gene_{n_genes - 1}``.
+    extent_um
+        ``(width, height)`` of the tissue's canvas in µm (note: x first).
+    stain_matrix
+        ``(2, 3)`` unit optical-density vectors of hematoxylin and eosin used to render the image.
+    W_visible
+        ``(n_regions + 3, n_genes)`` weights of the image-visible features: one row per domain, then nucleus
+        indicator, eosin concentration and a constant baseline.
+    W_hidden
+        ``(n_hidden, n_genes)`` weights of the image-invisible smooth fields.
+    W_stain
+        ``(2, n_genes)`` weights of the hematoxylin and eosin concentrations (non-zero only for stain genes).
+    stain_gene
+        ``(n_genes,)`` True for the genes driven by stain concentrations alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.datasets import SyntheticParams, SyntheticTissue
+    >>> tissue = SyntheticTissue(SyntheticParams(n_genes=5))
+    >>> tissue.mean_rates(np.array([[512.0, 512.0]]), 8.0, "square").shape
+    (1, 5)
+    """
 
     n_hidden = 2
 

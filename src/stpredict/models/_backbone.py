@@ -75,11 +75,18 @@ class TorchBackbone(Backbone):
         Output dimension; inferred with a dummy forward pass when ``None``.
     pool
         How to turn a ``(b, tokens, d)`` output into ``(b, d')``: ``"cls"``, ``"mean"``, ``"cls+mean"``
-        (Virchow), or ``None`` when the module already pools.
+        (Virchow), or ``None`` when the module already pools (a token output is then reduced to its CLS
+        token). A ``(b, c, h, w)`` feature map is always averaged over space.
     num_prefix_tokens
         Tokens before the patch tokens (CLS and registers), for ``"mean"`` / ``"cls+mean"`` pooling.
     source
         Where the weights came from (recorded in ``uns``).
+    sha256
+        SHA-256 hex digest of the weights file, recorded as ``weights_sha256`` in :meth:`params` (and so in
+        ``uns``); ``None`` records none.
+    forward_features
+        Call ``module.forward_features(x)`` (timm's unpooled features) instead of ``module(x)``; the output is
+        then pooled as ``pool`` says.
     """
 
     def __init__(

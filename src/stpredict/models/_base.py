@@ -335,6 +335,22 @@ def register_predictor(
 
     A duplicate name raises unless ``override=True``.
 
+    Parameters
+    ----------
+    name
+        Registry key, used by :func:`create_predictor` and ``stp.tl.predict(model=...)``. ``None`` uses the
+        class's ``name`` attribute. The decorator sets the class's ``name`` to the key.
+    override
+        Replace a different class already registered under ``name``. Registering the same class again is
+        always allowed.
+
+    Returns
+    -------
+    The decorator. It returns the class itself (registered, with its ``name`` set) and raises, when applied:
+
+    - :class:`TypeError` if what it decorates is not a :class:`Predictor` subclass;
+    - :class:`ValueError` if another class holds ``name`` and ``override`` is ``False``.
+
     Examples
     --------
     >>> from stpredict.models import Predictor, register_predictor
@@ -373,7 +389,27 @@ def _load_entry_points() -> None:
 
 
 def list_predictors(pattern: str = "*") -> list[str]:
-    """Registered predictor names matching an fnmatch ``pattern`` (built-ins and entry-point plugins)."""
+    """Registered predictor names matching an fnmatch ``pattern`` (built-ins and entry-point plugins).
+
+    The first call loads the plugins declared in the ``stpredict.predictors`` entry-point group; a plugin that
+    fails to import is logged as a warning and skipped.
+
+    Parameters
+    ----------
+    pattern
+        Shell-style wildcard (:func:`fnmatch.fnmatch`): ``"*"`` for all, ``"n*"`` for the names starting
+        with n...
+
+    Returns
+    -------
+    The matching names, sorted.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> "ridge" in stp.models.list_predictors()
+    True
+    """
     _load_entry_points()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
@@ -397,7 +433,22 @@ def predictors_table() -> pd.DataFrame:
 
 
 def get_predictor_class(name: str) -> type[Predictor]:
-    """The class registered under ``name``; a KeyError lists the registered names and close matches."""
+    """The class registered under ``name``; a KeyError lists the registered names and close matches.
+
+    Parameters
+    ----------
+    name
+        Registered name (see :func:`list_predictors`). Entry-point plugins are loaded first.
+
+    Returns
+    -------
+    The :class:`Predictor` subclass, not an instance (see :func:`create_predictor`).
+
+    Raises
+    ------
+    KeyError
+        If no predictor is registered under ``name``; the message suggests close matches.
+    """
     _load_entry_points()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
@@ -408,7 +459,33 @@ def get_predictor_class(name: str) -> type[Predictor]:
 
 
 def create_predictor(name: str, **config: Any) -> Predictor:
-    """Instantiate the predictor registered under ``name`` with its configuration."""
+    """Instantiate the predictor registered under ``name`` with its configuration.
+
+    Parameters
+    ----------
+    name
+        Registered name (see :func:`list_predictors`).
+    **config
+        Keyword arguments of the predictor class's constructor (its JSON-able options; see the class's
+        documentation).
+
+    Returns
+    -------
+    A new, unfitted :class:`Predictor`.
+
+    Raises
+    ------
+    KeyError
+        If no predictor is registered under ``name``.
+    TypeError
+        If the class does not accept ``config``.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> stp.models.create_predictor("ridge").is_fitted
+    False
+    """
     cls = get_predictor_class(name)
     try:
         return cls(**config)
@@ -418,7 +495,27 @@ def create_predictor(name: str, **config: Any) -> Predictor:
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a checkpoint (config, genes, preprocessing, backbone)."""
+    """The JSON header of a checkpoint (config, genes, preprocessing, backbone).
+
+    Reads only the header, not the arrays: cheap for inspecting what a checkpoint predicts.
+
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` checkpoint written by :meth:`Predictor.save`.
+
+    Returns
+    -------
+    The header as a dict: ``"predictor"`` (registered name), ``"config"``, ``"genes"``, ``"preprocessing"``,
+    ``"backbone"``, ``"training"``, ``"format_version"`` and ``"stpredict_version"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is a safetensors file without stpredict metadata.
+    """
     from safetensors import safe_open
 
     path = Path(path)

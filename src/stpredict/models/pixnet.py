@@ -6,7 +6,10 @@ Zhang, Yang & Pan, "Spatial Transcriptomics Analysis of Spatially Dense Gene Exp
 - a pyramid image encoder (any timm backbone with multi-scale features: ``features_only`` CNNs, or a ViT's
   token maps) feeds a U-Net/FPN-style decoder that outputs a per-pixel map of G genes at ``out_stride`` × the
   input pixel size (default 4: 8 µm map pixels on the CPU budget at 2 µm/px input, 4 µm on the GPU budget);
-- the map is in linear normalised-expression units (softplus output, non-negative);
+- the map is in linear normalised-expression units: the decoder predicts the log of the map (exponential
+  output, non-negative), its bias initialised at the log of each gene's mean spot expression, so training starts
+  from the right scale (counts per 1e4 are in the hundreds; a softplus output starts near 1 and learns the
+  scale before any pattern);
 - training is sparsely supervised: the map is averaged inside each measured spot's disk (exact fractional
   disk masks at the map resolution) and ``log1p`` of that linear mean is regressed on the spot's
   log1p-normalised expression (MSE). Tiles are sampled around spots with random offsets so that each
@@ -19,8 +22,11 @@ Zhang, Yang & Pan, "Spatial Transcriptomics Analysis of Spatially Dense Gene Exp
   tile (memory bounded by the tile, not the slide), and the map itself can be written chunk by chunk into a
   zarr array for viewing (``predict_map``).
 
-Deviations: the paper's encoder is a pathology foundation model; without local weights this trains the
-encoder (``resnet18`` by default) from scratch, which the log says once. Defaults are sized for a CPU.
+Deviations: the paper's encoder is a pathology foundation model. Without downloadable weights the default
+encoder is the weight-free ``handcrafted`` stain/texture pyramid (the ``handcrafted`` backbone's per-pixel maps
+in torch, summarised at cell-to-tissue scales) with a learned decoder; any timm CNN can be the encoder instead,
+from local weights or trained from scratch (measured on the synthetic slide: from scratch on the CPU budget it
+does not learn the pattern; the pyramid does). Defaults are sized for a CPU.
 """
 
 from __future__ import annotations
@@ -51,8 +57,95 @@ BUDGETS = {
 }
 
 
-def _build(encoder: str, n_genes: int, channels: int, out_stride: int) -> torch.nn.Module:
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / max(sigma, 1e-3)) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _build_handcrafted(n_genes: int, channels: int, out_stride: int, input_mpp: float) -> torch.nn.Module:
+    """Weight-free stain/texture pyramid encoder (the ``handcrafted`` backbone's per-pixel maps, in torch) + decoder.
+
+    Per input pixel: optical density (3), Ruifrok–Johnston H/E/D concentrations (3), grey, saturation, gradient
+    energy of grey and of hematoxylin, a nucleus-scale difference-of-Gaussians of hematoxylin, a nucleus mask and
+    a tissue mask (13 maps; filters sized in µm). Pooled to the map resolution, each map is summarised over 1, 3
+    and 9 map pixels (mean) and 3 map pixels (sd): a cell-to-tissue pyramid of 52 channels, then a learned
+    BatchNorm and a small convolutional decoder to the genes (exponential output: linear, non-negative).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ..pp._stain import RUIFROK_HED
+
+    hed = torch.as_tensor(np.linalg.inv(RUIFROK_HED).astype(np.float32))
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1) * 255
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) * 255
+    kernels = {
+        name: torch.as_tensor(_gaussian_kernel(sig / input_mpp))
+        for name, sig in (("fine", 0.7), ("s1", 1.5), ("s2", 4.0))
+    }
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    n_maps = 13
+
+    def blur(a: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        r = len(k) // 2
+        c = a.shape[1]
+        a = F.conv2d(F.pad(a, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(F.pad(a, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+    def grad(a: torch.Tensor) -> torch.Tensor:
+        a = F.pad(blur(a, kernels["fine"].to(a.device)), (1, 1, 1, 1), mode="replicate")
+        gx = F.conv2d(a, sobel.to(a.device).view(1, 1, 3, 3))
+        gy = F.conv2d(a, sobel.t().to(a.device).view(1, 1, 3, 3))
+        return torch.sqrt(gx**2 + gy**2 + 1e-12)
+
+    class Pyramid(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                rgb = (x.float() * std.to(x.device) + mean.to(x.device)).clamp(0, 255)
+                od = -torch.log((rgb + 1.0) / 256.0)
+                conc = torch.einsum("bchw,cd->bdhw", od, hed.to(x.device)).clamp_min(0.0)
+                grey = rgb.mean(1, keepdim=True) / 255.0
+                mx, mn = rgb.amax(1, keepdim=True) / 255.0, rgb.amin(1, keepdim=True) / 255.0
+                sat = (mx - mn) / mx.clamp_min(1e-3)
+                hem = conc[:, :1]
+                blob = blur(hem, kernels["s1"].to(x.device)) - blur(hem, kernels["s2"].to(x.device))
+                nuclei = ((blob > 0.02) & (hem > 0.05)).float()
+                tissue = ((grey < 0.85) | (sat > 0.12)).float()
+                maps = torch.cat([od, conc, grey, sat, grad(grey), grad(hem), blob, nuclei, tissue], 1)
+                m = F.avg_pool2d(maps, out_stride)
+                m2 = F.avg_pool2d(maps**2, out_stride)
+                views = [m]
+                for k in (3, 9):
+                    views.append(F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False))
+                e2 = F.avg_pool2d(m2, 3, stride=1, padding=1, count_include_pad=False)
+                views.append(torch.sqrt((e2 - views[1] ** 2).clamp_min(0.0)))
+                return torch.cat(views, 1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = Pyramid()
+            self.norm = nn.BatchNorm2d(4 * n_maps)
+            self.decoder = nn.Sequential(
+                nn.Conv2d(4 * n_maps, channels, 1), nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            )  # fmt: skip
+            self.head = nn.Conv2d(channels, n_genes, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.exp(self.head(self.decoder(self.norm(self.encoder(x)))).clamp(-20.0, 20.0))
+
+    return Net()
+
+
+def _build(encoder: str, n_genes: int, channels: int, out_stride: int, input_mpp: float = 2.0) -> torch.nn.Module:
+    if encoder == "handcrafted":
+        return _build_handcrafted(n_genes, channels, out_stride, input_mpp)
     import timm
+    import torch
     import torch.nn.functional as F
     from torch import nn
 
@@ -84,7 +177,7 @@ def _build(encoder: str, n_genes: int, channels: int, out_stride: int) -> torch.
                 z = lat(f.float())
                 y = z if y is None else z + F.interpolate(y, size=z.shape[-2:], mode="bilinear", align_corners=False)
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            return F.softplus(self.head(self.smooth(y)))
+            return torch.exp(self.head(self.smooth(y)).clamp(-20.0, 20.0))
 
     return Net()
 
@@ -110,7 +203,10 @@ class PixNet(Predictor):
     Parameters
     ----------
     encoder
-        timm backbone with multi-scale features (``features_only``), e.g. ``resnet18``, ``convnext_tiny``.
+        ``"handcrafted"`` (default: a weight-free stain/texture pyramid — optical density, H/E concentrations,
+        colour, gradient energy and nucleus maps summarised over 1–9 map pixels — that trains in a minute or two
+        on a CPU), or a timm backbone with multi-scale features (``features_only``), e.g. ``resnet18``,
+        ``convnext_tiny``, initialised from ``weights`` (the paper's setting is a pathology foundation model).
     weights
         Local weights of the encoder (safetensors / weights-only torch); ``None`` trains it from scratch.
     budget
@@ -141,14 +237,14 @@ class PixNet(Predictor):
     def __init__(
         self,
         *,
-        encoder: str = "resnet18",
+        encoder: str = "handcrafted",
         weights: str | None = None,
         budget: str = "auto",
         input_mpp: float | None = None,
         out_stride: int = 4,
         tile_um: float = 256.0,
         channels: int = 64,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 1e-4,
         max_epochs: int | None = None,
         batch_size: int | None = None,
@@ -211,8 +307,17 @@ class PixNet(Predictor):
         dev = resolve_device(self.device)
         geo = self._resolve(dev)
         seed = seed_everything(seed)
-        net = _build(self.config["encoder"], len(genes), self.config["channels"], self.config["out_stride"])
-        if self.config["weights"]:
+        net = _build(
+            self.config["encoder"], len(genes), self.config["channels"], self.config["out_stride"], geo["input_mpp"]
+        )
+        lin = np.concatenate(
+            [np.asarray(s.y_linear if s.y_linear is not None else np.expm1(s.y), float) for s in slides]
+        )
+        with torch.no_grad():
+            net.head.bias.copy_(torch.as_tensor(np.log(np.maximum(lin.mean(0), 1e-3)), dtype=torch.float32))
+        if self.config["encoder"] == "handcrafted":
+            logger.info("pixnet: weight-free 'handcrafted' stain/texture pyramid encoder.")
+        elif self.config["weights"]:
             self._load_encoder(net)
         else:
             logger.info("pixnet: no encoder weights given; training %s from scratch.", self.config["encoder"])
@@ -509,6 +614,7 @@ class PixNet(Predictor):
             int(np.asarray(state["n_genes"]).ravel()[0]),
             self.config["channels"],
             self.config["out_stride"],
+            float(self.training.get("geometry", {}).get("input_mpp", 2.0)),
         )
         load_module_state(net, state, "net.")
         self._net = net.eval()

@@ -56,6 +56,46 @@ def region_masks(
     Coverage is the fraction of ``supersample²`` sub-points of each cell inside the region (exact to
     ``1 / supersample²``). Parts outside the raster are dropped (callers can compare :meth:`RegionMasks.area`
     with the full area to handle regions cut by the raster's border).
+
+    All lengths are in raster cells, not µm or image pixels: convert first (e.g. divide µm by the µm per
+    raster cell).
+
+    Parameters
+    ----------
+    shape
+        ``(rows, cols)`` of the raster, i.e. its height and width in cells.
+    centers
+        ``(n, 2)`` region centres, x (column) then y (row), in cell units: the centre of cell ``(r, c)`` is
+        ``(c + 0.5, r + 0.5)``. Required unless ``polygons`` is given.
+    size
+        Diameter of the circles or side of the squares, in cells: one value for all regions, or ``(n,)``.
+    kind
+        ``"circle"`` or ``"square"`` (axis-aligned; its edges are half-open like the cells). Ignored with
+        ``polygons``.
+    polygons
+        Shapely polygons or multipolygons in cell units (x = column, y = row); holes are excluded. When given,
+        ``centers``, ``size`` and ``kind`` are ignored.
+    supersample
+        Sub-points per cell side: coverage is counted on ``supersample²`` points per cell.
+
+    Returns
+    -------
+    A :class:`RegionMasks` holding one weight per (region, cell) pair with non-zero coverage. Regions are
+    numbered in the order of ``centers`` (or ``polygons``); ``n_regions`` counts them all, including regions
+    that miss the raster entirely and so have no weights.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is neither ``"circle"`` nor ``"square"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import region_masks
+    >>> m = region_masks((8, 8), centers=np.array([[4.0, 4.0]]), size=4.0, kind="square")
+    >>> m.area()
+    array([16.])
     """
     h, w = shape
     s = int(supersample)
@@ -125,6 +165,28 @@ def aggregate_map(values: np.ndarray, masks: RegionMasks) -> np.ndarray:
     """Coverage-weighted mean of a ``(channels, h, w)`` map inside each region → ``(n_regions, channels)``.
 
     Regions with no coverage get NaN. Aggregate maps in linear units (take logs afterwards).
+
+    Parameters
+    ----------
+    values
+        ``(channels, h, w)`` map (e.g. genes as channels) on the raster the masks were built for: ``(h, w)``
+        must be the ``shape`` passed to :func:`region_masks`.
+    masks
+        Coverage of the regions on that raster, from :func:`region_masks`.
+
+    Returns
+    -------
+    ``(n_regions, channels)`` float64 means, each cell weighted by its covered fraction. A region cut by the
+    raster's border is averaged over its part inside the raster; a region with no coverage is NaN, and NaN in
+    ``values`` propagates to the regions covering it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import aggregate_map, region_masks
+    >>> m = region_masks((8, 8), centers=np.array([[2.0, 2.0], [6.0, 6.0]]), size=2.0, kind="square")
+    >>> aggregate_map(np.ones((3, 8, 8)), m).shape
+    (2, 3)
     """
     v = np.asarray(values)
     vals = v[:, masks.rows, masks.cols] * masks.weight[None]

@@ -57,6 +57,37 @@ def fit_lattice(centers: np.ndarray) -> Lattice:
     The basis is taken from the two most frequent directions among near-nearest-neighbour vectors, then the
     full affine ``origin + basis @ c`` is refitted by least squares on all spots, which absorbs anisotropic
     scans. Raises if the spots do not sit on a lattice.
+
+    Neighbour vectors are those between 0.5 and 1.25 times the median nearest-neighbour distance, binned by
+    direction in 10° steps; the second basis vector comes from the most frequent direction at least 30°
+    away from the first. Missing spots (e.g. off tissue) do not matter, as long as each spot has neighbours.
+
+    Parameters
+    ----------
+    centers
+        ``(n, 2)`` spot centres, x then y, in level-0 pixels (at least 4 spots). Any unit works: the lattice
+        comes back in the unit of ``centers``.
+
+    Returns
+    -------
+    A :class:`Lattice`: ``origin`` and ``basis`` in the unit of ``centers``, the integer lattice ``coords`` of
+    every spot (in the order of ``centers``) and the median ``residual`` of the fit.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than 4 spots, if the neighbour vectors have only one direction (a single row of
+        spots), or if the median residual exceeds 0.2 times the median nearest-neighbour distance (the spots
+        are not on a regular lattice; square bins still work).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import fit_lattice
+    >>> xy = np.array([(100.0 * i + 50.0 * (j % 2), 86.6 * j) for j in range(4) for i in range(5)])
+    >>> lat = fit_lattice(xy)
+    >>> round(lat.pitch)
+    100
     """
     centers = np.asarray(centers, dtype=float)
     n = len(centers)
@@ -169,7 +200,42 @@ def make_grid(
     mask: TissueMask | None = None,
     max_distance: float | None = None,
 ) -> GridPoints:
-    """Build a grid from resolved spot geometry (see :func:`grid`)."""
+    """Build a grid from resolved spot geometry (see :func:`grid`).
+
+    The array-level core of :func:`grid`: it works in level-0 pixels, returns the regions as arrays and does
+    not detect tissue by itself (pass ``mask``).
+
+    Parameters
+    ----------
+    geo
+        The measured spots, resolved by :func:`spots`: their centres and diameter in level-0 pixels, the
+        pixel size in µm and the image's shape.
+    grid
+        ``"ps4"`` (alias ``"pseudospot4"``): pseudo-spots at half the lattice spacing, of half the spot
+        diameter; ``"ps16"`` (``"pseudospot16"``): at a quarter of the spacing and diameter; ``"bin<N>um"``
+        (or ``"bin<N>"``): squares of ``N`` µm aligned with the image axes, starting at its origin. Ignored
+        when ``bin_size`` is given.
+    bin_size
+        Side of square bins in µm; overrides ``grid``.
+    mask
+        Tissue mask: regions whose centre is off tissue are dropped (pseudo-spots at measured spots are
+        always kept). ``None`` keeps every region (unlike :func:`grid`, which detects tissue by default).
+    max_distance
+        Largest distance, in level-0 pixels, from a region's centre to the nearest measured spot's centre;
+        farther regions are dropped. ``None``: one lattice pitch for pseudo-spots, the median
+        nearest-neighbour spacing of the spots for bins.
+
+    Returns
+    -------
+    A :class:`GridPoints` in level-0 pixels, sorted by row (y) then x: pseudo-spots that coincide with a
+    measured spot sit at its measured centre and are flagged in ``measured``; bins are never ``measured``.
+
+    Raises
+    ------
+    ValueError
+        If ``grid`` is not a known grid name; for pseudo-spot grids, if the spots do not sit on a lattice
+        (see :func:`fit_lattice`); for bins, if a bin is narrower than 2 image pixels.
+    """
     if bin_size is not None:
         grid = canonical_grid_name(f"bin{float(bin_size):g}um")
     kind, value = parse_grid_name(grid)

@@ -38,6 +38,25 @@ def choose_level(level_mpp: list[tuple[float, float]], target_mpp: float) -> int
     """Index of the coarsest level whose µm/px is ≤ 1.05 × ``target_mpp`` on both axes.
 
     If every level is coarser than the target, the finest (level 0) is used, at native resolution.
+
+    Parameters
+    ----------
+    level_mpp
+        ``(µm/px along x, µm/px along y)`` of each pyramid level, ordered from level 0 (finest) to the
+        coarsest.
+    target_mpp
+        Resolution wanted, in µm/px: a window's side in µm divided by its output side in pixels.
+
+    Returns
+    -------
+    Index into ``level_mpp`` of the level to read. Resampling it to ``target_mpp`` upsamples by at most 5 %,
+    unless even level 0 is coarser than the target.
+
+    Examples
+    --------
+    >>> from stpredict.pp import choose_level
+    >>> choose_level([(0.25, 0.25), (0.5, 0.5), (1.0, 1.0)], 0.5)
+    1
     """
     ok = [i for i, (mx, my) in enumerate(level_mpp) if max(mx, my) <= LEVEL_TOLERANCE * target_mpp]
     return max(ok) if ok else 0
@@ -331,6 +350,26 @@ class PatchDataset:
     With ``batch_size=None`` each item is one patch ``(3, P, P)`` uint8; with a ``batch_size`` each item is a
     spatially coherent batch ``(indices, patches)``, which reads chunks once per batch — use it with
     ``DataLoader(dataset, batch_size=None, num_workers=...)``.
+
+    Parameters
+    ----------
+    extractor
+        The reader of the windows: their centres, size in µm, output size ``P`` (its ``patch_px``) and the
+        pyramid level read.
+    batch_size
+        ``None``: item ``i`` is the patch around centre ``i``, and the length is the number of centres.
+        Otherwise item ``i`` is the ``i``-th batch of up to ``batch_size`` windows in the extractor's spatial
+        order (:meth:`PatchExtractor.spatial_order`): a tuple of their int64 indices into the centres and
+        their ``(b, 3, P, P)`` uint8 patches; the length is the number of batches.
+
+    Examples
+    --------
+    >>> import stpredict as stp
+    >>> sdata = stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
+    >>> ds = stp.pp.patches(sdata, size_um=56, patch_px=112, batch_size=8)
+    >>> idx, batch = ds[0]
+    >>> batch.shape[1:]
+    (3, 112, 112)
     """
 
     def __init__(self, extractor: PatchExtractor, *, batch_size: int | None = None) -> None:

@@ -29,19 +29,90 @@ I0 = 255.0
 
 
 def rgb_to_od(rgb: Any, *, channel_axis: int = -3) -> np.ndarray:
-    """Optical density ``-ln((I + 1) / (I0 + 1))`` of uint8 (or 0-255 float) RGB; works on any batch shape."""
+    """Optical density ``-ln((I + 1) / (I0 + 1))`` of uint8 (or 0-255 float) RGB; works on any batch shape.
+
+    ``I0 = 255`` is the background (glass) intensity; the ``+ 1`` keeps black pixels finite.
+
+    Parameters
+    ----------
+    rgb
+        Intensities on the 0-255 scale, any shape (e.g. ``(3, h, w)`` or ``(b, 3, h, w)``).
+    channel_axis
+        Position of the RGB axis. Not used: the transform is element-wise, so any layout works; accepted for
+        symmetry with :func:`stain_concentrations`.
+
+    Returns
+    -------
+    float32 optical densities (natural log) of the same shape: 0 for white (255), ``ln(256) ≈ 5.55`` for
+    black (0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import rgb_to_od
+    >>> rgb_to_od(np.array([127, 0], dtype=np.uint8)).round(2)
+    array([0.69, 5.55], dtype=float32)
+    """
     x = np.asarray(rgb, dtype=np.float32)
     return -np.log((x + 1.0) / (I0 + 1.0))
 
 
 def od_to_rgb(od: Any) -> np.ndarray:
-    """Inverse of :func:`rgb_to_od`, clipped to uint8."""
+    """Inverse of :func:`rgb_to_od`, clipped to uint8.
+
+    Parameters
+    ----------
+    od
+        Optical densities (natural log, as from :func:`rgb_to_od`), any shape.
+
+    Returns
+    -------
+    uint8 intensities of the same shape: ``(I0 + 1) · exp(-od) - 1`` rounded and clipped to 0-255, with
+    ``I0 = 255``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import od_to_rgb, rgb_to_od
+    >>> od_to_rgb(rgb_to_od(np.array([0, 128, 255], dtype=np.uint8)))
+    array([  0, 128, 255], dtype=uint8)
+    """
     x = (I0 + 1.0) * np.exp(-np.asarray(od, dtype=np.float64)) - 1.0
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def stain_concentrations(od: Any, stains: np.ndarray = RUIFROK_HED[:2], *, channel_axis: int = -3) -> np.ndarray:
-    """Least-squares concentrations of ``stains`` (rows, OD space) at every pixel of ``od``."""
+    """Least-squares concentrations of ``stains`` (rows, OD space) at every pixel of ``od``.
+
+    Each pixel's OD vector is decomposed as ``od ≈ stains.T @ c`` through the pseudo-inverse of the stain
+    matrix (colour deconvolution, Ruifrok & Johnston 2001). The concentrations are not constrained: they can
+    be slightly negative on background or on colours the stains do not explain.
+
+    Parameters
+    ----------
+    od
+        Optical densities with their 3 RGB channels on ``channel_axis`` (e.g. :func:`rgb_to_od` of
+        ``(b, 3, h, w)`` patches).
+    stains
+        ``(k, 3)`` stain vectors in OD space, one per row; default the Ruifrok–Johnston hematoxylin and eosin
+        vectors (``RUIFROK_HED[:2]``). Concentrations are in multiples of each row's length (unit rows:
+        optical density along that stain).
+    channel_axis
+        Axis of ``od`` holding the RGB channels.
+
+    Returns
+    -------
+    float64 concentrations shaped like ``od`` with the RGB axis replaced by the ``k`` stains, at the same
+    position (``(b, 3, h, w)`` gives ``(b, k, h, w)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import rgb_to_od, stain_concentrations
+    >>> patches = np.full((2, 3, 4, 4), 200, dtype=np.uint8)
+    >>> stain_concentrations(rgb_to_od(patches)).shape
+    (2, 2, 4, 4)
+    """
     od = np.moveaxis(np.asarray(od, dtype=np.float64), channel_axis, -1)
     pinv = np.linalg.pinv(np.asarray(stains, dtype=np.float64).T)  # (k, 3)
     return np.moveaxis(od @ pinv.T, -1, channel_axis)
@@ -53,6 +124,32 @@ def macenko_stains(rgb: Any, *, beta: float = 0.15, alpha: float = 1.0) -> np.nd
     Pixels with OD below ``beta`` on any channel are background; the stain vectors are the robust extremes
     (``alpha`` and ``100 - alpha`` percentiles of angle) in the plane of the two main OD eigenvectors.
     Returns ``(2, 3)`` unit rows, hematoxylin first.
+
+    Parameters
+    ----------
+    rgb
+        uint8 RGB with the channels on axis -3: one image ``(3, h, w)`` or a batch ``(..., 3, h, w)``; the
+        pixels of the whole batch are pooled into one estimate.
+    beta
+        Optical-density threshold: pixels whose OD is at most ``beta`` on any channel (glass, faint
+        background) are ignored.
+    alpha
+        Percentile, in %, of the angle distribution taken as each extreme (``alpha`` and ``100 - alpha``);
+        larger values are more robust to outlying pixels.
+
+    Returns
+    -------
+    ``(2, 3)`` float64 stain vectors in OD space, unit rows, hematoxylin (the one absorbing more red) first.
+    With fewer than 10 foreground pixels, the Ruifrok–Johnston H and E vectors (``RUIFROK_HED[:2]``) are
+    returned instead.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.pp import macenko_stains
+    >>> patches = np.random.default_rng(0).integers(60, 230, (4, 3, 32, 32), dtype=np.uint8)
+    >>> macenko_stains(patches).shape
+    (2, 3)
     """
     od = np.moveaxis(rgb_to_od(rgb), -3, -1).reshape(-1, 3).astype(np.float64)
     od = od[(od > beta).all(axis=1)]
@@ -80,6 +177,20 @@ class StainNormalizer:
         ``"macenko"``: re-express pixels' H/E concentrations (from the patch's own Macenko stains) with the
         reference stain vectors and the reference's 99th-percentile concentrations; ``"reinhard"``: match
         per-channel mean and sd in LAB.
+    stains
+        ``(2, 3)`` hematoxylin and eosin vectors of the reference in OD space (unit rows, hematoxylin first),
+        as from :func:`macenko_stains`; used by ``"macenko"``. The remaining parameters are the fitted
+        state: leave them ``None`` and call :meth:`fit`, or pass values saved from a fitted normaliser to
+        skip fitting.
+    max_conc
+        ``(2,)`` 99th-percentile H and E concentrations of the reference (in OD units along ``stains``);
+        each patch's concentrations are rescaled so that its own 99th percentiles match them. Used by
+        ``"macenko"``, together with ``stains``.
+    lab_mean
+        ``(3,)`` mean of the reference's pixels in CIELAB (L*, a*, b*); used by ``"reinhard"``.
+    lab_std
+        ``(3,)`` standard deviation of the reference's pixels in CIELAB (plus 1e-6, so it is never 0); used
+        by ``"reinhard"``, together with ``lab_mean``.
 
     Examples
     --------

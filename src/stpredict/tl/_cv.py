@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._logging import get_logger
 from ..metrics import score_table, summarize
-from ..models._base import Regions, SlideData, create_predictor
+from ..models._base import Regions, SlideData
 from ._core import resolve_model
 from ._inputs import build_slide, preprocessing_record, resolve_backbone, select_genes, spot_embeddings, targets
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ..models._backbone import Backbone
+    from ..models._base import Predictor
 
 __all__ = ["CVResult", "Split", "cross_validate", "hide_spots_split", "pool_spots"]
 
@@ -51,7 +52,8 @@ class CVResult:
         One row per (fold, gene): ``fold``, ``slide``, ``gene``, ``pearson``, ``spearman``, ``mse``, ``mae``,
         ``truth_var``, ``n``.
     folds
-        One row per fold: slide, number of train/test spots, genes, fit and predict seconds, mean PCC.
+        One row per fold: slide, number of train/test spots, genes, how they were chosen (``gene_selection``), fit
+        and predict seconds, mean PCC.
     splits
         The :class:`Split` of every fold (train and test spot names).
     genes
@@ -69,17 +71,19 @@ class CVResult:
     def summary(self) -> dict[str, float]:
         """Mean ± sd over folds of the per-fold mean PCC, and quartiles / MSE over all (fold, gene) scores.
 
-        Genes with a constant truth in a fold (NaN) are dropped and counted.
+        Genes with a constant truth in a fold (NaN PCC) are dropped from every entry (``mse`` included) and counted
+        in ``n_nan_genes``.
         """
         per_fold = self.folds["pearson_mean"].to_numpy(dtype=float)
         allg = summarize(self.scores["pearson"].to_numpy())
+        mse = self.scores.loc[self.scores["pearson"].notna(), "mse"].to_numpy(dtype=float)
         return {
             "pcc_mean": float(np.nanmean(per_fold)) if per_fold.size else np.nan,
             "pcc_sd_folds": float(np.nanstd(per_fold)) if per_fold.size else np.nan,
             "pcc_q25": allg["q25"],
             "pcc_median": allg["median"],
             "pcc_q75": allg["q75"],
-            "mse": float(self.scores["mse"].mean()),
+            "mse": float(mse.mean()) if mse.size else np.nan,
             "n_folds": len(self.folds),
             "n_nan_genes": allg["n_nan"],
             "fit_seconds": float(self.folds["fit_seconds"].sum()),
@@ -96,12 +100,22 @@ class CVResult:
 
 
 def hide_spots_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, test)`` indices: ``test = perm[: int(n * fraction)]`` of ``default_rng(seed).permutation(n)``."""
+    """``(train, test)`` indices: ``test = perm[: int(n * fraction)]`` of ``default_rng(seed).permutation(n)``.
+
+    Raises ``ValueError`` unless ``0 < fraction < 1`` and both sides hold at least one of the ``n`` spots.
+    """
     if not 0 < fraction < 1:
         msg = f"fraction must be in (0, 1), got {fraction}."
         raise ValueError(msg)
-    perm = np.random.default_rng(seed).permutation(n)
     k = int(n * fraction)
+    if not 0 < k < n:
+        side = "test" if k == 0 else "training"
+        msg = (
+            f"fraction={fraction} of {n} spots hides int({n} * {fraction}) = {k} spots: the {side} side would be "
+            f"empty. Use a fraction with 1 <= int(n * fraction) <= n - 1 (here {1 / n:.3g} <= fraction < 1)."
+        )
+        raise ValueError(msg)
+    perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
@@ -122,12 +136,60 @@ def pool_spots(slide_counts: Any, centers_px: np.ndarray, groups: np.ndarray) ->
 
 
 def _array_coords(table, rows: np.ndarray, centers_px: np.ndarray) -> np.ndarray:
+    """Integer ``(x, y)`` coordinates with one spot per unit step along each axis, for ``pool`` blocks.
+
+    Array coordinates (``array_x``/``array_y`` of ST, ``array_col``/``array_row`` of Visium) as they are on a
+    square array. On a hexagonal array (every ``x + y`` of one parity: Visium's ``array_col`` steps by 2 along
+    a row, odd rows offset by 1), ``x`` is halved so that consecutive spots of a row are consecutive integers.
+    Without array coordinates, the fitted lattice's (one spot per lattice point).
+    """
     for a, b in (("array_x", "array_y"), ("array_col", "array_row")):
         if a in table.obs and b in table.obs:
-            return np.column_stack([table.obs[a].to_numpy()[rows], table.obs[b].to_numpy()[rows]]).astype(int)
+            xy = np.column_stack([table.obs[a].to_numpy()[rows], table.obs[b].to_numpy()[rows]]).astype(int)
+            if _hexagonal(xy):
+                xy[:, 0] = np.floor_divide(xy[:, 0], 2)
+            return xy
     from ..pp._grid import fit_lattice
 
     return fit_lattice(centers_px).coords
+
+
+def _hexagonal(xy: np.ndarray) -> bool:
+    """Whether integer array coordinates are hexagonal (doubled columns): all ``x + y`` of one parity."""
+    return len(xy) > 1 and np.unique((xy[:, 0] + xy[:, 1]) % 2).size == 1
+
+
+def _fresh_predictor(proto: Predictor, device: Any, progress: bool | None) -> Predictor:  # noqa: FBT001
+    """An unfitted copy of ``proto``: its own class (registered or not) with its configuration."""
+    cls = type(proto)
+    try:
+        pred = cls(**proto.config)
+    except TypeError as e:
+        msg = (
+            f"cross_validate re-creates {cls.__name__} per fold as {cls.__name__}(**config) and that failed ({e}): "
+            "a predictor must pass its __init__ keyword arguments to Predictor.__init__ as its config."
+        )
+        raise TypeError(msg) from e
+    pred.device = device
+    pred.progress = progress
+    return pred
+
+
+def _no_genes_error(f: int, protocol: str, slide: str, n_train: int, given: bool) -> ValueError:  # noqa: FBT001
+    what = (
+        "none of the given genes is measured in the test slide"
+        if given
+        else f"no gene is detected (counts > 0 in at least 3 and 1% of its {n_train} training spots)"
+    )
+    hint = {
+        "hide_spots": "use a smaller fraction",
+        "pool": "use a smaller pool or a larger slide",
+    }.get(protocol, "use more or larger training slides")
+    msg = (
+        f"cross_validate fold {f} ({protocol}, test slide {slide!r}): {what}, so there is no gene to learn. "
+        f"{hint.capitalize()}, or pass genes=[...]."
+    )
+    return ValueError(msg)
 
 
 def cross_validate(
@@ -162,13 +224,18 @@ def cross_validate(
     - ``"hide_spots"`` (``"hide"``): within each slide, ``perm[: int(n * fraction)]`` of
       ``numpy.random.default_rng(seed).permutation(n)`` (spots in table order) are hidden; the model is fitted
       on the rest of that slide and predicts the hidden spots (neighbour baselines interpolate the visible ones).
-    - ``"pool"``: within each slide, ``pool × pool`` blocks of spots (array coordinates ``x // pool``,
-      ``y // pool``; the fitted lattice if a slide has none) are merged into pseudo-spots (counts summed,
+    - ``"pool"``: within each slide, ``pool × pool`` blocks of spots are merged into pseudo-spots (counts summed,
       centres averaged); the model is fitted on the pseudo-spots and predicts the original spots, which it never
-      sees.
+      sees. Blocks are ``(x // pool, y // pool)`` of the array coordinates (``array_x``, ``array_y`` or
+      ``array_col``, ``array_row``), used as they are on a square (ST) array. On a hexagonal (Visium) array, whose
+      ``array_col`` steps by 2 along a row (every ``array_col + array_row`` of one parity), the column is halved
+      first: ``(array_col // 2 // pool, array_row // pool)``, i.e. ``pool`` consecutive spots of ``pool``
+      consecutive rows, ``pool²`` spots as on a square array. A slide without array coordinates uses the integer
+      coordinates of its fitted lattice (:func:`stpredict.pp.fit_lattice`, one spot per lattice point; blocks are
+      parallelograms on a hexagonal lattice). Blocks at the tissue edge hold fewer spots.
 
     Scores are per gene within each held-out slide (:func:`stpredict.metrics.score_table`) on log1p counts
-    normalised to 1e4.
+    normalised to 1e4. A fold whose training spots leave no gene to learn raises a ``ValueError``.
 
     Parameters
     ----------
@@ -179,7 +246,9 @@ def cross_validate(
     protocol
         See above.
     n_genes
-        Highly variable genes (seurat_v3 on raw counts) chosen per fold on the training spots.
+        Highly variable genes (seurat_v3 on raw counts) chosen per fold on the training spots; every detected
+        gene when there are no more, and genes ranked by dispersion if seurat_v3 fails on a tiny panel (each
+        fold's method is in ``folds["gene_selection"]`` and ``params["gene_selection"]``).
     genes
         A fixed panel instead (it must not be chosen on test data).
     seed
@@ -197,7 +266,8 @@ def cross_validate(
     device, batch_size, num_workers, progress
         As in :func:`stpredict.tl.predict`.
     names
-        Slide names for the tables (default: library ids).
+        Slide names for the tables (default: library ids). Repeated names get ``#i`` (the slide's position)
+        appended, as in :func:`stpredict.tl.fit`.
     **model_kwargs
         Predictor options.
 
@@ -239,6 +309,11 @@ def cross_validate(
         if names is not None:
             sl.name = str(names[i])
         base.append((sl, geo, s.tables[geo.table_key]))
+    # several slides of one name (e.g. synthetic slides, all "spots"): tell them apart in the tables
+    all_names = [sl.name for sl, _, _ in base]
+    for i, (sl, _, _) in enumerate(base):
+        if all_names.count(sl.name) > 1:
+            sl.name = f"{sl.name}#{i}"
     bb = resolve_backbone(proto_pred, backbone, weights)
     patch_um = float(patch_size_um if patch_size_um is not None else (bb.default_patch_um if bb else 0.0))
     emb_cache: dict[int, np.ndarray] = {}
@@ -257,7 +332,7 @@ def cross_validate(
             emb_seconds[0] += time.perf_counter() - t_emb
         return emb_cache[i]
 
-    rows, fold_rows, splits, fold_genes = [], [], [], {}
+    rows, fold_rows, splits, fold_genes, fold_how = [], [], [], {}, {}
     plan = _plan(protocol, base, groups, fraction, seed)
     for f, (test_i, train_is, train_idx, test_idx) in enumerate(plan):
         sl_test, geo_test, table_test = base[test_i]
@@ -277,14 +352,18 @@ def cross_validate(
                 progress,
                 max_epochs,
                 seed,
+                fold=f,
             )
-            y_true, mean, panel, n_train, t_fit, t_pred, train_names = result
+            y_true, mean, panel, how, n_train, t_fit, t_pred, train_names = result
             test_names = list(sl_test.obs_names)
         else:
             tables = [(base[j][2], base[j][1].rows[train_idx[j]]) for j in train_is]
             panel, how = select_genes(tables, genes if genes is not None else n_genes, n_genes=n_genes)
             if any(g not in table_test.var_names for g in panel):
                 panel = [g for g in panel if g in table_test.var_names]
+            if not panel:
+                n_tr = sum(len(train_idx[j]) for j in train_is)
+                raise _no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None)
             train_slides = []
             for j in train_is:
                 sl, geo, table = base[j]
@@ -295,9 +374,7 @@ def cross_validate(
                 emb = embeddings(j)
                 sub.embeddings = None if emb is None else emb[idx]
                 train_slides.append(sub)
-            pred = create_predictor(proto_pred.name, **proto_pred.config)
-            pred.device = device
-            pred.progress = progress
+            pred = _fresh_predictor(proto_pred, device, progress)
             pred.preprocessing = preprocessing_record(panel, how)
             t0 = time.perf_counter()
             pred.fit(train_slides, genes=panel, max_epochs=max_epochs, seed=seed)
@@ -329,6 +406,7 @@ def cross_validate(
         sc.insert(0, "fold", f)
         rows.append(sc.reset_index())
         fold_genes[f] = list(panel)
+        fold_how[f] = how
         s = summarize(sc["pearson"].to_numpy())
         fold_rows.append(
             {
@@ -337,6 +415,7 @@ def cross_validate(
                 "n_train": int(n_train),
                 "n_test": len(y_true),
                 "n_genes": len(panel),
+                "gene_selection": how,
                 "pearson_mean": s["mean"],
                 "pearson_median": s["median"],
                 "n_nan_genes": s["n_nan"],
@@ -366,11 +445,17 @@ def cross_validate(
         "backbone": dict(bb.params(), patch_size_um=patch_um) if bb is not None else None,
         "max_epochs": max_epochs,
         "embed_seconds": round(emb_seconds[0], 3),
-        "gene_selection": "given"
-        if genes is not None
-        else f"top {n_genes} HVG (seurat_v3) of each fold's training spots",
+        "gene_selection": _gene_selection_record(fold_how),
     }
     return CVResult(pd.concat(rows, ignore_index=True), pd.DataFrame(fold_rows), splits, fold_genes, params)
+
+
+def _gene_selection_record(fold_how: dict[int, str]) -> str:
+    """How every fold chose its genes: one method, or each fold's."""
+    hows = list(dict.fromkeys(fold_how.values()))
+    if len(hows) == 1:
+        return hows[0] if hows[0] == "given" else f"{hows[0]}, chosen per fold"
+    return "; ".join(f"fold {f}: {h}" for f, h in fold_how.items())
 
 
 def _plan(protocol, base, groups, fraction, seed):
@@ -414,6 +499,8 @@ def _pool_fold(
     progress,
     max_epochs,
     seed,
+    *,
+    fold: int = 0,
 ):
     """Fit on pooled pseudo-spots of one slide, predict its original spots."""
     import anndata as ad
@@ -428,6 +515,8 @@ def _pool_fold(
     ptab = ad.AnnData(X=pooled, var=pd.DataFrame(index=table.var_names))
     rows = np.arange(ptab.n_obs)
     panel, how = select_genes([(ptab, rows)], genes if genes is not None else n_genes, n_genes=n_genes)
+    if not panel:
+        raise _no_genes_error(fold, "pool", sl.name, len(centers), genes is not None)
     y, ylin, lib = targets(ptab, rows, panel, None)
     emb = None
     if bb is not None:
@@ -458,9 +547,7 @@ def _pool_fold(
         embeddings=emb,
         meta={"pool": k, "pool_sizes": sizes, "member_centers_px": geo.centers, "membership": member},
     )
-    pred = create_predictor(proto.name, **proto.config)
-    pred.device = device
-    pred.progress = progress
+    pred = _fresh_predictor(proto, device, progress)
     pred.preprocessing = preprocessing_record(panel, how)
     t0 = time.perf_counter()
     pred.fit([pooled_slide], genes=panel, max_epochs=max_epochs, seed=seed)
@@ -470,4 +557,4 @@ def _pool_fold(
     mean, _ = pred.predict(pooled_slide, regions)
     t_pred = time.perf_counter() - t0
     y_true, _, _ = targets(table, geo.rows, panel, None)
-    return y_true, mean, panel, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)
+    return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)

@@ -70,7 +70,26 @@ def select_genes(
     """The gene panel: an explicit list, or the top ``n`` highly variable genes (seurat_v3) of the given rows.
 
     ``tables`` are ``(table, rows)`` pairs of the *training* spots only; with several slides the selection
-    is batch-aware (``batch_key`` = slide) over the genes present in all of them.
+    is batch-aware (``batch_key`` = slide) over the genes present in all of them. Only genes detected in at least
+    ``max(3, 1%)`` of the spots are candidates.
+
+    Parameters
+    ----------
+    tables
+        ``(table, rows)`` of each training slide.
+    genes
+        A list of gene names (returned as given), a number of genes, or ``None`` (``n_genes``).
+    layer
+        Layer of raw counts (default ``X``).
+    n_genes
+        Number of genes when ``genes`` is ``None``.
+
+    Returns
+    -------
+    ``(panel, how)``: the genes, and how they were chosen. When at most ``n`` genes are detected, all of them are
+    taken (no ranking). When seurat_v3's loess fit fails (tiny panels: a few genes give it singular fits), the
+    genes are ranked by dispersion (variance / mean of counts normalised to 1e4; the mean rank over slides with
+    several) instead, with a logged warning; ``how`` names the method actually used.
     """
     import anndata as ad
     import scanpy as sc
@@ -95,18 +114,53 @@ def select_genes(
         a = ad.AnnData(X=X, var=pd.DataFrame(index=common))
         a.obs["slide"] = str(i)
         parts.append(a)
-    a = ad.concat(parts) if len(parts) > 1 else parts[0]
-    a.obs_names_make_unique()
+    # spot names repeat across slides (Visium barcodes; the parts' default names always do): suffix the slide
+    a = ad.concat(parts, index_unique="-") if len(parts) > 1 else parts[0]
     detected = np.asarray((a.X > 0).sum(0)).ravel()
     a = a[:, detected >= max(3, int(0.01 * a.n_obs))].copy()
     if a.n_vars <= n:
         return list(a.var_names), f"all {a.n_vars} detected genes"
     kw = {"batch_key": "slide"} if len(parts) > 1 else {}
-    hvg = sc.pp.highly_variable_genes(a, flavor="seurat_v3", n_top_genes=n, inplace=False, **kw)
+    try:
+        hvg = sc.pp.highly_variable_genes(a, flavor="seurat_v3", n_top_genes=n, inplace=False, **kw)
+    except ValueError as e:  # skmisc's loess on a few genes: "There are other near singularities", "svddc failed"
+        reason = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        logger.warning(
+            "Highly variable genes (seurat_v3) failed on %d candidate genes (%s); ranking them by dispersion instead.",
+            a.n_vars,
+            reason,
+        )
+        return _top_dispersion(a, n, batch=len(parts) > 1), (
+            f"top {n} of {a.n_vars} detected genes by dispersion (variance / mean of normalised counts) of the "
+            "training spots (seurat_v3 failed)"
+        )
     hvg.index = a.var_names
     rank_col = "highly_variable_rank"
     top = hvg[hvg["highly_variable"]].sort_values(rank_col) if rank_col in hvg else hvg[hvg["highly_variable"]]
     return list(top.index[:n]), f"top {n} highly variable genes (seurat_v3) of the training spots"
+
+
+def _dispersion(X: sp.csr_matrix) -> np.ndarray:
+    """Variance / mean of each gene's counts normalised to 1e4 (0 where the mean is 0)."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    lib = np.asarray(X.sum(1)).ravel()
+    scale = np.divide(TARGET_SUM, lib, out=np.zeros_like(lib), where=lib > 0)
+    Xn = sp.diags(scale) @ X
+    mean = np.asarray(Xn.mean(0)).ravel()
+    var = np.asarray(Xn.multiply(Xn).mean(0)).ravel() - mean**2
+    return np.divide(var, mean, out=np.zeros_like(mean), where=mean > 0)
+
+
+def _top_dispersion(a: AnnData, n: int, *, batch: bool) -> list[str]:
+    """The ``n`` genes of highest dispersion; with slides, by mean within-slide rank (pooled dispersion breaks ties)."""
+    pooled = _dispersion(a.X)
+    if batch:
+        slide = a.obs["slide"].to_numpy()
+        ranks = [pd.Series(-_dispersion(a.X[slide == b])).rank(method="average").to_numpy() for b in np.unique(slide)]
+        order = np.lexsort((-pooled, np.mean(ranks, axis=0)))
+    else:
+        order = np.argsort(-pooled, kind="stable")
+    return list(a.var_names[order[:n]])
 
 
 # ------------------------------------------------------------------------------------------------------
