@@ -25,7 +25,9 @@ def test_lattice_map_puts_each_spot_in_its_own_cell(layout, size):
     fine = lm.finer(2)
     assert fine.shape == ((lm.shape[0] - 1) * 2 + 1, (lm.shape[1] - 1) * 2 + 1)
     # the fine lattice contains the measured positions at even indices
-    np.testing.assert_allclose(fine.centers_px().reshape(*fine.shape, 2)[::2, ::2], lm.centers_px().reshape(*lm.shape, 2))
+    np.testing.assert_allclose(
+        fine.centers_px().reshape(*fine.shape, 2)[::2, ::2], lm.centers_px().reshape(*lm.shape, 2)
+    )
 
 
 def test_pool2_means_measured_cells_only():
@@ -102,7 +104,9 @@ def test_beats_bicubic_and_is_calibrated():
     ssim_bicubic = np.nanmean(stp.metrics.map_ssim(as_maps(truth), as_maps(bicubic)))
     lo, hi = np.percentile(samples, [5, 95], axis=0)
     coverage = float(((truth >= lo) & (truth <= hi))[ok].mean())
-    print(f"PCC {pcc_model:.3f} vs bicubic {pcc_bicubic:.3f}; SSIM {ssim_model:.3f} vs {ssim_bicubic:.3f}; coverage90 {coverage:.2f}")
+    print(
+        f"PCC {pcc_model:.3f} vs bicubic {pcc_bicubic:.3f}; SSIM {ssim_model:.3f} vs {ssim_bicubic:.3f}; coverage90 {coverage:.2f}"
+    )
     assert pcc_model > pcc_bicubic
     assert ssim_model > ssim_bicubic
     assert 0.75 <= coverage <= 0.99
