@@ -551,6 +551,8 @@ def _build(params: SyntheticParams, *, chunks: int) -> SpatialData:
     )
     # the coarser levels are rendered at their own resolution (antialiased by supersampling)
     tree = sdata.images["he"]
+    if not hasattr(tree, "children"):  # a small image has a single level
+        return sdata
     arrays = {}
     for name in tree.children:
         if name == "scale0":

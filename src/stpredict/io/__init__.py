@@ -1,4 +1,4 @@
-"""Readers returning :class:`~spatialdata.SpatialData`, and small fixes of one."""
+"""Readers returning :class:`~spatialdata.SpatialData`, small fixes of one, and writing results back."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ from ._arrays import from_arrays
 from ._st import read_st
 from ._utils import set_microns_per_pixel, to_rgb
 from ._visium import read_visium
+from ._write import write_back
 
-__all__ = ["from_arrays", "read_st", "read_visium", "set_microns_per_pixel", "to_rgb"]
+__all__ = ["from_arrays", "read_st", "read_visium", "set_microns_per_pixel", "to_rgb", "write_back"]

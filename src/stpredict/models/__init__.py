@@ -17,7 +17,7 @@ from ._base import (
     register_predictor,
 )
 from ._handcrafted import HandcraftedBackbone
-from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline
+from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline, RidgeNeighborsBaseline
 from .diffusion import CrossModalDiffusion
 from .histosge import HisToSGE
 from .nsl import NeuralStainLearning
@@ -46,6 +46,7 @@ __all__ = [
     "MeanBaseline",
     "NearestBaseline",
     "NeighborsBaseline",
+    "RidgeNeighborsBaseline",
     "NeuralStainLearning",
     "PixNet",
     "Predictor",
