@@ -101,3 +101,25 @@ def test_cross_validate_on_a_tiny_panel(stp_warnings):
     assert "dispersion" in how and "seurat_v3 failed" in how
     assert stp_warnings.records
     assert how in res.params["gene_selection"]
+
+
+def test_empty_panels_are_refused():
+    rare = _table(40, 6, seed=5)
+    X = np.zeros((40, 6), dtype=np.float32)
+    X[0] = 5.0  # every gene seen in one spot only: below the detection floor of 3 spots
+    rare.X = sp.csr_matrix(X)
+    with pytest.raises(ValueError, match="No gene is detected in at least 3"):
+        select_genes([(rare, np.arange(40))], None, layer=None, n_genes=10)
+    with pytest.raises(ValueError, match="empty panel"):
+        select_genes([(rare, np.arange(40))], [], layer=None, n_genes=10)
+
+
+def test_repeated_slide_names_are_all_told_apart():
+    from stpredict.tl._core import Training
+
+    slides = [stp.datasets.synthetic(image_size=512, n_genes=4, seed=s) for s in range(3)]
+    tr = Training(
+        slides, stp.models.create_predictor("mean"), genes=None, n_genes=4, backbone=None, weights=None,
+        patch_size_um=None, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, layer=None,
+    )  # fmt: skip
+    assert [sl.name for sl in tr.slides] == ["spots#0", "spots#1", "spots#2"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,9 +86,11 @@ class Training:
             )[0]
             for s in sdatas
         ]
+        # repeated names (e.g. several synthetic slides, all "spots") get their position, decided before renaming
+        counts = Counter(sl.name for sl in self.slides)
         for i, sl in enumerate(self.slides):
-            if len(self.slides) > 1:
-                sl.name = f"{sl.name}#{i}" if sum(o.name == sl.name for o in self.slides) > 1 else sl.name
+            if counts[sl.name] > 1:
+                sl.name = f"{sl.name}#{i}"
         self.backbone: Backbone | None = resolve_backbone(predictor, backbone, weights)
         self.patch_size_um = float(
             patch_size_um if patch_size_um is not None else (self.backbone.default_patch_um if self.backbone else 0.0)

@@ -100,6 +100,9 @@ def select_genes(
         common = t.var_names if common is None else common.intersection(t.var_names, sort=False)
     if genes is not None and not isinstance(genes, int):
         genes = [str(g) for g in genes]
+        if not genes:
+            msg = "genes=[] asks for an empty panel: pass gene names, a number of genes, or None for n_genes."
+            raise ValueError(msg)
         missing = [g for g in genes if g not in common]
         if missing:
             msg = (
@@ -118,7 +121,15 @@ def select_genes(
     # spot names repeat across slides (Visium barcodes; the parts' default names always do): suffix the slide
     a = ad.concat(parts, index_unique="-") if len(parts) > 1 else parts[0]
     detected = np.asarray((a.X > 0).sum(0)).ravel()
-    a = a[:, detected >= max(3, int(0.01 * a.n_obs))].copy()
+    min_spots = max(3, int(0.01 * a.n_obs))
+    a = a[:, detected >= min_spots].copy()
+    if a.n_vars == 0:
+        msg = (
+            f"No gene is detected in at least {min_spots} of the {a.n_obs} training spots "
+            f"({len(common)} genes shared by the training tables): no panel can be learned. Check that the "
+            "counts layer is right (layer=...) and that the tables share gene names, or pass genes=[...]."
+        )
+        raise ValueError(msg)
     if a.n_vars <= n:
         return list(a.var_names), f"all {a.n_vars} detected genes"
     kw = {"batch_key": "slide"} if len(parts) > 1 else {}
