@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -150,7 +151,12 @@ def test_grid_values(predicted):
     fig = stp.pl.grid_values(predicted, "ridge_spots_ps4", "gene_3")
     assert len(fig.axes) == 2  # the map and its colour bar
     assert fig.axes[0].get_title() == "ridge_spots_ps4: gene_3"
-    assert len(fig.axes[0].collections[0].get_offsets()) == table.n_obs
+    # spatialdata-plot draws every shape the table annotates, coloured by the table's values
+    (shapes,) = fig.axes[0].collections
+    assert len(shapes.get_paths()) == table.n_obs
+    values = np.asarray(table[:, "gene_3"].X).ravel()
+    expected = mpl.colormaps["viridis"](mpl.colors.Normalize(values.min(), values.max())(values))
+    np.testing.assert_allclose(shapes.get_facecolors()[:, :3], expected[:, :3], atol=1e-6)
     # a categorical obs column: a legend instead of a colour bar, into given axes
     table.obs["half"] = pd.Categorical(np.where(np.arange(table.n_obs) % 2, "a", "b"))
     fig, ax = plt.subplots()
@@ -159,3 +165,5 @@ def test_grid_values(predicted):
     assert len(fig.axes) == 1
     assert ax.get_title() == "halves"
     assert ax.get_legend() is not None
+    with pytest.raises(KeyError, match="neither a gene nor an obs column"):
+        stp.pl.grid_values(predicted, "ridge_spots_ps4", "no_such_gene")

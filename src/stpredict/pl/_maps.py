@@ -1,7 +1,8 @@
-"""Measured vs predicted maps and super-resolved grids over the H&E (matplotlib)."""
+"""Measured vs predicted maps (matplotlib) and super-resolved grids (spatialdata-plot) over the H&E."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -156,10 +157,16 @@ def grid_values(
     color: str,
     *,
     image_key: str | None = None,
+    coordinate_system: str | None = None,
     ax: Axes | None = None,
     title: str | None = None,
+    cmap: str = "viridis",
 ) -> Figure:
     """A super-resolved grid coloured by a gene or an ``obs`` column (e.g. ``"leiden"`` domains) over the H&E.
+
+    Drawn by spatialdata-plot from the elements themselves: the image, and the shapes the table annotates
+    coloured through the table, so every shape is drawn at its true size (pseudo-spot circles, bin squares)
+    and what is shown is exactly what :func:`stpredict.tl.superresolve` wrote.
 
     Parameters
     ----------
@@ -170,36 +177,60 @@ def grid_values(
     color
         A gene (from ``X``) or an ``obs`` column; categorical columns get a legend.
     image_key
-        Background image.
+        Background image (default the one the grid was predicted from).
+    coordinate_system
+        Coordinate system to draw in (default the first one holding both the image and the shapes,
+        ``"global"`` first).
     ax
         Axes to draw into.
     title
         Panel title.
+    cmap
+        Colour map of continuous values.
 
     Returns
     -------
     The matplotlib figure.
     """
     import matplotlib.pyplot as plt
+    import spatialdata_plot  # noqa: F401 - registers the .pl accessor
+    from spatialdata.transformations import get_transformation
 
+    if table not in sdata.tables:
+        msg = f"No table {table!r}; the tables are {sorted(sdata.tables)}."
+        raise KeyError(msg)
     t = sdata.tables[table]
+    if color not in t.obs and color not in t.var_names:
+        msg = f"{color!r} is neither a gene nor an obs column of table {table!r}."
+        raise KeyError(msg)
+    region = t.uns.get("spatialdata_attrs", {}).get("region")
+    region = region[0] if isinstance(region, list | tuple) else region
+    if region not in sdata.shapes:
+        msg = f"Table {table!r} does not annotate shapes (it annotates {region!r}); grid_values draws grids of shapes."
+        raise ValueError(msg)
     rec = t.uns.get("stpredict", {}).get("superresolve", {})
     image_key = image_key or rec.get("image_key") or next(iter(sdata.images))
-    geo = resolve_spots(sdata, image_key=image_key)
-    centers = np.asarray(t.obsm["spatial"])
-    size = float(rec.get("region_size_um", geo.diameter_um)) / geo.microns_per_pixel
-    if color in t.obs:
-        values = t.obs[color].to_numpy()
-        categorical = not np.issubdtype(np.asarray(values).dtype, np.number)
-    else:
-        values = np.asarray(t[:, color].X).ravel()
-        categorical = False
-    img, fx, fy = _background(sdata, image_key)
+    if coordinate_system is None:
+        both = set(get_transformation(sdata.images[image_key], get_all=True)) & set(
+            get_transformation(sdata.shapes[region], get_all=True)
+        )
+        if not both:
+            msg = f"Image {image_key!r} and shapes {region!r} share no coordinate system."
+            raise ValueError(msg)
+        coordinate_system = "global" if "global" in both else sorted(both)[0]
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
     else:
         fig = ax.figure
-    sc = _scatter(ax, img, fx, fy, centers, values, size, title or f"{table}: {color}", categorical=categorical)
-    if sc is not None:
-        fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+    from pandas.api.types import is_numeric_dtype
+
+    kw = {} if color in t.obs and not is_numeric_dtype(t.obs[color]) else {"cmap": cmap}
+    with warnings.catch_warnings():
+        # spatialdata-plot 0.4 calls Colormap.set_bad, which matplotlib 3.10+ marks for deprecation
+        warnings.filterwarnings("ignore", message=".*set_bad.*", category=PendingDeprecationWarning)
+        (
+            sdata.pl.render_images(image_key)
+            .pl.render_shapes(region, color=color, table_name=table, **kw)
+            .pl.show(ax=ax, coordinate_systems=coordinate_system, title=title or f"{table}: {color}", frameon=False)
+        )
     return fig
