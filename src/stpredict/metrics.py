@@ -90,7 +90,17 @@ def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
 
 
 def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
-    """Spearman correlation per gene (Pearson of average ranks), same NaN/0 conventions."""
+    """Spearman correlation per gene (Pearson of average ranks), same NaN/0 conventions.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+
+    Returns
+    -------
+    ``(n_genes,)``: NaN where the truth is constant, 0 where only the prediction is.
+    """
     from scipy.stats import rankdata
 
     t, p = _check_pair(y_true, y_pred)
@@ -103,19 +113,50 @@ def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
 
 
 def mse_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
-    """Mean squared error per gene."""
+    """Mean squared error per gene.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+
+    Returns
+    -------
+    ``(n_genes,)`` mean of ``(y_true - y_pred)²`` over spots.
+    """
     t, p = _check_pair(y_true, y_pred)
     return ((t - p) ** 2).mean(0)
 
 
 def mae_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
-    """Mean absolute error per gene."""
+    """Mean absolute error per gene.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+
+    Returns
+    -------
+    ``(n_genes,)`` mean of ``|y_true - y_pred|`` over spots.
+    """
     t, p = _check_pair(y_true, y_pred)
     return np.abs(t - p).mean(0)
 
 
 def summarize(scores: Any) -> dict[str, float]:
-    """Mean, sd, quartiles and counts of per-gene scores, NaNs (constant truth) excluded and counted."""
+    """Mean, sd, quartiles and counts of per-gene scores, NaNs (constant truth) excluded and counted.
+
+    Parameters
+    ----------
+    scores
+        Per-gene scores, e.g. from :func:`pearson_per_gene`.
+
+    Returns
+    -------
+    ``{"mean", "sd", "q25", "median", "q75", "n_genes", "n_nan"}`` over the non-NaN scores (all NaN when there
+    is none); ``n_nan`` counts the genes left out.
+    """
     s = np.asarray(scores, dtype=float)
     valid = s[~np.isnan(s)]
     if valid.size == 0:
@@ -141,7 +182,19 @@ def summarize(scores: Any) -> dict[str, float]:
 
 
 def score_table(y_true: Any, y_pred: Any, genes: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-gene Pearson, Spearman, MSE, MAE and truth variance of one slide, as a DataFrame."""
+    """Per-gene Pearson, Spearman, MSE, MAE and truth variance of one slide, as a DataFrame.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+    genes
+        Gene names for the index (default ``gene_0``, ``gene_1``, ...).
+
+    Returns
+    -------
+    One row per gene: ``pearson``, ``spearman``, ``mse``, ``mae``, ``truth_var`` and the number of spots ``n``.
+    """
     t, p = _check_pair(y_true, y_pred)
     genes = list(genes) if genes is not None else [f"gene_{i}" for i in range(t.shape[1])]
     return pd.DataFrame(
@@ -221,6 +274,15 @@ def map_pearson(true_maps: Any, pred_maps: Any) -> np.ndarray:
 
     Each gene is scored over its own defined cells (a gene without prediction, all NaN, does not remove cells
     of the others); a gene with no defined cell is NaN. Same NaN/0 conventions as :func:`pearson_per_gene`.
+
+    Parameters
+    ----------
+    true_maps, pred_maps
+        ``(n_genes, h, w)`` maps on the same grid (e.g. from :func:`rasterize`); NaN marks undefined cells.
+
+    Returns
+    -------
+    ``(n_genes,)`` Pearson correlations.
     """
     t, p, defined = _check_maps(true_maps, pred_maps)
     out = np.full(t.shape[0], np.nan)
@@ -240,6 +302,17 @@ def map_ssim(true_maps: Any, pred_maps: Any, *, win_size: int = 7) -> np.ndarray
 
     Cells where either map of a gene is undefined (NaN) get that map's mean over the gene's defined cells; a gene
     with no defined cell, a constant truth, or maps thinner than 3 cells is NaN.
+
+    Parameters
+    ----------
+    true_maps, pred_maps
+        ``(n_genes, h, w)`` maps on the same grid (e.g. from :func:`rasterize`); NaN marks undefined cells.
+    win_size
+        Side of skimage's sliding window (odd; shrunk to fit small maps).
+
+    Returns
+    -------
+    ``(n_genes,)`` SSIM values.
     """
     from skimage.metrics import structural_similarity
 
@@ -265,14 +338,34 @@ def map_ssim(true_maps: Any, pred_maps: Any, *, win_size: int = 7) -> np.ndarray
 # domains
 # -------------------------------------------------------------------------------------------------
 def ari(labels_true: Any, labels_pred: Any) -> float:
-    """Adjusted Rand index of spatial domains against reference labels."""
+    """Adjusted Rand index of spatial domains against reference labels (scikit-learn's).
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        One label per spot or grid point (any hashable values), in the same order.
+
+    Returns
+    -------
+    ARI: 1 for identical partitions, ~0 for random ones.
+    """
     from sklearn.metrics import adjusted_rand_score
 
     return float(adjusted_rand_score(np.asarray(labels_true), np.asarray(labels_pred)))
 
 
 def nmi(labels_true: Any, labels_pred: Any) -> float:
-    """Normalised mutual information of spatial domains against reference labels."""
+    """Normalised mutual information of spatial domains against reference labels (scikit-learn's).
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        One label per spot or grid point (any hashable values), in the same order.
+
+    Returns
+    -------
+    NMI between 0 (independent) and 1 (identical partitions).
+    """
     from sklearn.metrics import normalized_mutual_info_score
 
     return float(normalized_mutual_info_score(np.asarray(labels_true), np.asarray(labels_pred)))
