@@ -65,6 +65,25 @@ def test_predictor_contract(name, prepared, tmp_path):
     np.testing.assert_allclose(again.predict(ctx, regions)[0], mean, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", list_predictors())
+def test_fitted_predictor_through_the_verbs(name, tmp_path):
+    """A fitted model (object or checkpoint path) predicts spots and a pseudo-spot grid through stp.tl."""
+    sdata = stp.datasets.synthetic(image_size=512, n_genes=4, seed=3)
+    smoke = stp.models.get_predictor_class(name).smoke_config
+    pred = stp.tl.fit(sdata, name, max_epochs=2, seed=0, progress=False, **smoke)
+    stp.tl.predict(sdata, pred, progress=False)
+    table = sdata.tables["table"]
+    panel = table.var["predicted"].to_numpy()
+    assert panel.sum() == len(pred.genes)
+    assert np.isfinite(table.layers["predicted"][:, panel]).all()
+    assert table.uns["stpredict"]["predicted"]["in_sample"] is True
+    path = pred.save(tmp_path / name)
+    stp.tl.superresolve(sdata, str(path), grid="ps4", seed=0, progress=False)
+    grid = sdata.tables[f"{name}_spots_ps4"]
+    assert grid.n_obs > table.n_obs
+    assert np.isfinite(np.asarray(grid.X)).all()
+
+
 def test_checkpoint_is_not_pickle(prepared, tmp_path):
     sdata, _ = prepared
     pred = stp.tl.fit(sdata, "ridge", progress=False)

@@ -222,6 +222,8 @@ class Predictor(abc.ABC):
     provides_std: ClassVar[bool] = False
     #: the predictor reads the measured values of the slide it predicts (neighbour baselines)
     uses_slide_targets: ClassVar[bool] = False
+    #: the predictor reads the embeddings of the measured spots of the slide it predicts (as context)
+    uses_slide_embeddings: ClassVar[bool] = False
     #: options that make the parametrised contract test fast (tiny networks / inputs); never used otherwise
     smoke_config: ClassVar[dict[str, Any]] = {}
 

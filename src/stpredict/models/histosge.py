@@ -160,6 +160,7 @@ class HisToSGE(Predictor):
     consumes = "embeddings"
     default_backbone = "auto"
     provides_std = True
+    uses_slide_embeddings = True
     smoke_config: ClassVar[dict[str, Any]] = {"n_models": 2, "dim": 64, "head_hidden": 64}
 
     def __init__(

@@ -206,6 +206,7 @@ def predict(
                 patch_size_um=patch_um, cache=False, device=device, batch_size=batch_size,
                 num_workers=num_workers, progress=progress,
             )  # fmt: skip
+        slide.embeddings = emb  # context for predictors that attend over the measured spots
         regions = Regions(slide.centers_px, "circle", slide.spot_diameter_um, "spots", emb)
         mean, std = predictor.predict(slide, regions)
         has_std = std is not None

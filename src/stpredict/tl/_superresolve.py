@@ -14,7 +14,7 @@ from .._keys import LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, gr
 from .._logging import get_logger
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._core import Training, fit_predictor, resolve_model, set_device
-from ._inputs import OUTPUT_SPACE, make_regions, region_embeddings, resolve_backbone, uns_safe
+from ._inputs import OUTPUT_SPACE, make_regions, region_embeddings, resolve_backbone, spot_embeddings, uns_safe
 from ._predict import _check_backbone, _prediction_slide
 
 if TYPE_CHECKING:
@@ -178,6 +178,13 @@ def superresolve(
         predictor.training = {**saved[3], **predictor.training}
     else:
         set_device(predictor, device, progress)
+        if bb is not None and predictor.uses_slide_embeddings:
+            # the measured spots are the context the grid regions attend over
+            slide.embeddings, _, _ = spot_embeddings(
+                sdata.tables[geo.table_key] if geo.table_key else None, geo, slide.image_levels, bb,
+                patch_size_um=patch_um, cache=False, device=device, batch_size=batch_size,
+                num_workers=num_workers, progress=progress,
+            )  # fmt: skip
     emb, emb_info = (None, {})
     if bb is not None:
         emb, emb_info = region_embeddings(
