@@ -233,4 +233,13 @@ def grid_values(
             .pl.render_shapes(region, color=color, table_name=table, **kw)
             .pl.show(ax=ax, coordinate_systems=coordinate_system, title=title or f"{table}: {color}", frameon=False)
         )
+    # zoom on the grid (the slide around the tissue is mostly glass)
+    from spatialdata import get_extent
+
+    ext = get_extent(sdata.shapes[region], coordinate_system=coordinate_system)
+    (x0, x1), (y0, y1) = ext["x"], ext["y"]
+    pad = 0.05 * max(x1 - x0, y1 - y0)
+    ax.set_xlim(x0 - pad, x1 + pad)
+    top_down = ax.get_ylim()[0] > ax.get_ylim()[1]
+    ax.set_ylim((y1 + pad, y0 - pad) if top_down else (y0 - pad, y1 + pad))
     return fig
