@@ -47,6 +47,18 @@ def _hed_matrix() -> np.ndarray:
     return np.linalg.inv(RUIFROK_HED).astype(np.float32)
 
 
+def _sobel(a: np.ndarray, axis: int) -> np.ndarray:
+    """Sobel derivative of ``(b, h, w)`` images along ``axis`` (1 or 2), image by image.
+
+    ``scipy.ndimage.sobel`` smooths along *every* other axis, the batch axis included, which would mix
+    neighbouring patches of a batch: the derivative is taken along ``axis`` and the ``[1, 2, 1]`` smoothing
+    along the other image axis only.
+    """
+    other = 3 - axis
+    d = ndi.correlate1d(a, [-1.0, 0.0, 1.0], axis=axis)
+    return ndi.correlate1d(d, [1.0, 2.0, 1.0], axis=other)
+
+
 def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
     """Per-pixel feature maps of RGB images ``(b, 3, h, w)`` uint8 → ``(b, n_maps, h, w)`` float32.
 
@@ -67,7 +79,7 @@ def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
 
     def grad(a: np.ndarray) -> np.ndarray:
         a = ndi.gaussian_filter(a, s_fine)
-        return np.hypot(ndi.sobel(a, axis=1), ndi.sobel(a, axis=2)) / 8.0
+        return np.hypot(_sobel(a, axis=1), _sobel(a, axis=2)) / 8.0
 
     hem = hed[:, 0]
     s1, s2 = 1.5 / mpp, 4.0 / mpp

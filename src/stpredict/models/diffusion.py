@@ -45,7 +45,8 @@ training and ``guidance`` > 1 extrapolates at sampling)
   tissue and chemistry match the predicted slide's.
 
 Values are log1p-normalised expression, standardised per gene for the network; each requested region gets
-the mean and sd over ``n_samples`` samples (``training["n_samples"]`` and ``.uns`` record it).
+the mean over ``n_samples`` samples (``training["n_samples"]`` and ``.uns`` record it) and their sd scaled by
+the calibrated spread factor of the gene.
 """
 
 from __future__ import annotations
@@ -691,7 +692,12 @@ class CrossModalDiffusion(Predictor):
         *,
         spread: np.ndarray | None | str = "fitted",
     ) -> np.ndarray:
-        """DDIM samples ``(n, G, H, W)`` in standardised units (the coarse condition plus a sampled residual)."""
+        """DDIM samples ``(n, G, H, W)`` in standardised units (the coarse condition plus a sampled residual).
+
+        ``spread="fitted"``: the residual's sample mean is gated and the samples' spread around it scaled by the
+        calibrated factors; ``"gate"``: gated mean, raw spread; ``None``: raw samples; an array: raw mean, that
+        spread factor per gene.
+        """
         import torch
 
         from ._device import autocast, resolve_device
@@ -725,10 +731,10 @@ class CrossModalDiffusion(Predictor):
         rsd = torch.as_tensor(self._rsd, dtype=torch.float32, device=dev)[None, :, None, None]
         x = x.float()
         if isinstance(spread, str):
-            spread = self._spread
             gate = torch.as_tensor(self._gate, dtype=torch.float32, device=dev)[None, :, None, None]
             mean = x.mean(0, keepdim=True)
             x = gate * mean + (x - mean)
+            spread = self._spread if spread == "fitted" else None
         if spread is not None and n > 1:
             f = torch.as_tensor(spread, dtype=torch.float32, device=dev)[None, :, None, None]
             mean = x.mean(0, keepdim=True)
@@ -743,13 +749,32 @@ class CrossModalDiffusion(Predictor):
             raise ValueError(msg)
         seed = int(regions.meta.get("seed") or 0)
         lm = lattice_map(slide.centers_px, np.asarray(slide.y))
-        maps, fine = self.sample_maps(slide, lm, seed=seed)  # (n, G, H, W) log1p space
-        return self._read_regions(slide, fine, maps, regions)
+        # The point prediction is read from the samples' mean map (log1p units, before clipping): reading each
+        # noisy sample through the clip at zero and expm1/log1p and then averaging would bias it upwards wherever
+        # the samples spread widely (an undertrained denoiser, a lowly expressed gene). The sd is the spread of
+        # the samples' region values (not inflated), scaled by the gene's calibrated factor.
+        raw, fine = self.sample_maps(slide, lm, seed=seed, calibrated_spread=False, clip=False)  # (n, G, H, W)
+        mean, _ = self._read_regions(slide, fine, np.maximum(raw.mean(0, keepdims=True), 0.0), regions)
+        _, sd = self._read_regions(slide, fine, np.maximum(raw, 0.0), regions)
+        if self._spread is not None:
+            sd = sd * self._spread[None, :].astype(np.float32)
+        return mean, sd
 
-    def sample_maps(self, slide: SlideData, lm: LatticeMap, *, seed: int = 0) -> tuple[np.ndarray, LatticeMap]:
+    def sample_maps(
+        self,
+        slide: SlideData,
+        lm: LatticeMap,
+        *,
+        seed: int = 0,
+        calibrated_spread: bool = True,
+        clip: bool = True,
+    ) -> tuple[np.ndarray, LatticeMap]:
         """``n_samples`` refined maps (log1p-normalised units) and the fine lattice they live on.
 
-        ``factor=4`` applies the 2× step twice; each first-octave sample is refined once more.
+        ``factor=4`` applies the 2× step twice; each first-octave sample is refined once more. With
+        ``calibrated_spread`` the samples' spread around their mean is scaled by the calibrated factors (so that
+        their central 90 % is a 90 % interval); otherwise they are the denoiser's samples (residual mean gated
+        either way). ``clip`` sets negative log1p values to 0 (expression cannot be negative).
         """
         n = self.config["n_samples"]
         cur, cur_mask = lm, lm.mask
@@ -761,10 +786,15 @@ class CrossModalDiffusion(Predictor):
             outs = []
             for i in range(cur_std.shape[0]):
                 low_up, mask_up = coarse_condition(cur_std[i], cur_mask, fine.shape, training=False)
-                outs.append(self._sample(low_up, mask_up, img, reps, seed + 1000 * step + i))
+                outs.append(
+                    self._sample(
+                        low_up, mask_up, img, reps, seed + 1000 * step + i,
+                        spread="fitted" if calibrated_spread else "gate",
+                    )
+                )  # fmt: skip
             cur_std, cur, cur_mask = np.concatenate(outs), fine, fine.mask
         out = cur_std * self._sd[None, :, None, None] + self._mu[None, :, None, None]
-        return np.maximum(out, 0.0), cur
+        return (np.maximum(out, 0.0) if clip else out), cur
 
     def _read_regions(
         self, slide: SlideData, fine: LatticeMap, maps: np.ndarray, regions: Regions
