@@ -10,7 +10,8 @@ Writes ``benchmarks/results/accuracy.md`` (one table: task × method: mean PCC �
 quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the table into ``docs/benchmarks.md``.
 
     python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,hide50,pool2] [--methods ridge,mean,...]
-                                  [--max-epochs N] [--time-budget SECONDS]
+                                  [--max-epochs N] [--time-budget SECONDS] [--out DIR]
+    python benchmarks/accuracy.py --merge DIR1,DIR2,...   # one table from runs split across processes
 """
 
 from __future__ import annotations
@@ -54,7 +55,16 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated output folders of earlier runs: build one table from their results (a later folder's "
+        "row replaces an earlier one for the same dataset, task and method) instead of running anything",
+    )
     args = p.parse_args()
+    if args.merge:
+        merge([Path(d) for d in args.merge.split(",")], args.out, docs=not args.no_docs)
+        return
 
     methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
     loaders = {"her2st": her2st, "mob": mob}
@@ -107,9 +117,10 @@ def main() -> None:
                     skipped[m] = wall
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "accuracy.csv", index=False)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False
-    ).stdout.strip()
+    commit = _commit()
+    (args.out / "run.txt").write_text(
+        f"{commit or 'unknown'}\n{dt.date.today().isoformat()}\npython benchmarks/accuracy.py {' '.join(sys.argv[1:])}\n"
+    )
     lines = [
         f"Run {dt.date.today().isoformat()}, commit `{commit or 'unknown'}`, `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`.",
         "Mean per-gene Pearson within each held-out slide, ± sd over folds; median [q25, q75] over (fold, gene); "
@@ -144,6 +155,64 @@ def main() -> None:
         head = text.split(marker)[0] if marker in text else text
         docs.write_text(head + marker + "\n\n" + table + "\n")
     _ = np
+
+
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE, check=False
+    ).stdout.strip()
+
+
+def merge(folders: list[Path], out: Path, *, docs: bool) -> None:
+    """One table from several runs' ``accuracy.csv`` (each folder's ``run.txt``: commit, date, command)."""
+    import pandas as pd
+
+    frames, legend = [], []
+    for i, d in enumerate(folders):
+        run = chr(ord("A") + i)
+        info = (d / "run.txt").read_text().splitlines() if (d / "run.txt").exists() else ["unknown", "", ""]
+        legend.append(f"- run {run}: commit `{info[0]}`, {info[1]}, `{info[2]}`")
+        df = pd.read_csv(d / "accuracy.csv")
+        df["run"] = run
+        frames.append(df)
+    df = pd.concat(frames).drop_duplicates(["dataset", "task", "method"], keep="last")
+    order = {"loso": 0, "hide50": 1, "pool2": 2}
+    base = {"mean": 0, "neighbors": 1, "copy": 2, "ridge": 3, "ridge_neighbors": 4}
+    df = df.sort_values(
+        ["dataset", "task", "method"],
+        key=lambda c: (
+            c.map(order) if c.name == "task" else (c.map(lambda m: base.get(m, 9)) if c.name == "method" else c)
+        ),
+        kind="stable",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "accuracy.csv", index=False)
+    lines = [
+        "Merged from several runs of `benchmarks/accuracy.py` (each run measured its baselines beside its methods; "
+        "a later run's row replaces an earlier one). Mean per-gene Pearson within each held-out slide, ± sd over "
+        "folds; median [q25, q75] over (fold, gene); 50 HVG (seurat_v3) chosen on each fold's training data; "
+        "seconds summed over folds (1 CPU thread per run, runs sharing a 2-core machine).",
+        "",
+        *legend,
+        "",
+        "| dataset | task | method | PCC mean ± sd | median [q25, q75] | MSE | fit s | predict s | run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in df.iterrows():
+        lines.append(
+            f"| {r['dataset']} | {r['task']} | {r['method']} | {r['pcc_mean']:.3f} ± {r['pcc_sd_folds']:.3f} | "
+            f"{r['pcc_median']:.3f} [{r['pcc_q25']:.3f}, {r['pcc_q75']:.3f}] | {r['mse']:.3f} | "
+            f"{r['fit_seconds']:.1f} | {r['predict_seconds']:.1f} | {r['run']} |"
+        )
+    table = "\n".join(lines)
+    (out / "accuracy.md").write_text(table + "\n")
+    print(table)
+    path = HERE.parent / "docs" / "benchmarks.md"
+    if docs and path.exists():
+        text = path.read_text()
+        marker = "<!-- results -->"
+        head = text.split(marker)[0] if marker in text else text
+        path.write_text(head + marker + "\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -30,14 +30,25 @@ def test_lattice_map_puts_each_spot_in_its_own_cell(layout, size):
     )
 
 
-def test_pool2_means_measured_cells_only():
-    v = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+def test_pool2_pools_measured_cells_as_summed_counts():
+    """The pooled value is the normalised expression of the summed counts of the measured cells."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(5.0, size=(4, 4)).astype(float)
+    lib = rng.integers(500, 3000, size=(4, 4)).astype(float)
+    v = np.log1p(counts / lib * 1e4)[None].astype(np.float32)
     m = np.ones((4, 4), bool)
     m[0, 0] = False
-    low, lmask = pool2(v, m)
+    low, lmask = pool2(v, m, weights=lib)
     assert lmask.all()
-    assert low[0, 0, 0] == pytest.approx((1 + 4 + 5) / 3)
-    assert low[0, 1, 1] == pytest.approx((10 + 11 + 14 + 15) / 4)
+    sel = m[:2, :2]
+    expect = np.log1p(counts[:2, :2][sel].sum() / lib[:2, :2][sel].sum() * 1e4)
+    assert low[0, 0, 0] == pytest.approx(expect, rel=1e-5)
+    expect = np.log1p(counts[2:, 2:].sum() / lib[2:, 2:].sum() * 1e4)
+    assert low[0, 1, 1] == pytest.approx(expect, rel=1e-5)
+    # without library sizes: the linear mean, never the mean of the logs
+    low, _ = pool2(v, m)
+    assert low[0, 1, 1] == pytest.approx(np.log1p(np.expm1(v[0, 2:, 2:]).mean()), rel=1e-5)
+    assert low[0, 1, 1] > v[0, 2:, 2:].mean()
     up, cover = coarse_condition(low, lmask, (4, 4), training=True)
     assert up.shape == (1, 4, 4) and cover.shape == (4, 4)
 
