@@ -35,7 +35,8 @@ classifier-free guidance on histology: the histology condition is dropped with p
 training and ``guidance`` > 1 extrapolates at sampling)
 
 - ``mode="self"`` (default; no high-resolution truth needed): the slide's measured map ``M`` is pooled 2 × 2
-  (means over the measured cells) to make low/high pairs ``(pool(M), M)``; the model learns that step
+  (over the measured cells, in linear space weighted by library size: what a spot twice the size would have
+  measured) to make low/high pairs ``(pool(M), M)``; the model learns that step
   conditioned on histology and is then applied to ``M`` itself to predict the ``2×`` finer map (``4×`` by applying
   it twice). *Assumption:* the relation between a map and its 2× refinement, given histology, does not depend
   on the absolute scale (it is learned one octave coarser than it is used).
