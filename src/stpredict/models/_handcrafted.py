@@ -182,7 +182,8 @@ class HandcraftedBackbone(Backbone):
     def params(self) -> dict[str, Any]:
         """Name, dimension, views and analysis resolution."""
         out = super().params()
-        out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)"})
+        # version 2: Sobel gradients image by image (version 1's depended on the batch): caches of 1 are stale
+        out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)", "version": 2})
         return out
 
     def dense(
