@@ -66,6 +66,7 @@ def main() -> None:
         merge([Path(d) for d in args.merge.split(",")], args.out, docs=not args.no_docs)
         return
 
+    commit = _commit()  # the code that runs, recorded before anything can change the checkout
     methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
     loaders = {"her2st": her2st, "mob": mob}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,6 @@ def main() -> None:
                     skipped[m] = wall
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "accuracy.csv", index=False)
-    commit = _commit()
     (args.out / "run.txt").write_text(
         f"{commit or 'unknown'}\n{dt.date.today().isoformat()}\npython benchmarks/accuracy.py {' '.join(sys.argv[1:])}\n"
     )
