@@ -13,7 +13,15 @@ from .._logging import get_logger
 from ..metrics import score_table, summarize
 from ..models._base import Regions, SlideData
 from ._core import resolve_model
-from ._inputs import build_slide, preprocessing_record, resolve_backbone, select_genes, spot_embeddings, targets
+from ._inputs import (
+    NoGenesError,
+    build_slide,
+    preprocessing_record,
+    resolve_backbone,
+    select_genes,
+    spot_embeddings,
+    targets,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -358,7 +366,11 @@ def cross_validate(
             test_names = list(sl_test.obs_names)
         else:
             tables = [(base[j][2], base[j][1].rows[train_idx[j]]) for j in train_is]
-            panel, how = select_genes(tables, genes if genes is not None else n_genes, n_genes=n_genes)
+            try:
+                panel, how = select_genes(tables, genes if genes is not None else n_genes, n_genes=n_genes)
+            except NoGenesError as e:
+                n_tr = sum(len(train_idx[j]) for j in train_is)
+                raise _no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None) from e
             if any(g not in table_test.var_names for g in panel):
                 panel = [g for g in panel if g in table_test.var_names]
             if not panel:
@@ -514,7 +526,10 @@ def _pool_fold(
     pooled, centers, member = pool_spots(counts, geo.centers, groups)
     ptab = ad.AnnData(X=pooled, var=pd.DataFrame(index=table.var_names))
     rows = np.arange(ptab.n_obs)
-    panel, how = select_genes([(ptab, rows)], genes if genes is not None else n_genes, n_genes=n_genes)
+    try:
+        panel, how = select_genes([(ptab, rows)], genes if genes is not None else n_genes, n_genes=n_genes)
+    except NoGenesError as e:
+        raise _no_genes_error(fold, "pool", sl.name, len(centers), genes is not None) from e
     if not panel:
         raise _no_genes_error(fold, "pool", sl.name, len(centers), genes is not None)
     y, ylin, lib = targets(ptab, rows, panel, None)

@@ -129,7 +129,7 @@ def select_genes(
             f"({len(common)} genes shared by the training tables): no panel can be learned. Check that the "
             "counts layer is right (layer=...) and that the tables share gene names, or pass genes=[...]."
         )
-        raise ValueError(msg)
+        raise NoGenesError(msg)
     if a.n_vars <= n:
         return list(a.var_names), f"all {a.n_vars} detected genes"
     kw = {"batch_key": "slide"} if len(parts) > 1 else {}
@@ -173,6 +173,10 @@ def _top_dispersion(a: AnnData, n: int, *, batch: bool) -> list[str]:
     else:
         order = np.argsort(-pooled, kind="stable")
     return list(a.var_names[order[:n]])
+
+
+class NoGenesError(ValueError):
+    """No gene of the training data is detected often enough to be learned."""
 
 
 # ------------------------------------------------------------------------------------------------------
