@@ -130,10 +130,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['task']} | {r['method']} | {r['pcc_mean']:.3f} ± {r['pcc_sd_folds']:.3f} | "
-            f"{r['pcc_median']:.3f} [{r['pcc_q25']:.3f}, {r['pcc_q75']:.3f}] | {r['mse']:.3f} | {r['fit_seconds']:.1f} | {r['predict_seconds']:.1f} |"
-        )
+        lines.append(_row(r) + " |")
     lines.append("")
     lines.append(
         "Hand-crafted embeddings (shared by every method on that backbone, computed once per slide): "
@@ -148,13 +145,29 @@ def main() -> None:
     table = "\n".join(lines)
     (args.out / "accuracy.md").write_text(table + "\n")
     print(table)
-    docs = HERE.parent / "docs" / "benchmarks.md"
-    if not args.no_docs and docs.exists():
-        text = docs.read_text()
-        marker = "<!-- results -->"
-        head = text.split(marker)[0] if marker in text else text
-        docs.write_text(head + marker + "\n\n" + table + "\n")
+    if not args.no_docs:
+        _write_docs(table)
     _ = np
+
+
+def _row(r) -> str:
+    """The cells of one result row shared by every table (without the closing bar)."""
+    return (
+        f"| {r['dataset']} | {r['task']} | {r['method']} | {r['pcc_mean']:.3f} ± {r['pcc_sd_folds']:.3f} | "
+        f"{r['pcc_median']:.3f} [{r['pcc_q25']:.3f}, {r['pcc_q75']:.3f}] | {r['mse']:.3f} | "
+        f"{r['fit_seconds']:.1f} | {r['predict_seconds']:.1f}"
+    )
+
+
+def _write_docs(table: str) -> None:
+    """Replace everything after the results marker of ``docs/benchmarks.md`` with ``table``."""
+    path = HERE.parent / "docs" / "benchmarks.md"
+    if not path.exists():
+        return
+    text = path.read_text()
+    marker = "<!-- results -->"
+    head = text.split(marker)[0] if marker in text else text
+    path.write_text(head + marker + "\n\n" + table + "\n")
 
 
 def _commit() -> str:
@@ -199,20 +212,12 @@ def merge(folders: list[Path], out: Path, *, docs: bool) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in df.iterrows():
-        lines.append(
-            f"| {r['dataset']} | {r['task']} | {r['method']} | {r['pcc_mean']:.3f} ± {r['pcc_sd_folds']:.3f} | "
-            f"{r['pcc_median']:.3f} [{r['pcc_q25']:.3f}, {r['pcc_q75']:.3f}] | {r['mse']:.3f} | "
-            f"{r['fit_seconds']:.1f} | {r['predict_seconds']:.1f} | {r['run']} |"
-        )
+        lines.append(f"{_row(r)} | {r['run']} |")
     table = "\n".join(lines)
     (out / "accuracy.md").write_text(table + "\n")
     print(table)
-    path = HERE.parent / "docs" / "benchmarks.md"
-    if docs and path.exists():
-        text = path.read_text()
-        marker = "<!-- results -->"
-        head = text.split(marker)[0] if marker in text else text
-        path.write_text(head + marker + "\n\n" + table + "\n")
+    if docs:
+        _write_docs(table)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ progress
     "seed": """\
 seed
     Seed of every random step (splits, initialisation, sampling). ``None`` draws fresh entropy.""",
+    "pair": """\
+y_true, y_pred
+    ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).""",
     "inplace": """\
 inplace
     Write the results into ``sdata`` and return ``None``; otherwise leave ``sdata`` untouched and return them.""",

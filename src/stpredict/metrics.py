@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._docs import doc_params
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -56,13 +58,13 @@ def _constant(a: np.ndarray) -> np.ndarray:
     return np.ptp(a, axis=0) <= _EPS * np.maximum(np.abs(a).max(axis=0), 1.0)
 
 
+@doc_params()
 def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     """Pearson correlation of each gene (column) between truth and prediction.
 
     Parameters
     ----------
-    y_true, y_pred
-        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+    {pair}
 
     Returns
     -------
@@ -89,13 +91,13 @@ def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
+@doc_params()
 def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     """Spearman correlation per gene (Pearson of average ranks), same NaN/0 conventions.
 
     Parameters
     ----------
-    y_true, y_pred
-        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+    {pair}
 
     Returns
     -------
@@ -112,13 +114,13 @@ def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     return r
 
 
+@doc_params()
 def mse_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     """Mean squared error per gene.
 
     Parameters
     ----------
-    y_true, y_pred
-        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+    {pair}
 
     Returns
     -------
@@ -128,13 +130,13 @@ def mse_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     return ((t - p) ** 2).mean(0)
 
 
+@doc_params()
 def mae_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     """Mean absolute error per gene.
 
     Parameters
     ----------
-    y_true, y_pred
-        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+    {pair}
 
     Returns
     -------
@@ -181,13 +183,13 @@ def summarize(scores: Any) -> dict[str, float]:
     }
 
 
+@doc_params()
 def score_table(y_true: Any, y_pred: Any, genes: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-gene Pearson, Spearman, MSE, MAE and truth variance of one slide, as a DataFrame.
 
     Parameters
     ----------
-    y_true, y_pred
-        ``(n_spots, n_genes)`` arrays of one slide (dense or sparse).
+    {pair}
     genes
         Gene names for the index (default ``gene_0``, ``gene_1``, ...).
 
