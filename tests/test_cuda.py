@@ -26,7 +26,7 @@ def _levels(sdata):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_embedding_on_cuda_matches_cpu(sdata_syn, num_workers):
-    from stpredict.tl._inputs import compute_embeddings
+    from stpredict.tl._embedding_loop import compute_embeddings
 
     bb = stp.models.get_backbone("resnet18", pretrained=False)
     geo, levels = _levels(sdata_syn)

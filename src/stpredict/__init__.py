@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ._settings import settings
-
-try:
-    __version__ = version("stpredict")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 _SUBMODULES = ("datasets", "get", "io", "metrics", "models", "pl", "pp", "tl")
 

@@ -81,14 +81,10 @@ def test_beats_bicubic_and_is_calibrated():
     from scipy.ndimage import zoom
 
     from stpredict.models.diffusion import fill
-    from stpredict.tl._inputs import build_slide
 
     sdata = stp.datasets.synthetic(image_size=1200, n_genes=10, depth=50, seed=5)
     genes = list(sdata.tables["table"].var_names)
-    slide, geo = build_slide(
-        sdata, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=genes, layer=None,
-        need_targets=True,
-    )  # fmt: skip
+    slide, geo = stp.get.slide_data(sdata, genes=genes), stp.pp.spots(sdata)
     p = stp.models.create_predictor("diffusion", **FAST)
     p.device, p.progress = "cpu", False
     p.fit([slide], genes=genes, seed=0)

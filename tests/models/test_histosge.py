@@ -46,7 +46,7 @@ def test_ps4_tracks_high_resolution_truth_better_than_copying(slide):
     t_all = truth.mean_rates(centers_um, size, "circle")
     t = np.log1p(t_all / t_all.sum(1, keepdims=True) * 1e4)[:, [int(x.split("_")[1]) for x in g.var_names]]
     pred = np.asarray(g.X)[new]
-    from stpredict.tl._inputs import targets
+    from stpredict.tl._targets import targets
 
     table = sdata.tables["table"]
     y, _, _ = targets(table, np.arange(table.n_obs), list(g.var_names), None)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import stpredict as stp
-from stpredict.tl._inputs import build_slide
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +14,7 @@ def fitted():
     genes = list(sdata.tables["table"].var_names)
     cfg = stp.models.get_predictor_class("pixnet").smoke_config
     p = stp.tl.fit(sdata, "pixnet", genes=genes, max_epochs=1, seed=0, progress=False, **cfg)
-    slide, _ = build_slide(
-        sdata, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=genes, layer=None,
-        need_targets=True,
-    )  # fmt: skip
+    slide = stp.get.slide_data(sdata, genes=genes)
     return sdata, p, slide
 
 
@@ -114,10 +110,7 @@ def test_map_tracks_truth_at_spots_and_at_smaller_bins():
     truth = stp.datasets.synthetic_truth(sdata)
     geo = stp.pp.spots(sdata)
     p = stp.tl.fit(sdata, "pixnet", genes=genes, max_epochs=12, seed=0, progress=False)
-    slide, _ = build_slide(
-        sdata, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, genes=genes, layer=None,
-        need_targets=True,
-    )  # fmt: skip
+    slide = stp.get.slide_data(sdata, genes=genes)
     from stpredict.models._base import Regions
 
     at_spots, _ = p.predict(slide, Regions(slide.centers_px, "circle", geo.diameter_um))

@@ -17,32 +17,25 @@ TINY = {"max_epochs": 2}
 
 @pytest.fixture(scope="module")
 def prepared():
-    from stpredict.tl._core import Training
-
-    sdata = stp.datasets.synthetic(image_size=768, n_genes=6, seed=3)
-    return sdata, Training
+    return stp.datasets.synthetic(image_size=768, n_genes=6, seed=3)
 
 
 @pytest.mark.parametrize("name", list_predictors())
 def test_predictor_contract(name, prepared, tmp_path):
-    sdata, Training = prepared
+    sdata = prepared
     smoke = stp.models.get_predictor_class(name).smoke_config
     pred = stp.models.create_predictor(name, **smoke)
-    tr = Training(
-        [sdata], pred, genes=None, n_genes=50, backbone=None, weights=None, patch_size_um=None,
-        image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, layer=None,
-    )  # fmt: skip
-    tr.embed(device="cpu", batch_size=16, num_workers=0, progress=False)
-    slide = tr.slides[0]
+    slide = stp.get.slide_data(sdata, pred, device="cpu", batch_size=16, num_workers=0, progress=False)
     train = np.arange(slide.n) % 3 != 0
     ctx, held = slide.subset(np.flatnonzero(train)), slide.subset(np.flatnonzero(~train))
-    tr.annotate(pred)
-    pred.device = "cpu"
-    pred.fit([ctx], genes=tr.genes, seed=0, **TINY)
+    pred.train(
+        [ctx], genes=slide.genes, preprocessing=slide.meta["preprocessing"], backbone=slide.meta["backbone"],
+        seed=0, device="cpu", **TINY,
+    )  # fmt: skip
     assert pred.is_fitted
     regions = Regions(held.centers_px, "circle", slide.spot_diameter_um, "spots", held.embeddings)
     mean, std = pred.predict(ctx, regions)
-    assert mean.shape == (held.n, len(tr.genes))
+    assert mean.shape == (held.n, len(slide.genes))
     assert np.isfinite(mean).all()
     if pred.provides_std:
         assert std is not None
@@ -61,7 +54,7 @@ def test_predictor_contract(name, prepared, tmp_path):
     # same seed, same predictions
     again = stp.models.create_predictor(name, **smoke)
     again.device = "cpu"
-    again.fit([ctx], genes=tr.genes, seed=0, **TINY)
+    again.fit([ctx], genes=slide.genes, seed=0, **TINY)
     np.testing.assert_allclose(again.predict(ctx, regions)[0], mean, rtol=1e-4, atol=1e-4)
 
 
@@ -85,7 +78,7 @@ def test_fitted_predictor_through_the_verbs(name, tmp_path):
 
 
 def test_checkpoint_is_not_pickle(prepared, tmp_path):
-    sdata, _ = prepared
+    sdata = prepared
     pred = stp.tl.fit(sdata, "ridge", progress=False)
     path = pred.save(tmp_path / "r.safetensors")
     head = path.read_bytes()[:8]

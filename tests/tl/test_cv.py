@@ -304,7 +304,7 @@ def test_hide_gene_only_in_test_spots_is_not_selected(n_genes, background):
     ``n_genes=3`` ranks highly variable genes: the gene is flat in the training spots and the top HVG of all
     spots.
     """
-    from stpredict.tl._inputs import select_genes
+    from stpredict.tl._targets import select_genes
 
     sdata = _fresh(0)
     X = _counts(sdata)

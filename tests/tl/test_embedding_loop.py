@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import stpredict as stp
-from stpredict.tl._inputs import compute_embeddings, prefetched
+from stpredict.tl._embedding_loop import compute_embeddings, prefetched
 
 
 def test_prefetched_keeps_order_and_raises_reader_errors():

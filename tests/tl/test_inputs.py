@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 import stpredict as stp
-from stpredict.tl._inputs import select_genes
+from stpredict.tl._targets import select_genes
 
 
 def _table(n_spots: int, n_genes: int, seed: int, *, prefix: str = "spot") -> ad.AnnData:
@@ -115,11 +115,11 @@ def test_empty_panels_are_refused():
 
 
 def test_repeated_slide_names_are_all_told_apart():
-    from stpredict.tl._core import Training
+    from stpredict.tl._pipeline import Elements, prepare_training
 
     slides = [stp.datasets.synthetic(image_size=512, n_genes=4, seed=s) for s in range(3)]
-    tr = Training(
+    tr = prepare_training(
         slides, stp.models.create_predictor("mean"), genes=None, n_genes=4, backbone=None, weights=None,
-        patch_size_um=None, image_key=None, spots_key=None, table_key=None, microns_per_pixel=None, layer=None,
+        patch_size_um=None, elements=Elements(), layer=None,
     )  # fmt: skip
     assert [sl.name for sl in tr.slides] == ["spots#0", "spots#1", "spots#2"]

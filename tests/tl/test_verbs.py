@@ -40,7 +40,7 @@ def test_predictions_are_out_of_fold(sdata_syn):
     """A model that copies the nearest measured spot would reproduce each spot exactly if it were in sample."""
     stp.tl.predict(sdata_syn, "copy", key_added="copy", progress=False)
     t = sdata_syn.tables["table"]
-    from stpredict.tl._inputs import targets
+    from stpredict.tl._targets import targets
 
     y, _, _ = targets(t, np.arange(t.n_obs), list(t.var_names), None)
     same = np.isclose(t.layers["copy"], y).all(1)
@@ -111,7 +111,7 @@ def test_in_sample_is_flagged(sdata_syn):
 
 def test_embeddings_are_cached_and_reused(sdata_syn, monkeypatch):
     stp.tl.embed(sdata_syn, "handcrafted", progress=False)
-    import stpredict.tl._inputs as inp
+    import stpredict.tl._embeddings as inp
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
@@ -156,25 +156,16 @@ def test_dense_handcrafted_matches_patch_path(sdata_syn):
     """Bins use box-filtered maps; at the spots they must agree with the per-patch features."""
     from stpredict.models import HandcraftedBackbone
     from stpredict.pp._grid import GridPoints
-    from stpredict.tl._inputs import build_slide, compute_embeddings, region_embeddings
+    from stpredict.tl._embedding_loop import compute_embeddings
+    from stpredict.tl._embeddings import region_embeddings
+    from stpredict.tl._pipeline import Compute
 
-    slide, geo = build_slide(
-        sdata_syn,
-        image_key=None,
-        spots_key=None,
-        table_key=None,
-        microns_per_pixel=None,
-        genes=None,
-        layer=None,
-        need_targets=False,
-    )
+    slide, geo = stp.get.slide_data(sdata_syn), stp.pp.spots(sdata_syn)
     bb = HandcraftedBackbone()
     inner = np.flatnonzero((geo.centers > 120).all(1) & (geo.centers < 650).all(1))
     c = geo.centers[inner]
     patch = compute_embeddings(slide.image_levels, c, geo.microns_per_pixel_xy, bb, patch_size_um=112, progress=False)
     pts = GridPoints("bin8um", "square", c, np.array([8.0, 8.0]), 8.0, np.zeros(len(c), int), np.zeros(len(c), bool))
-    dense, _ = region_embeddings(
-        slide, pts, bb, patch_size_um=112, device=None, batch_size=None, num_workers=None, progress=False
-    )
+    dense, _ = region_embeddings(slide, pts, bb, patch_size_um=112, run=Compute(progress=False))
     r = [np.corrcoef(patch[:, j], dense[:, j])[0, 1] for j in range(bb.dim) if patch[:, j].std() > 1e-6]
     assert np.median(r) > 0.95

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .._logging import get_logger
+from .._records import jsonable
+from .._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -262,6 +264,59 @@ class Predictor(abc.ABC):
         """Restore what :meth:`get_state` returned."""
 
     # -- shared ---------------------------------------------------------------------------------------------
+    def train(
+        self,
+        slides: Sequence[SlideData],
+        *,
+        genes: Sequence[str],
+        preprocessing: dict[str, Any] | None = None,
+        backbone: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
+        max_epochs: int | None = None,
+        seed: int | None = None,
+        device: Any = None,
+        progress: bool | None = False,
+    ) -> Predictor:
+        """Fit through :meth:`fit` and record what the predictor learned from: the one entry point of ``stp.tl``.
+
+        The base class owns what every predictor shares: it sets :attr:`device` and :attr:`progress` for the
+        fit, then :attr:`genes`, :attr:`preprocessing` and :attr:`backbone` from the caller (whatever ``fit``
+        set), and merges ``record`` (the training data) under what ``fit`` put in :attr:`training`.
+
+        Parameters
+        ----------
+        slides
+            Training slides whose ``y`` holds the targets of ``genes``.
+        genes
+            The gene panel.
+        preprocessing
+            How the targets were made (normalisation, log1p, gene selection).
+        backbone
+            Parameters of the backbone whose embeddings the slides carry, with ``patch_size_um``.
+        record
+            The training data (slide names, fingerprints, number of spots).
+        max_epochs
+            Training budget of iterative predictors.
+        seed
+            Seed of the fit.
+        device
+            Torch device (``None``: :attr:`stpredict.settings.device`).
+        progress
+            Show progress bars while training.
+
+        Returns
+        -------
+        ``self``, fitted.
+        """
+        self.device, self.progress = device, progress
+        self.training = {}
+        self.fit(list(slides), genes=list(genes), max_epochs=max_epochs, seed=seed)
+        self.genes = list(genes)
+        self.preprocessing = dict(preprocessing or {})
+        self.backbone = dict(backbone or {})
+        self.training = {**(record or {}), **self.training}
+        return self
+
     @property
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` has run (or a checkpoint was loaded)."""
@@ -293,33 +348,15 @@ class Predictor(abc.ABC):
             "training": self.training,
             "format_version": 1,
         }
-        from .. import __version__
-
         header["stpredict_version"] = __version__
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata={"stpredict": json.dumps(_jsonable(header))})
+        save_file(state, str(path), metadata={"stpredict": json.dumps(jsonable(header))})
         return path
 
     def __repr__(self) -> str:
         status = f"{len(self.genes)} genes" if self.genes else "not fitted"
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({cfg}) [{status}]"
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    return str(obj)
 
 
 # --------------------------------------------------------------------------------------------------------

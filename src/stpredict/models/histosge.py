@@ -216,7 +216,7 @@ class HisToSGE(Predictor):
             valid = np.pad(valid, ((0, 0), (0, pad)))
         return idx, valid
 
-    def _tensors(self, q_feat, q_xy, ctx_feat, ctx_xy, idx, valid, device):
+    def _tensors(self, q_feat, q_xy, ctx_feat, ctx_xy, idx, *, valid, device):
         import torch
 
         feats = np.concatenate([q_feat[:, None], ctx_feat[idx]], axis=1)
@@ -236,7 +236,7 @@ class HisToSGE(Predictor):
         """Fit ``n_models`` seeded networks on the slides' spots (contexts within each slide)."""
         import torch
 
-        from ..tl._inputs import spatial_folds
+        from ..pp._folds import spatial_folds
         from ._device import resolve_device
 
         cfg = self.config
@@ -271,7 +271,7 @@ class HisToSGE(Predictor):
                 order = rng.permutation(len(q)) if rng is not None else np.arange(len(q))
                 for s0 in range(0, len(q), cfg["batch_size"]):
                     o = order[s0 : s0 + cfg["batch_size"]]
-                    f, of, m = self._tensors(feat[q[o]], xy[q[o]], feat[tr], xy[tr], cidx[o], cval[o], dev)
+                    f, of, m = self._tensors(feat[q[o]], xy[q[o]], feat[tr], xy[tr], cidx[o], valid=cval[o], device=dev)
                     yield f, of, m, torch.as_tensor(y[q[o]], device=dev)
 
         has_val = any(len(p[4]) for p in parts)
@@ -324,7 +324,9 @@ class HisToSGE(Predictor):
             with torch.inference_mode(), autocast(dev):
                 for s0 in range(0, len(q_xy), 1024):
                     sl = slice(s0, s0 + 1024)
-                    f, of, m = self._tensors(q_feat[sl], q_xy[sl], ctx_feat, ctx_xy, idx[sl], valid[sl], dev)
+                    f, of, m = self._tensors(
+                        q_feat[sl], q_xy[sl], ctx_feat, ctx_xy, idx[sl], valid=valid[sl], device=dev
+                    )
                     preds.append(net(f, of, m).float().cpu().numpy())
             outs.append(np.concatenate(preds) if preds else np.zeros((0, len(self.genes)), np.float32))
         stack = np.stack(outs)

@@ -163,7 +163,7 @@ class NeuralStainLearning(Predictor):
         """Fit every gene's 11 weights on the slides' patches."""
         import torch
 
-        from ..tl._inputs import spatial_folds
+        from ..pp._folds import spatial_folds
         from ._device import resolve_device
 
         cfg = self.config

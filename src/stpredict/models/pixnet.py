@@ -301,7 +301,7 @@ class PixNet(Predictor):
         """Train encoder and decoder through spot-disk aggregation on tiles around the slides' spots."""
         import torch
 
-        from ..tl._inputs import spatial_folds
+        from ..pp._folds import spatial_folds
         from ._device import resolve_device
 
         dev = resolve_device(self.device)

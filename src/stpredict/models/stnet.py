@@ -167,7 +167,7 @@ class STNet(Predictor):
         """Fine-tune the CNN on the slides' spot patches."""
         import torch
 
-        from ..tl._inputs import spatial_folds
+        from ..pp._folds import spatial_folds
         from ._device import resolve_device
 
         dev = resolve_device(self.device)

@@ -102,7 +102,7 @@ def predicted_vs_measured(
     """
     import matplotlib.pyplot as plt
 
-    from ..tl._inputs import targets
+    from ..tl._targets import targets
 
     geo = resolve_spots(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
     table = sdata.tables[geo.table_key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._aggregate import RegionMasks, aggregate_map, region_masks
+from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches
 from ._spots import SpotGeometry, spots
@@ -29,6 +30,7 @@ __all__ = [
     "patches",
     "region_masks",
     "rgb_to_od",
+    "spatial_folds",
     "spots",
     "stain_concentrations",
     "tissue_mask",

@@ -12,24 +12,18 @@ import pandas as pd
 from .._logging import get_logger
 from ..metrics import score_table, summarize
 from ..models._base import Regions, SlideData
-from ._core import resolve_model
-from ._inputs import (
-    NoGenesError,
-    build_slide,
-    preprocessing_record,
-    resolve_backbone,
-    select_genes,
-    spot_embeddings,
-    targets,
-)
+from ._embedding_loop import compute_embeddings
+from ._models import fresh_copy, resolve_model, train
+from ._pipeline import Compute, prepare_slides
+from ._targets import NoGenesError, preprocessing_record, select_genes, targets
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from spatialdata import SpatialData
 
-    from ..models._backbone import Backbone
     from ..models._base import Predictor
+    from ._pipeline import Inputs
 
 __all__ = ["CVResult", "Split", "cross_validate", "hide_spots_split", "pool_spots"]
 
@@ -167,22 +161,6 @@ def _hexagonal(xy: np.ndarray) -> bool:
     return len(xy) > 1 and np.unique((xy[:, 0] + xy[:, 1]) % 2).size == 1
 
 
-def _fresh_predictor(proto: Predictor, device: Any, progress: bool | None) -> Predictor:  # noqa: FBT001
-    """An unfitted copy of ``proto``: its own class (registered or not) with its configuration."""
-    cls = type(proto)
-    try:
-        pred = cls(**proto.config)
-    except TypeError as e:
-        msg = (
-            f"cross_validate re-creates {cls.__name__} per fold as {cls.__name__}(**config) and that failed ({e}): "
-            "a predictor must pass its __init__ keyword arguments to Predictor.__init__ as its config."
-        )
-        raise TypeError(msg) from e
-    pred.device = device
-    pred.progress = progress
-    return pred
-
-
 def _no_genes_error(f: int, protocol: str, slide: str, n_train: int, given: bool) -> ValueError:  # noqa: FBT001
     what = (
         "none of the given genes is measured in the test slide"
@@ -301,43 +279,17 @@ def cross_validate(
     if protocol == "leave_one_patient_out" and (groups is None or len(groups) != len(sdatas)):
         msg = "leave_one_patient_out needs groups=... with one patient id per slide."
         raise ValueError(msg)
+    run = Compute(device, batch_size, num_workers, progress)
     # validate and resolve every slide before any heavy work
-    base = []
-    for i, s in enumerate(sdatas):
-        sl, geo = build_slide(
-            s,
-            image_key=None,
-            spots_key=None,
-            table_key=None,
-            microns_per_pixel=None,
-            genes=None,
-            layer=None,
-            need_targets=True,
-        )
-        if names is not None:
-            sl.name = str(names[i])
-        base.append((sl, geo, s.tables[geo.table_key]))
-    # several slides of one name (e.g. synthetic slides, all "spots"): tell them apart in the tables
-    all_names = [sl.name for sl, _, _ in base]
-    for i, (sl, _, _) in enumerate(base):
-        if all_names.count(sl.name) > 1:
-            sl.name = f"{sl.name}#{i}"
-    bb = resolve_backbone(proto_pred, backbone, weights)
-    patch_um = float(patch_size_um if patch_size_um is not None else (bb.default_patch_um if bb else 0.0))
-    emb_cache: dict[int, np.ndarray] = {}
-    emb_seconds = [0.0]
+    inputs = prepare_slides(
+        sdatas, proto_pred, backbone=backbone, weights=weights, patch_size_um=patch_size_um, names=names
+    )
+    base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
+    emb_cache: dict[int, np.ndarray | None] = {}
 
     def embeddings(i: int) -> np.ndarray | None:
-        if bb is None:
-            return None
         if i not in emb_cache:
-            t_emb = time.perf_counter()
-            sl, geo, table = base[i]
-            emb_cache[i], _, _ = spot_embeddings(
-                table, geo, sl.image_levels, bb, patch_size_um=patch_um, cache=False, device=device,
-                batch_size=batch_size, num_workers=num_workers, progress=progress,
-            )  # fmt: skip
-            emb_seconds[0] += time.perf_counter() - t_emb
+            emb_cache[i] = inputs.spot_embeddings(i, run)
         return emb_cache[i]
 
     rows, fold_rows, splits, fold_genes, fold_how = [], [], [], {}, {}
@@ -346,22 +298,9 @@ def cross_validate(
         sl_test, geo_test, table_test = base[test_i]
         if protocol == "pool":
             result = _pool_fold(
-                proto_pred,
-                base[test_i],
-                pool,
-                genes,
-                n_genes,
-                bb,
-                patch_um,
-                embeddings(test_i),
-                device,
-                batch_size,
-                num_workers,
-                progress,
-                max_epochs,
-                seed,
-                fold=f,
-            )
+                proto_pred, inputs, test_i, pool, panel_request=(genes, n_genes), context=embeddings(test_i),
+                run=run, max_epochs=max_epochs, seed=seed, fold=f,
+            )  # fmt: skip
             y_true, mean, panel, how, n_train, t_fit, t_pred, train_names = result
             test_names = list(sl_test.obs_names)
         else:
@@ -386,10 +325,12 @@ def cross_validate(
                 emb = embeddings(j)
                 sub.embeddings = None if emb is None else emb[idx]
                 train_slides.append(sub)
-            pred = _fresh_predictor(proto_pred, device, progress)
-            pred.preprocessing = preprocessing_record(panel, how)
+            pred = fresh_copy(proto_pred)
             t0 = time.perf_counter()
-            pred.fit(train_slides, genes=panel, max_epochs=max_epochs, seed=seed)
+            train(
+                pred, inputs, run, slides=train_slides, genes=panel, preprocessing=preprocessing_record(panel, how),
+                max_epochs=max_epochs, seed=seed,
+            )  # fmt: skip
             t_fit = time.perf_counter() - t0
             y_true, _, _ = targets(table_test, geo_test.rows[test_idx], panel, None)
             if protocol == "hide_spots":
@@ -454,9 +395,9 @@ def cross_validate(
         "fraction": fraction if protocol == "hide_spots" else None,
         "pool": pool if protocol == "pool" else None,
         "groups": list(groups) if groups is not None else None,
-        "backbone": dict(bb.params(), patch_size_um=patch_um) if bb is not None else None,
+        "backbone": inputs.backbone_params or None,
         "max_epochs": max_epochs,
-        "embed_seconds": round(emb_seconds[0], 3),
+        "embed_seconds": round(inputs.cache.seconds if inputs.cache is not None else 0.0, 3),
         "gene_selection": _gene_selection_record(fold_how),
     }
     return CVResult(pd.concat(rows, ignore_index=True), pd.DataFrame(fold_rows), splits, fold_genes, params)
@@ -497,29 +438,23 @@ def _plan(protocol, base, groups, fraction, seed):
 
 
 def _pool_fold(
-    proto,
-    item,
-    k,
-    genes,
-    n_genes,
-    bb: Backbone | None,
-    patch_um,
-    emb_orig,
-    device,
-    batch_size,
-    num_workers,
-    progress,
-    max_epochs,
-    seed,
+    proto: Predictor,
+    inputs: Inputs,
+    i: int,
+    k: int,
     *,
+    panel_request: tuple[Sequence[str] | None, int],
+    context: np.ndarray | None,
+    run: Compute,
+    max_epochs: int | None,
+    seed: int | None,
     fold: int = 0,
 ):
-    """Fit on pooled pseudo-spots of one slide, predict its original spots."""
+    """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``)."""
     import anndata as ad
 
-    from ._inputs import compute_embeddings
-
-    sl, geo, table = item
+    sl, geo, table = inputs.slides[i], inputs.geos[i], inputs.table(i)
+    genes, n_genes = panel_request
     arr = _array_coords(table, geo.rows, geo.centers)
     groups = np.floor_divide(arr, k)
     counts = table.X[geo.rows]
@@ -534,17 +469,17 @@ def _pool_fold(
         raise _no_genes_error(fold, "pool", sl.name, len(centers), genes is not None)
     y, ylin, lib = targets(ptab, rows, panel, None)
     emb = None
-    if bb is not None:
+    if inputs.backbone is not None:
         emb = compute_embeddings(
             sl.image_levels,
             centers,
             sl.microns_per_pixel_xy,
-            bb,
-            patch_size_um=patch_um,
-            device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            progress=progress,
+            inputs.backbone,
+            patch_size_um=inputs.patch_size_um,
+            device=run.device,
+            batch_size=run.batch_size,
+            num_workers=run.num_workers,
+            progress=run.progress,
             desc="embed pooled",
         )
     sizes = np.bincount(member)
@@ -562,12 +497,14 @@ def _pool_fold(
         embeddings=emb,
         meta={"pool": k, "pool_sizes": sizes, "member_centers_px": geo.centers, "membership": member},
     )
-    pred = _fresh_predictor(proto, device, progress)
-    pred.preprocessing = preprocessing_record(panel, how)
+    pred = fresh_copy(proto)
     t0 = time.perf_counter()
-    pred.fit([pooled_slide], genes=panel, max_epochs=max_epochs, seed=seed)
+    train(
+        pred, inputs, run, slides=[pooled_slide], genes=panel, preprocessing=preprocessing_record(panel, how),
+        max_epochs=max_epochs, seed=seed,
+    )  # fmt: skip
     t_fit = time.perf_counter() - t0
-    regions = Regions(geo.centers, "circle", sl.spot_diameter_um, "spots", emb_orig)
+    regions = Regions(geo.centers, "circle", sl.spot_diameter_um, "spots", context)
     t0 = time.perf_counter()
     mean, _ = pred.predict(pooled_slide, regions)
     t_pred = time.perf_counter() - t0

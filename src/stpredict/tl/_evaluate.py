@@ -9,7 +9,7 @@ import numpy as np
 from .._docs import doc_params
 from .._keys import LAYER_PREDICTED, UNS_KEY
 from ..metrics import score_table, summarize
-from ._inputs import build_slide
+from ._pipeline import Elements, slide_data, spot_geometry
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -66,10 +66,9 @@ def evaluate(
     >>> stp.tl.evaluate(sdata).shape
     (5, 6)
     """
-    slide, geo = build_slide(
-        sdata, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel,
-        genes=None, layer=layer, need_targets=True,
-    )  # fmt: skip
+    geo = spot_geometry(
+        sdata, Elements(image_key, spots_key, table_key, microns_per_pixel), need_targets=True, layer=layer
+    )
     table = sdata.tables[geo.table_key]
     if key not in table.layers:
         msg = f"Table {geo.table_key!r} has no layer {key!r}: run stp.tl.predict(sdata, ...) first."
@@ -80,10 +79,7 @@ def evaluate(
     if missing:
         msg = f"{len(missing)} genes were not predicted (e.g. {missing[:5]}); predicted panel: {len(panel)} genes."
         raise KeyError(msg)
-    slide, geo = build_slide(
-        sdata, image_key=image_key, spots_key=spots_key, table_key=geo.table_key, microns_per_pixel=microns_per_pixel,
-        genes=genes, layer=layer, need_targets=True,
-    )  # fmt: skip
+    slide = slide_data(sdata, geo, genes=genes, layer=layer)
     cols = table.var_names.get_indexer(genes)
     pred = np.asarray(table.layers[key])[np.ix_(geo.rows, cols)]
     ok = np.isfinite(pred).all(1)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .._docs import doc_params
-from .._keys import UNS_KEY, embedding_key
 from .._logging import get_logger
-from ._core import Training, fit_predictor, resolve_model, set_device
-from ._inputs import build_slide, spot_embeddings, uns_safe
+from ._embeddings import EmbeddingCache
+from ._models import resolve_model, train
+from ._pipeline import Compute, Elements, prepare_training, spot_geometry
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
     from spatialdata import SpatialData
 
     from ..models._base import Predictor
@@ -78,47 +77,27 @@ def embed(
     >>> sdata.tables["table"].obsm["X_handcrafted"].shape[1]
     54
     """
+    from .._image import image_levels
     from ..models._backbone import get_backbone
 
-    slide, geo = build_slide(
-        sdata,
-        image_key=image_key,
-        spots_key=spots_key,
-        table_key=table_key,
-        microns_per_pixel=microns_per_pixel,
-        genes=None,
-        layer=None,
-        need_targets=False,
+    run = Compute(device, batch_size, num_workers, progress)
+    geo = spot_geometry(
+        sdata, Elements(image_key, spots_key, table_key, microns_per_pixel), need_targets=False, layer=None
     )
     bb = get_backbone(backbone, weights=weights)
     patch_um = float(patch_size_um if patch_size_um is not None else bb.default_patch_um)
     table = sdata.tables[geo.table_key] if geo.table_key else None
-    key = key_added or embedding_key(bb.name)
-    t0 = time.perf_counter()
-    logger.info("embed: %d spots, backbone %s, %g µm windows.", geo.n_spots, bb.name, patch_um)
-    emb, rec, reused = spot_embeddings(
-        table if key == embedding_key(bb.name) else None,
-        geo,
-        slide.image_levels,
-        bb,
-        patch_size_um=patch_um,
-        cache=False,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-    )
-    if not inplace:
-        return emb
-    if table is None:
+    if inplace and table is None:
         msg = "There is no table to write embeddings into; use inplace=False to get the array."
         raise ValueError(msg)
-    if not reused:
-        full = np.full((table.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
-        full[geo.rows] = emb
-        table.obsm[key] = full
-        table.uns.setdefault(UNS_KEY, {}).setdefault("embeddings", {})[key] = uns_safe(rec)
-    logger.info("Added table %r obsm[%r] (%.1f s).", geo.table_key, key, time.perf_counter() - t0)
+    cache = EmbeddingCache(bb, patch_um, key=key_added)
+    t0 = time.perf_counter()
+    logger.info("embed: %d spots, backbone %s, %g µm windows.", geo.n_spots, bb.name, patch_um)
+    emb = cache.spots(table, geo, image_levels(sdata.images[geo.image_key]), run)
+    if not inplace:
+        return emb
+    cache.commit()
+    logger.info("Added table %r obsm[%r] (%.1f s).", geo.table_key, cache.key, time.perf_counter() - t0)
     return None
 
 
@@ -200,8 +179,9 @@ def fit(
     if fitted:
         msg = "fit() takes a model name or an unfitted predictor; this one is already fitted."
         raise ValueError(msg)
+    run = Compute(device, batch_size, num_workers, progress)
     t0 = time.perf_counter()
-    tr = Training(
+    inputs = prepare_training(
         sdatas,
         predictor,
         genes=genes,
@@ -209,28 +189,21 @@ def fit(
         backbone=backbone,
         weights=weights,
         patch_size_um=patch_size_um,
-        image_key=image_key,
-        spots_key=spots_key,
-        table_key=table_key,
-        microns_per_pixel=microns_per_pixel,
+        elements=Elements(image_key, spots_key, table_key, microns_per_pixel),
         layer=layer,
     )
     logger.info(
         "fit: %s on %d spots of %d slide(s), %d genes.",
         predictor.name,
-        sum(s.n for s in tr.slides),
+        sum(s.n for s in inputs.slides),
         len(sdatas),
-        len(tr.genes),
+        len(inputs.genes),
     )
-    tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    set_device(predictor, device, progress)
-    tr.annotate(predictor)
-    genes_, prep, bb, training = predictor.genes, predictor.preprocessing, predictor.backbone, predictor.training
-    fit_predictor(predictor, tr.slides, tr.genes, max_epochs=max_epochs, seed=seed)
-    predictor.genes, predictor.preprocessing, predictor.backbone = genes_, prep, bb
-    predictor.training = {**training, **predictor.training, "seed": seed, "max_epochs": max_epochs}
+    inputs.embed(run)
+    train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
+    predictor.training.update({"seed": seed, "max_epochs": max_epochs})
     predictor.training["fit_seconds"] = round(time.perf_counter() - t0, 3)
     if cache_embeddings:
-        tr.cache_embeddings()
+        inputs.commit()
     logger.info("fit: done in %.1f s.", time.perf_counter() - t0)
     return predictor

@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import __version__
 from .._docs import doc_params
 from .._keys import LAYER_PREDICTED, UNS_KEY
 from .._logging import get_logger
+from .._records import uns_safe
+from .._version import __version__
 from ..models._base import Regions
-from ._core import Training, fit_predictor, fresh_copy, resolve_model, set_device, slide_fingerprint
-from ._inputs import OUTPUT_SPACE, build_slide, resolve_backbone, spatial_folds, spot_embeddings, uns_safe
+from ..pp._folds import spatial_folds
+from ._models import fresh_copy, resolve_model, slide_fingerprint, train
+from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
+from ._targets import OUTPUT_SPACE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-    from ..models._base import Predictor, SlideData
+    from ..pp._spots import SpotGeometry
 
 __all__ = ["predict"]
 
@@ -120,27 +123,19 @@ def predict(
     (20, 5)
     """
     predictor, fitted = resolve_model(model, model_kwargs)
+    run = Compute(device, batch_size, num_workers, progress)
+    elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"model": predictor.name, "config": predictor.config}
     if not fitted:
         if oof_folds < 2:
             msg = f"oof_folds must be at least 2 (got {oof_folds}): in-sample predictions of measured spots are not offered."
             raise ValueError(msg)
-        tr = Training(
-            [sdata],
-            predictor,
-            genes=genes,
-            n_genes=n_genes,
-            backbone=backbone,
-            weights=weights,
-            patch_size_um=patch_size_um,
-            image_key=image_key,
-            spots_key=spots_key,
-            table_key=table_key,
-            microns_per_pixel=microns_per_pixel,
-            layer=layer,
-        )
-        slide, geo = tr.slides[0], tr.geos[0]
+        inputs = prepare_training(
+            [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
+            patch_size_um=patch_size_um, elements=elements, layer=layer,
+        )  # fmt: skip
+        slide = inputs.slides[0]
         if slide.n < 2 * oof_folds:
             msg = f"{slide.n} measured spots are too few for {oof_folds}-fold cross-fitting."
             raise ValueError(msg)
@@ -148,23 +143,22 @@ def predict(
             "predict: %s, %d spots, %d genes, %d-fold spatially blocked cross-fitting.",
             predictor.name,
             slide.n,
-            len(tr.genes),
+            len(inputs.genes),
             oof_folds,
         )
-        tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        inputs.embed(run)
         folds, block = spatial_folds(slide.centers_um, oof_folds, seed=seed)
-        mean = np.full((slide.n, len(tr.genes)), np.nan, dtype=np.float32)
+        mean = np.full((slide.n, len(inputs.genes)), np.nan, dtype=np.float32)
         std = np.full_like(mean, np.nan)
         has_std = False
         for f in range(oof_folds):
             test = np.flatnonzero(folds == f)
-            train = np.flatnonzero(folds != f)
+            train_idx = np.flatnonzero(folds != f)
             if len(test) == 0:
                 continue
             p = fresh_copy(predictor)
-            set_device(p, device, progress)
-            ctx = slide.subset(train)
-            fit_predictor(p, [ctx], tr.genes, max_epochs=max_epochs, seed=seed)
+            ctx = slide.subset(train_idx)
+            train(p, inputs, run, slides=[ctx], max_epochs=max_epochs, seed=seed)
             held = slide.subset(test)
             regions = Regions(held.centers_px, "circle", slide.spot_diameter_um, "spots", held.embeddings)
             m, s = p.predict(ctx, regions)
@@ -172,42 +166,28 @@ def predict(
             if s is not None:
                 std[test] = s
                 has_std = True
-        genes_out = tr.genes
+        genes_out = inputs.genes
         record.update(
             {
                 "mode": "out-of-fold",
                 "oof_folds": oof_folds,
                 "oof_block_um": round(block, 2),
                 "oof_fold": folds.astype(np.int32),
-                "gene_selection": tr.gene_selection,
-                "backbone": dict(tr.backbone.params(), patch_size_um=tr.patch_size_um) if tr.backbone else {},
+                "gene_selection": inputs.gene_selection,
+                "backbone": inputs.backbone_params,
             }
         )
-        sdata_table_key = geo.table_key
-        cache = tr
+        preprocessing = {"normalize_total": 1e4, "log1p": True}
     else:
-        set_device(predictor, device, progress)
-        slide, geo = _prediction_slide(
-            sdata,
-            predictor,
-            image_key=image_key,
-            spots_key=spots_key,
-            table_key=table_key,
-            microns_per_pixel=microns_per_pixel,
-            layer=layer,
-        )
-        _check_backbone(predictor, backbone, patch_size_um)
-        bb = resolve_backbone(predictor, backbone, weights)
-        patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um if bb else 0.0)) if bb else 0.0
-        emb = None
-        if bb is not None:
-            emb, _, _ = spot_embeddings(
-                sdata.tables[geo.table_key] if geo.table_key else None, geo, slide.image_levels, bb,
-                patch_size_um=patch_um, cache=False, device=device, batch_size=batch_size,
-                num_workers=num_workers, progress=progress,
-            )  # fmt: skip
-        slide.embeddings = emb  # context for predictors that attend over the measured spots
-        regions = Regions(slide.centers_px, "circle", slide.spot_diameter_um, "spots", emb)
+        inputs = prepare_prediction(
+            sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um,
+            elements=elements, layer=layer,
+        )  # fmt: skip
+        slide = inputs.slides[0]
+        # context for predictors that attend over the measured spots
+        slide.embeddings = inputs.spot_embeddings(0, run)
+        regions = Regions(slide.centers_px, "circle", slide.spot_diameter_um, "spots", slide.embeddings)
+        predictor.device, predictor.progress = run.device, run.progress
         mean, std = predictor.predict(slide, regions)
         has_std = std is not None
         genes_out = predictor.genes
@@ -218,13 +198,12 @@ def predict(
                 "Use stp.tl.predict(sdata, model=<name>) for out-of-fold predictions."
             )
         record.update({"mode": "fitted model", "in_sample": bool(in_sample), "backbone": predictor.backbone})
-        sdata_table_key = geo.table_key
-        cache = None
+        preprocessing = predictor.preprocessing
     record.update(
         {
             "genes": list(genes_out),
             "output_space": OUTPUT_SPACE,
-            "preprocessing": predictor.preprocessing if fitted else {"normalize_total": 1e4, "log1p": True},
+            "preprocessing": preprocessing,
             "seed": seed,
             "device": str(device or "settings"),
             "stpredict_version": __version__,
@@ -232,59 +211,38 @@ def predict(
             "std": bool(has_std),
         }
     )
+    geo = inputs.geos[0]
     out = _write_table(
         sdata,
         geo,
-        sdata_table_key,
-        genes_out,
-        mean,
-        std if has_std else None,
-        record,
+        genes=genes_out,
+        mean=mean,
+        std=std if has_std else None,
+        record=record,
         key_added=key_added,
         inplace=inplace,
     )
-    if inplace and cache is not None:
-        cache.cache_embeddings()
+    if inplace and not fitted:
+        inputs.commit()
     logger.info("predict: done in %.1f s.", time.perf_counter() - t0)
     return out
 
 
-def _prediction_slide(sdata, predictor: Predictor, **keys) -> tuple[SlideData, Any]:
-    layer = keys.pop("layer")
-    genes = predictor.genes
-    slide, geo = build_slide(sdata, **keys, genes=None, layer=layer, need_targets=False)
-    table = sdata.tables[geo.table_key] if geo.table_key else None
-    if table is not None and table.n_vars and all(g in table.var_names for g in genes):
-        slide, geo = build_slide(sdata, **keys, genes=genes, layer=layer, need_targets=False)
-    if predictor.uses_slide_targets and slide.y is None:
-        msg = f"{predictor.name} reads the measured values of the slide it predicts, and this slide lacks them for its genes."
-        raise ValueError(msg)
-    return slide, geo
-
-
-def _check_backbone(predictor: Predictor, backbone: Any, patch_size_um: float | None) -> None:
-    """A fitted model predicts only from the embeddings it was fitted on (checked before building anything)."""
-    fitted = predictor.backbone.get("backbone")
-    if backbone is not None and fitted:
-        asked = backbone if isinstance(backbone, str) else getattr(backbone, "name", type(backbone).__name__)
-        short = str(asked).removeprefix("hf-hub:").split("/")[-1].lower()
-        if asked != fitted and short != fitted:
-            msg = (
-                f"The model was fitted on {fitted!r} embeddings but backbone {asked!r} was asked for: "
-                "predictions need the same backbone (omit backbone=... to use the model's)."
-            )
-            raise ValueError(msg)
-    if (
-        patch_size_um is not None
-        and fitted
-        and float(patch_size_um) != float(predictor.backbone.get("patch_size_um", patch_size_um))
-    ):
-        msg = f"The model was fitted on {predictor.backbone['patch_size_um']} µm windows, not {patch_size_um} µm."
-        raise ValueError(msg)
-
-
-def _write_table(sdata, geo, table_key, genes, mean, std, record, *, key_added: str, inplace: bool):
+def _write_table(
+    sdata: SpatialData,
+    geo: SpotGeometry,
+    *,
+    genes: Sequence[str],
+    mean: np.ndarray,
+    std: np.ndarray | None,
+    record: dict[str, Any],
+    key_added: str,
+    inplace: bool,
+) -> AnnData | None:
+    """Write per-spot predictions into the spots table (or a new table on an H&E-only slide)."""
     import anndata as ad
+
+    table_key = geo.table_key
 
     genes = list(genes)
     record = uns_safe(record)

@@ -8,14 +8,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import __version__
 from .._docs import doc_params
 from .._keys import LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, grid_table_key
 from .._logging import get_logger
+from .._records import uns_safe
+from .._version import __version__
+from ..models._base import Regions
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
-from ._core import Training, fit_predictor, resolve_model, set_device
-from ._inputs import OUTPUT_SPACE, make_regions, region_embeddings, resolve_backbone, spot_embeddings, uns_safe
-from ._predict import _check_backbone, _prediction_slide
+from ._embeddings import region_embeddings
+from ._models import resolve_model, train
+from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
+from ._targets import OUTPUT_SPACE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -137,27 +140,21 @@ def superresolve(
     if map_key and not hasattr(predictor, "predict_map"):
         msg = f"map_key: model {predictor.name!r} makes no dense map; only predictors with `predict_map` (e.g. 'pixnet') do."
         raise ValueError(msg)
+    run = Compute(device, batch_size, num_workers, progress)
+    elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     grid_name = canonical_grid_name(f"bin{float(bin_size):g}um") if bin_size is not None else canonical_grid_name(grid)
-    keys = {
-        "image_key": image_key,
-        "spots_key": spots_key,
-        "table_key": table_key,
-        "microns_per_pixel": microns_per_pixel,
-    }
     if not fitted:
-        tr = Training(
+        inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
-            patch_size_um=patch_size_um, layer=layer, **keys,
+            patch_size_um=patch_size_um, elements=elements, layer=layer,
         )  # fmt: skip
-        slide, geo = tr.slides[0], tr.geos[0]
-        bb, patch_um = tr.backbone, tr.patch_size_um
     else:
-        slide, geo = _prediction_slide(sdata, predictor, layer=layer, **keys)
-        _check_backbone(predictor, backbone, patch_size_um)
-        bb = resolve_backbone(predictor, backbone, weights)
-        patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um)) if bb is not None else 0.0
-        tr = None
+        inputs = prepare_prediction(
+            sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um,
+            elements=elements, layer=layer,
+        )  # fmt: skip
+    slide, geo, bb = inputs.slides[0], inputs.geos[0], inputs.backbone
     # grid first: it validates bin size and lattice before any training
     mask = resolve_tissue(sdata, geo, tissue)
     points = make_grid(geo, grid_name, mask=mask)
@@ -168,30 +165,18 @@ def superresolve(
         msg = f"map_key {image_name!r} is the H&E image; choose another name."
         raise ValueError(msg)
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
-    if tr is not None:
-        tr.embed(device=device, batch_size=batch_size, num_workers=num_workers, progress=progress)
-        set_device(predictor, device, progress)
-        tr.annotate(predictor)
-        saved = (predictor.genes, predictor.preprocessing, predictor.backbone, predictor.training)
-        fit_predictor(predictor, tr.slides, tr.genes, max_epochs=max_epochs, seed=seed)
-        predictor.genes, predictor.preprocessing, predictor.backbone = saved[:3]
-        predictor.training = {**saved[3], **predictor.training}
+    if not fitted:
+        inputs.embed(run)
+        train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
     else:
-        set_device(predictor, device, progress)
+        predictor.device, predictor.progress = run.device, run.progress
         if bb is not None and predictor.uses_slide_embeddings:
             # the measured spots are the context the grid regions attend over
-            slide.embeddings, _, _ = spot_embeddings(
-                sdata.tables[geo.table_key] if geo.table_key else None, geo, slide.image_levels, bb,
-                patch_size_um=patch_um, cache=False, device=device, batch_size=batch_size,
-                num_workers=num_workers, progress=progress,
-            )  # fmt: skip
+            slide.embeddings = inputs.spot_embeddings(0, run)
     emb, emb_info = (None, {})
     if bb is not None:
-        emb, emb_info = region_embeddings(
-            slide, points, bb, patch_size_um=patch_um, device=device, batch_size=batch_size,
-            num_workers=num_workers, progress=progress,
-        )  # fmt: skip
-    regions = make_regions(points, emb)
+        emb, emb_info = region_embeddings(slide, points, bb, patch_size_um=inputs.patch_size_um, run=run)
+    regions = Regions(points.centers, points.kind, points.size_um, points.name, emb)
     regions.meta["seed"] = seed
     mean, std = predictor.predict(slide, regions)
     genes_out = list(predictor.genes)
@@ -213,7 +198,7 @@ def superresolve(
     record = {
         "model": predictor.name,
         "config": predictor.config,
-        "mode": "fitted here on all measured spots" if tr is not None else "fitted model",
+        "mode": "fitted model" if fitted else "fitted here on all measured spots",
         "grid": grid_name,
         "region_kind": points.kind,
         "region_size_um": points.size_um,

@@ -1,0 +1,66 @@
+"""Run records: the one sanitiser for what stpredict writes into ``.uns`` and into checkpoint headers.
+
+A record is a plain dict of parameters. It goes to two places with different rules:
+
+- ``.uns`` of an AnnData, written to zarr (:func:`uns_safe`): no ``None`` (zarr cannot store it), lists of
+  strings or numbers as arrays, anything else (paths, devices, dtypes) as ``str``;
+- the JSON header of a ``.safetensors`` checkpoint (:func:`jsonable`): ``None`` kept, arrays as lists.
+
+Both walk the record with :func:`sanitize`, so a value is converted the same way in both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["jsonable", "sanitize", "uns_safe"]
+
+
+def sanitize(obj: Any, *, target: Literal["json", "uns"]) -> Any:
+    """Convert a record for ``target``: ``"json"`` (checkpoint headers) or ``"uns"`` (zarr-writable ``.uns``).
+
+    Parameters
+    ----------
+    obj
+        A record: dicts, lists, tuples, numpy arrays and scalars, paths, strings, numbers, ``None``.
+    target
+        Where it is written (see the module docstring for the rules of each).
+
+    Returns
+    -------
+    The converted record; ``obj`` is not modified.
+    """
+    uns = target == "uns"
+    if isinstance(obj, dict):
+        return {str(k): sanitize(v, target=target) for k, v in obj.items() if not (uns and v is None)}
+    if isinstance(obj, list | tuple):
+        vals = [sanitize(v, target=target) for v in obj if not (uns and v is None)]
+        if uns and vals and all(isinstance(v, str) for v in vals):
+            return np.asarray(vals, dtype=object).astype(str)
+        if uns and vals and all(isinstance(v, int | float | bool) for v in vals):
+            return np.asarray(vals)
+        return vals
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj if uns else obj.tolist()
+    if isinstance(obj, str | int | float | bool):
+        return obj
+    if obj is None:
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def uns_safe(obj: Any) -> Any:
+    """A record writable to zarr ``.uns`` (see :func:`sanitize`)."""
+    return sanitize(obj, target="uns")
+
+
+def jsonable(obj: Any) -> Any:
+    """A record serialisable with :func:`json.dumps` (see :func:`sanitize`)."""
+    return sanitize(obj, target="json")

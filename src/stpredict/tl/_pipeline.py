@@ -1,0 +1,315 @@
+"""The one input pipeline of the verbs: from SpatialData objects to what a predictor consumes.
+
+Every verb and :func:`~stpredict.tl.cross_validate` goes through here, for a predictor given by name,
+fitted or loaded alike:
+
+1. :func:`resolve_model` turns ``model=`` into a predictor and says whether it is fitted;
+2. :func:`prepare_training` (a model to fit), :func:`prepare_prediction` (a fitted model) or
+   :func:`prepare_slides` (cross-validation, panels chosen per fold) resolve every slide's elements and
+   geometry once, choose the gene panel, build the :class:`~stpredict.models.SlideData` and the backbone,
+   all before any heavy work;
+3. :meth:`Inputs.embed` computes or reuses the spots' embeddings through one
+   :class:`~stpredict.tl._embeddings.EmbeddingCache`, which alone writes ``obsm``/``uns`` — at
+   :meth:`Inputs.commit`, once the verb's work has succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._image import image_levels
+from .._logging import get_logger
+from .._validate import check_counts
+from ..models._base import SlideData
+from ..pp._spots import resolve_elements
+from ..pp._spots import spots as resolve_spots
+from ._embeddings import EmbeddingCache
+from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
+from ._targets import preprocessing_record, select_genes, targets
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from ..models._backbone import Backbone
+    from ..models._base import Predictor
+    from ..pp._spots import SpotGeometry
+
+__all__ = [
+    "Compute",
+    "Elements",
+    "Inputs",
+    "prepare_prediction",
+    "prepare_slides",
+    "prepare_training",
+    "slide_data",
+    "spot_geometry",
+]
+
+logger = get_logger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------
+# options shared by the verbs
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Elements:
+    """Which elements of a SpatialData hold the image, the spots and the counts (``None``: the only one)."""
+
+    image_key: str | None = None
+    spots_key: str | None = None
+    table_key: str | None = None
+    microns_per_pixel: float | None = None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how heavy work runs: device, batch size, DataLoader workers, progress bars.
+
+    Checked when built, so a bad value is refused before any work.
+    """
+
+    device: Any = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        bs, nw = self.batch_size, self.num_workers
+        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int | np.integer) or bs < 1):
+            msg = f"batch_size must be a positive integer (patches per batch) or None for the setting, got {bs!r}."
+            raise ValueError(msg)
+        most = max(64, 4 * (os.cpu_count() or 1))
+        if nw is not None and (isinstance(nw, bool) or not isinstance(nw, int | np.integer) or not 0 <= nw <= most):
+            msg = (
+                f"num_workers must be an integer from 0 (read in the main process) to {most} DataLoader worker "
+                f"processes, got {nw!r}."
+            )
+            raise ValueError(msg)
+
+
+# ------------------------------------------------------------------------------------------------------
+# slides
+# ------------------------------------------------------------------------------------------------------
+def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool, layer: str | None) -> SpotGeometry:
+    """Resolve the elements and the spots' geometry of one slide; with ``need_targets``, check its counts."""
+    image_key, spots_key, table_key = resolve_elements(
+        sdata,
+        image_key=elements.image_key,
+        spots_key=elements.spots_key,
+        table_key=elements.table_key,
+        need_table=need_targets,
+    )
+    geo = resolve_spots(
+        sdata,
+        image_key=image_key,
+        spots_key=spots_key,
+        table_key=table_key,
+        microns_per_pixel=elements.microns_per_pixel,
+    )
+    if need_targets:
+        table = sdata.tables[table_key]
+        check_counts(table[geo.rows], table_key, layer=layer)
+    return geo
+
+
+def slide_data(
+    sdata: SpatialData, geo: SpotGeometry, *, genes: Sequence[str] | None, layer: str | None, name: str | None = None
+) -> SlideData:
+    """A :class:`SlideData` of the spots of ``geo``, with the targets of ``genes`` when the table has them all."""
+    table = sdata.tables[geo.table_key] if geo.table_key is not None else None
+    y = y_lin = lib = None
+    if table is not None and genes is not None and table.n_vars > 0 and all(g in table.var_names for g in genes):
+        y, y_lin, lib = targets(table, geo.rows, genes, layer)
+    default = geo.spots_key
+    if table is not None:
+        default = table.uns.get("stpredict_source", {}).get("library_id", geo.spots_key)
+    return SlideData(
+        name=str(name or default),
+        centers_px=geo.centers,
+        microns_per_pixel_xy=geo.microns_per_pixel_xy,
+        spot_diameter_px=geo.diameter,
+        image_levels=image_levels(sdata.images[geo.image_key]),
+        obs_names=geo.obs_names,
+        genes=list(genes) if genes is not None else None,
+        y=y,
+        y_linear=y_lin,
+        library_size=lib,
+        meta={"image_key": geo.image_key, "spots_key": geo.spots_key, "table_key": geo.table_key},
+    )
+
+
+@dataclass
+class Inputs:
+    """Everything a verb needs from one or more slides, validated before any heavy work.
+
+    Attributes
+    ----------
+    sdatas
+        The SpatialData objects, in order.
+    geos
+        Each slide's spot geometry.
+    slides
+        Each slide as a predictor sees it (targets of ``genes`` when measured; embeddings after :meth:`embed`).
+    genes
+        The gene panel (``None`` for cross-validation, where each fold chooses its own).
+    gene_selection
+        How the panel was chosen.
+    backbone
+        The backbone of an embedding-based predictor, else ``None``.
+    patch_size_um
+        Window side in µm of the embeddings.
+    layer
+        Layer of raw counts (``None``: ``X``).
+    cache
+        The embedding cache (``None`` without a backbone).
+    """
+
+    sdatas: list[SpatialData]
+    geos: list[SpotGeometry]
+    slides: list[SlideData]
+    genes: list[str] | None
+    gene_selection: str | None
+    backbone: Backbone | None
+    patch_size_um: float
+    layer: str | None = None
+    cache: EmbeddingCache | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.backbone is not None and self.cache is None:
+            self.cache = EmbeddingCache(self.backbone, self.patch_size_um)
+
+    def table(self, i: int) -> AnnData | None:
+        """The counts table of slide ``i`` (``None`` on an H&E-only slide)."""
+        key = self.geos[i].table_key
+        return self.sdatas[i].tables[key] if key is not None else None
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How the targets were made (recorded with a predictor fitted on them)."""
+        if self.genes is None:
+            return {}
+        return preprocessing_record(self.genes, self.gene_selection or "given")
+
+    @property
+    def backbone_params(self) -> dict[str, Any]:
+        """The backbone's parameters and window: what a fitted predictor records to embed the same way."""
+        if self.backbone is None:
+            return {}
+        return dict(self.backbone.params(), patch_size_um=self.patch_size_um)
+
+    def data_record(self) -> dict[str, Any]:
+        """The training data of a predictor fitted on all these slides: names, fingerprints, spots."""
+        return {
+            "slides": [sl.name for sl in self.slides],
+            "fingerprints": [slide_fingerprint(sl) for sl in self.slides],
+            "n_spots": int(sum(sl.n for sl in self.slides)),
+        }
+
+    def spot_embeddings(self, i: int, run: Compute) -> np.ndarray | None:
+        """Slide ``i``'s spot embeddings (reused or computed; ``None`` without a backbone)."""
+        if self.cache is None:
+            return None
+        return self.cache.spots(self.table(i), self.geos[i], self.slides[i].image_levels, run)
+
+    def embed(self, run: Compute) -> None:
+        """Set every slide's ``embeddings`` (reused from ``obsm`` or computed)."""
+        for i, slide in enumerate(self.slides):
+            slide.embeddings = self.spot_embeddings(i, run)
+
+    def commit(self) -> None:
+        """Write the computed embeddings into the tables (call once the verb's work has succeeded)."""
+        if self.cache is not None:
+            self.cache.commit()
+
+
+def _distinct_names(slides: Sequence[SlideData]) -> None:
+    """Repeated names (e.g. several synthetic slides, all "spots") get their position appended."""
+    counts = Counter(sl.name for sl in slides)
+    for i, sl in enumerate(slides):
+        if counts[sl.name] > 1:
+            sl.name = f"{sl.name}#{i}"
+
+
+def _patch_size(backbone: Backbone | None, patch_size_um: float | None) -> float:
+    if patch_size_um is not None:
+        return float(patch_size_um)
+    return float(backbone.default_patch_um) if backbone is not None else 0.0
+
+
+def prepare_training(
+    sdatas: Sequence[SpatialData],
+    predictor: Predictor | None,
+    *,
+    genes: Sequence[str] | int | None,
+    n_genes: int,
+    backbone: Any,
+    weights: Any,
+    patch_size_um: float | None,
+    elements: Elements,
+    layer: str | None,
+) -> Inputs:
+    """Inputs to fit ``predictor`` on the measured spots of ``sdatas``: panel chosen on all their spots.
+
+    ``predictor`` decides the backbone (see :func:`resolve_backbone`; ``None``: ``backbone`` alone).
+    """
+    sdatas = list(sdatas)
+    geos = [spot_geometry(s, elements, need_targets=True, layer=layer) for s in sdatas]
+    tables = [(s.tables[g.table_key], g.rows) for s, g in zip(sdatas, geos, strict=True)]
+    panel, how = select_genes(tables, genes, layer=layer, n_genes=n_genes)
+    slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
+    _distinct_names(slides)
+    bb = resolve_backbone(predictor, backbone, weights)
+    return Inputs(sdatas, geos, slides, panel, how, bb, _patch_size(bb, patch_size_um), layer)
+
+
+def prepare_prediction(
+    sdata: SpatialData,
+    predictor: Predictor,
+    *,
+    backbone: Any,
+    weights: Any,
+    patch_size_um: float | None,
+    elements: Elements,
+    layer: str | None,
+) -> Inputs:
+    """Inputs for a fitted ``predictor`` on one slide: its own panel, backbone and window."""
+    check_fitted_backbone(predictor, backbone, patch_size_um)
+    geo = spot_geometry(sdata, elements, need_targets=False, layer=layer)
+    slide = slide_data(sdata, geo, genes=predictor.genes, layer=layer)
+    if slide.y is None:
+        slide.genes = None
+    if predictor.uses_slide_targets and slide.y is None:
+        msg = f"{predictor.name} reads the measured values of the slide it predicts, and this slide lacks them for its genes."
+        raise ValueError(msg)
+    bb = resolve_backbone(predictor, backbone, weights)
+    patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um)) if bb is not None else 0.0
+    return Inputs([sdata], [geo], [slide], list(predictor.genes or []), None, bb, patch_um, layer)
+
+
+def prepare_slides(
+    sdatas: Sequence[SpatialData],
+    predictor: Predictor,
+    *,
+    backbone: Any,
+    weights: Any,
+    patch_size_um: float | None,
+    names: Sequence[str] | None = None,
+) -> Inputs:
+    """Inputs of measured slides whose panel is chosen later (per fold of a cross-validation)."""
+    sdatas = list(sdatas)
+    geos = [spot_geometry(s, Elements(), need_targets=True, layer=None) for s in sdatas]
+    slides = [
+        slide_data(s, g, genes=None, layer=None, name=None if names is None else str(names[i]))
+        for i, (s, g) in enumerate(zip(sdatas, geos, strict=True))
+    ]
+    _distinct_names(slides)
+    bb = resolve_backbone(predictor, backbone, weights)
+    return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None)
