@@ -1,6 +1,6 @@
 """Embedding throughput: end-to-end (read + transform + backbone) against the backbone alone, in the same run.
 
-End-to-end is the package's own path, ``stpredict.tl._inputs.compute_embeddings`` (what ``stp.tl.embed`` calls
+End-to-end is the package's own path, ``stpredict.tl._embedding_loop.compute_embeddings`` (what ``stp.tl.embed`` calls
 for the spots of a slide): a ``PatchExtractor`` reads 112 µm windows lazily from the slide's zarr store (or its
 image in memory), batches go through a DataLoader when ``--num-workers`` > 0, and ``TorchBackbone.embed``
 normalises them on the device and runs the network (bf16/fp16 autocast and channels_last on CUDA, as
@@ -226,7 +226,7 @@ def time_read(slide: dict, bb, dev, bs: int, warmup: int) -> float:
 
 def time_e2e(slide: dict, bb, dev, bs: int, nw: int, warmup: int) -> float:
     """Patches/s of ``compute_embeddings`` (what ``stp.tl.embed`` runs), reading the slide each call."""
-    from stpredict.tl._inputs import compute_embeddings
+    from stpredict.tl._embedding_loop import compute_embeddings
 
     kw = {"patch_size_um": SIZE_UM, "device": dev, "batch_size": bs, "num_workers": nw, "progress": False}
     centers = slide["centers"]

@@ -18,7 +18,8 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error
 
 import stpredict as stp
 from stpredict.models import Predictor, register_predictor
-from stpredict.tl._cv import CVResult, Split, hide_spots_split, pool_spots
+from stpredict.tl._cv import CVResult, Split
+from stpredict.tl._cv_folds import hide_spots_split, pool_spots
 
 SPY = "_test_cv_leak_spy"
 

@@ -11,8 +11,8 @@ import pandas as pd
 
 from .._logging import get_logger
 from ..metrics import score_table, summarize
-from ..models._base import Regions, SlideData
-from ._embedding_loop import compute_embeddings
+from ..models._base import Regions
+from ._cv_folds import no_genes_error, plan_folds, pool_fold
 from ._models import fresh_copy, resolve_model, train
 from ._pipeline import Compute, prepare_slides
 from ._targets import NoGenesError, preprocessing_record, select_genes, targets
@@ -22,10 +22,8 @@ if TYPE_CHECKING:
 
     from spatialdata import SpatialData
 
-    from ..models._base import Predictor
-    from ._pipeline import Inputs
 
-__all__ = ["CVResult", "Split", "cross_validate", "hide_spots_split", "pool_spots"]
+__all__ = ["CVResult", "Split", "cross_validate"]
 
 logger = get_logger(__name__)
 
@@ -99,83 +97,6 @@ class CVResult:
             f"CVResult({self.params['model']!r}, {self.params['protocol']!r}: mean PCC {s['pcc_mean']:.3f} ± "
             f"{s['pcc_sd_folds']:.3f} over {s['n_folds']} folds)"
         )
-
-
-def hide_spots_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, test)`` indices: ``test = perm[: int(n * fraction)]`` of ``default_rng(seed).permutation(n)``.
-
-    Raises ``ValueError`` unless ``0 < fraction < 1`` and both sides hold at least one of the ``n`` spots.
-    """
-    if not 0 < fraction < 1:
-        msg = f"fraction must be in (0, 1), got {fraction}."
-        raise ValueError(msg)
-    k = int(n * fraction)
-    if not 0 < k < n:
-        side = "test" if k == 0 else "training"
-        msg = (
-            f"fraction={fraction} of {n} spots hides int({n} * {fraction}) = {k} spots: the {side} side would be "
-            f"empty. Use a fraction with 1 <= int(n * fraction) <= n - 1 (here {1 / n:.3g} <= fraction < 1)."
-        )
-        raise ValueError(msg)
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[k:]), np.sort(perm[:k])
-
-
-def pool_spots(slide_counts: Any, centers_px: np.ndarray, groups: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Pool spots into pseudo-spots: counts summed, centres averaged.
-
-    Returns ``(pooled_counts, pooled_centers, membership)`` with ``membership[i]`` the pseudo-spot of spot i.
-    """
-    import scipy.sparse as sp
-
-    uniq, member = np.unique(groups, axis=0, return_inverse=True)
-    member = member.ravel()
-    P = sp.csr_matrix((np.ones(len(member)), (member, np.arange(len(member)))), shape=(len(uniq), len(member)))
-    pooled = P @ sp.csr_matrix(slide_counts)
-    sizes = np.asarray(P.sum(1)).ravel()
-    centers = (P @ np.asarray(centers_px, dtype=float)) / sizes[:, None]
-    return pooled, centers, member
-
-
-def _array_coords(table, rows: np.ndarray, centers_px: np.ndarray) -> np.ndarray:
-    """Integer ``(x, y)`` coordinates with one spot per unit step along each axis, for ``pool`` blocks.
-
-    Array coordinates (``array_x``/``array_y`` of ST, ``array_col``/``array_row`` of Visium) as they are on a
-    square array. On a hexagonal array (every ``x + y`` of one parity: Visium's ``array_col`` steps by 2 along
-    a row, odd rows offset by 1), ``x`` is halved so that consecutive spots of a row are consecutive integers.
-    Without array coordinates, the fitted lattice's (one spot per lattice point).
-    """
-    for a, b in (("array_x", "array_y"), ("array_col", "array_row")):
-        if a in table.obs and b in table.obs:
-            xy = np.column_stack([table.obs[a].to_numpy()[rows], table.obs[b].to_numpy()[rows]]).astype(int)
-            if _hexagonal(xy):
-                xy[:, 0] = np.floor_divide(xy[:, 0], 2)
-            return xy
-    from ..pp._grid import fit_lattice
-
-    return fit_lattice(centers_px).coords
-
-
-def _hexagonal(xy: np.ndarray) -> bool:
-    """Whether integer array coordinates are hexagonal (doubled columns): all ``x + y`` of one parity."""
-    return len(xy) > 1 and np.unique((xy[:, 0] + xy[:, 1]) % 2).size == 1
-
-
-def _no_genes_error(f: int, protocol: str, slide: str, n_train: int, given: bool) -> ValueError:  # noqa: FBT001
-    what = (
-        "none of the given genes is measured in the test slide"
-        if given
-        else f"no gene is detected (counts > 0 in at least 3 and 1% of its {n_train} training spots)"
-    )
-    hint = {
-        "hide_spots": "use a smaller fraction",
-        "pool": "use a smaller pool or a larger slide",
-    }.get(protocol, "use more or larger training slides")
-    msg = (
-        f"cross_validate fold {f} ({protocol}, test slide {slide!r}): {what}, so there is no gene to learn. "
-        f"{hint.capitalize()}, or pass genes=[...]."
-    )
-    return ValueError(msg)
 
 
 def cross_validate(
@@ -293,11 +214,11 @@ def cross_validate(
         return emb_cache[i]
 
     rows, fold_rows, splits, fold_genes, fold_how = [], [], [], {}, {}
-    plan = _plan(protocol, base, groups, fraction, seed)
+    plan = plan_folds(protocol, base, groups, fraction, seed)
     for f, (test_i, train_is, train_idx, test_idx) in enumerate(plan):
         sl_test, geo_test, table_test = base[test_i]
         if protocol == "pool":
-            result = _pool_fold(
+            result = pool_fold(
                 proto_pred, inputs, test_i, pool, panel_request=(genes, n_genes), context=embeddings(test_i),
                 run=run, max_epochs=max_epochs, seed=seed, fold=f,
             )  # fmt: skip
@@ -309,12 +230,12 @@ def cross_validate(
                 panel, how = select_genes(tables, genes if genes is not None else n_genes, n_genes=n_genes)
             except NoGenesError as e:
                 n_tr = sum(len(train_idx[j]) for j in train_is)
-                raise _no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None) from e
+                raise no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None) from e
             if any(g not in table_test.var_names for g in panel):
                 panel = [g for g in panel if g in table_test.var_names]
             if not panel:
                 n_tr = sum(len(train_idx[j]) for j in train_is)
-                raise _no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None)
+                raise no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None)
             train_slides = []
             for j in train_is:
                 sl, geo, table = base[j]
@@ -409,104 +330,3 @@ def _gene_selection_record(fold_how: dict[int, str]) -> str:
     if len(hows) == 1:
         return hows[0] if hows[0] == "given" else f"{hows[0]}, chosen per fold"
     return "; ".join(f"fold {f}: {h}" for f, h in fold_how.items())
-
-
-def _plan(protocol, base, groups, fraction, seed):
-    n = len(base)
-    allidx = {j: np.arange(base[j][0].n) for j in range(n)}
-    plan = []
-    if protocol == "leave_one_section_out":
-        for i in range(n):
-            train = [j for j in range(n) if j != i]
-            plan.append((i, train, allidx, allidx[i]))
-    elif protocol == "leave_one_patient_out":
-        g = list(groups)
-        for i in range(n):
-            train = [j for j in range(n) if g[j] != g[i]]
-            if not train:
-                msg = "leave_one_patient_out needs at least two patients."
-                raise ValueError(msg)
-            plan.append((i, train, allidx, allidx[i]))
-    elif protocol == "hide_spots":
-        for i in range(n):
-            tr, te = hide_spots_split(base[i][0].n, fraction, seed)
-            plan.append((i, [i], {i: tr}, te))
-    else:
-        for i in range(n):
-            plan.append((i, [i], allidx, allidx[i]))
-    return plan
-
-
-def _pool_fold(
-    proto: Predictor,
-    inputs: Inputs,
-    i: int,
-    k: int,
-    *,
-    panel_request: tuple[Sequence[str] | None, int],
-    context: np.ndarray | None,
-    run: Compute,
-    max_epochs: int | None,
-    seed: int | None,
-    fold: int = 0,
-):
-    """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``)."""
-    import anndata as ad
-
-    sl, geo, table = inputs.slides[i], inputs.geos[i], inputs.table(i)
-    genes, n_genes = panel_request
-    arr = _array_coords(table, geo.rows, geo.centers)
-    groups = np.floor_divide(arr, k)
-    counts = table.X[geo.rows]
-    pooled, centers, member = pool_spots(counts, geo.centers, groups)
-    ptab = ad.AnnData(X=pooled, var=pd.DataFrame(index=table.var_names))
-    rows = np.arange(ptab.n_obs)
-    try:
-        panel, how = select_genes([(ptab, rows)], genes if genes is not None else n_genes, n_genes=n_genes)
-    except NoGenesError as e:
-        raise _no_genes_error(fold, "pool", sl.name, len(centers), genes is not None) from e
-    if not panel:
-        raise _no_genes_error(fold, "pool", sl.name, len(centers), genes is not None)
-    y, ylin, lib = targets(ptab, rows, panel, None)
-    emb = None
-    if inputs.backbone is not None:
-        emb = compute_embeddings(
-            sl.image_levels,
-            centers,
-            sl.microns_per_pixel_xy,
-            inputs.backbone,
-            patch_size_um=inputs.patch_size_um,
-            device=run.device,
-            batch_size=run.batch_size,
-            num_workers=run.num_workers,
-            progress=run.progress,
-            desc="embed pooled",
-        )
-    sizes = np.bincount(member)
-    pooled_slide = SlideData(
-        name=f"{sl.name}_pool{k}",
-        centers_px=centers,
-        microns_per_pixel_xy=sl.microns_per_pixel_xy,
-        spot_diameter_px=sl.spot_diameter_px * k,
-        image_levels=sl.image_levels,
-        obs_names=pd.Index([f"pool_{i}" for i in range(len(centers))]),
-        genes=panel,
-        y=y,
-        y_linear=ylin,
-        library_size=lib,
-        embeddings=emb,
-        meta={"pool": k, "pool_sizes": sizes, "member_centers_px": geo.centers, "membership": member},
-    )
-    pred = fresh_copy(proto)
-    t0 = time.perf_counter()
-    train(
-        pred, inputs, run, slides=[pooled_slide], genes=panel, preprocessing=preprocessing_record(panel, how),
-        max_epochs=max_epochs, seed=seed,
-    )  # fmt: skip
-    t_fit = time.perf_counter() - t0
-    regions = Regions(geo.centers, "circle", sl.spot_diameter_um, "spots", context)
-    t0 = time.perf_counter()
-    mean, _ = pred.predict(pooled_slide, regions)
-    t_pred = time.perf_counter() - t0
-    y_true, _, _ = targets(table, geo.rows, panel, None)
-    return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)

@@ -1,0 +1,200 @@
+"""The folds of :func:`~stpredict.tl.cross_validate`: hidden spots, pooled pseudo-spots and the plan of each protocol."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..models._base import Regions, SlideData
+from ._embedding_loop import compute_embeddings
+from ._models import fresh_copy, train
+from ._targets import NoGenesError, preprocessing_record, select_genes, targets
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..models._base import Predictor
+    from ._pipeline import Compute, Inputs
+
+__all__ = ["hide_spots_split", "no_genes_error", "plan_folds", "pool_fold", "pool_spots"]
+
+
+def hide_spots_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices: ``test = perm[: int(n * fraction)]`` of ``default_rng(seed).permutation(n)``.
+
+    Raises ``ValueError`` unless ``0 < fraction < 1`` and both sides hold at least one of the ``n`` spots.
+    """
+    if not 0 < fraction < 1:
+        msg = f"fraction must be in (0, 1), got {fraction}."
+        raise ValueError(msg)
+    k = int(n * fraction)
+    if not 0 < k < n:
+        side = "test" if k == 0 else "training"
+        msg = (
+            f"fraction={fraction} of {n} spots hides int({n} * {fraction}) = {k} spots: the {side} side would be "
+            f"empty. Use a fraction with 1 <= int(n * fraction) <= n - 1 (here {1 / n:.3g} <= fraction < 1)."
+        )
+        raise ValueError(msg)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def pool_spots(slide_counts: Any, centers_px: np.ndarray, groups: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Pool spots into pseudo-spots: counts summed, centres averaged.
+
+    Returns ``(pooled_counts, pooled_centers, membership)`` with ``membership[i]`` the pseudo-spot of spot i.
+    """
+    import scipy.sparse as sp
+
+    uniq, member = np.unique(groups, axis=0, return_inverse=True)
+    member = member.ravel()
+    P = sp.csr_matrix((np.ones(len(member)), (member, np.arange(len(member)))), shape=(len(uniq), len(member)))
+    pooled = P @ sp.csr_matrix(slide_counts)
+    sizes = np.asarray(P.sum(1)).ravel()
+    centers = (P @ np.asarray(centers_px, dtype=float)) / sizes[:, None]
+    return pooled, centers, member
+
+
+def _array_coords(table, rows: np.ndarray, centers_px: np.ndarray) -> np.ndarray:
+    """Integer ``(x, y)`` coordinates with one spot per unit step along each axis, for ``pool`` blocks.
+
+    Array coordinates (``array_x``/``array_y`` of ST, ``array_col``/``array_row`` of Visium) as they are on a
+    square array. On a hexagonal array (every ``x + y`` of one parity: Visium's ``array_col`` steps by 2 along
+    a row, odd rows offset by 1), ``x`` is halved so that consecutive spots of a row are consecutive integers.
+    Without array coordinates, the fitted lattice's (one spot per lattice point).
+    """
+    for a, b in (("array_x", "array_y"), ("array_col", "array_row")):
+        if a in table.obs and b in table.obs:
+            xy = np.column_stack([table.obs[a].to_numpy()[rows], table.obs[b].to_numpy()[rows]]).astype(int)
+            if _hexagonal(xy):
+                xy[:, 0] = np.floor_divide(xy[:, 0], 2)
+            return xy
+    from ..pp._grid import fit_lattice
+
+    return fit_lattice(centers_px).coords
+
+
+def _hexagonal(xy: np.ndarray) -> bool:
+    """Whether integer array coordinates are hexagonal (doubled columns): all ``x + y`` of one parity."""
+    return len(xy) > 1 and np.unique((xy[:, 0] + xy[:, 1]) % 2).size == 1
+
+
+def no_genes_error(f: int, protocol: str, slide: str, n_train: int, given: bool) -> ValueError:  # noqa: FBT001
+    what = (
+        "none of the given genes is measured in the test slide"
+        if given
+        else f"no gene is detected (counts > 0 in at least 3 and 1% of its {n_train} training spots)"
+    )
+    hint = {
+        "hide_spots": "use a smaller fraction",
+        "pool": "use a smaller pool or a larger slide",
+    }.get(protocol, "use more or larger training slides")
+    msg = (
+        f"cross_validate fold {f} ({protocol}, test slide {slide!r}): {what}, so there is no gene to learn. "
+        f"{hint.capitalize()}, or pass genes=[...]."
+    )
+    return ValueError(msg)
+
+
+def plan_folds(protocol, base, groups, fraction, seed):
+    n = len(base)
+    allidx = {j: np.arange(base[j][0].n) for j in range(n)}
+    plan = []
+    if protocol == "leave_one_section_out":
+        for i in range(n):
+            train = [j for j in range(n) if j != i]
+            plan.append((i, train, allidx, allidx[i]))
+    elif protocol == "leave_one_patient_out":
+        g = list(groups)
+        for i in range(n):
+            train = [j for j in range(n) if g[j] != g[i]]
+            if not train:
+                msg = "leave_one_patient_out needs at least two patients."
+                raise ValueError(msg)
+            plan.append((i, train, allidx, allidx[i]))
+    elif protocol == "hide_spots":
+        for i in range(n):
+            tr, te = hide_spots_split(base[i][0].n, fraction, seed)
+            plan.append((i, [i], {i: tr}, te))
+    else:
+        for i in range(n):
+            plan.append((i, [i], allidx, allidx[i]))
+    return plan
+
+
+def pool_fold(
+    proto: Predictor,
+    inputs: Inputs,
+    i: int,
+    k: int,
+    *,
+    panel_request: tuple[Sequence[str] | None, int],
+    context: np.ndarray | None,
+    run: Compute,
+    max_epochs: int | None,
+    seed: int | None,
+    fold: int = 0,
+):
+    """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``)."""
+    import anndata as ad
+
+    sl, geo, table = inputs.slides[i], inputs.geos[i], inputs.table(i)
+    genes, n_genes = panel_request
+    arr = _array_coords(table, geo.rows, geo.centers)
+    groups = np.floor_divide(arr, k)
+    counts = table.X[geo.rows]
+    pooled, centers, member = pool_spots(counts, geo.centers, groups)
+    ptab = ad.AnnData(X=pooled, var=pd.DataFrame(index=table.var_names))
+    rows = np.arange(ptab.n_obs)
+    try:
+        panel, how = select_genes([(ptab, rows)], genes if genes is not None else n_genes, n_genes=n_genes)
+    except NoGenesError as e:
+        raise no_genes_error(fold, "pool", sl.name, len(centers), genes is not None) from e
+    if not panel:
+        raise no_genes_error(fold, "pool", sl.name, len(centers), genes is not None)
+    y, ylin, lib = targets(ptab, rows, panel, None)
+    emb = None
+    if inputs.backbone is not None:
+        emb = compute_embeddings(
+            sl.image_levels,
+            centers,
+            sl.microns_per_pixel_xy,
+            inputs.backbone,
+            patch_size_um=inputs.patch_size_um,
+            device=run.device,
+            batch_size=run.batch_size,
+            num_workers=run.num_workers,
+            progress=run.progress,
+            desc="embed pooled",
+        )
+    sizes = np.bincount(member)
+    pooled_slide = SlideData(
+        name=f"{sl.name}_pool{k}",
+        centers_px=centers,
+        microns_per_pixel_xy=sl.microns_per_pixel_xy,
+        spot_diameter_px=sl.spot_diameter_px * k,
+        image_levels=sl.image_levels,
+        obs_names=pd.Index([f"pool_{i}" for i in range(len(centers))]),
+        genes=panel,
+        y=y,
+        y_linear=ylin,
+        library_size=lib,
+        embeddings=emb,
+        meta={"pool": k, "pool_sizes": sizes, "member_centers_px": geo.centers, "membership": member},
+    )
+    pred = fresh_copy(proto)
+    t0 = time.perf_counter()
+    train(
+        pred, inputs, run, slides=[pooled_slide], genes=panel, preprocessing=preprocessing_record(panel, how),
+        max_epochs=max_epochs, seed=seed,
+    )  # fmt: skip
+    t_fit = time.perf_counter() - t0
+    regions = Regions(geo.centers, "circle", sl.spot_diameter_um, "spots", context)
+    t0 = time.perf_counter()
+    mean, _ = pred.predict(pooled_slide, regions)
+    t_pred = time.perf_counter() - t0
+    y_true, _, _ = targets(table, geo.rows, panel, None)
+    return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)
