@@ -1,0 +1,88 @@
+"""The one input pipeline: options checked at the door, the read side in stp.get, embeddings written only on success."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stpredict as stp
+from stpredict.models import Predictor
+
+
+@pytest.fixture
+def sdata():
+    return stp.datasets.synthetic(image_size=512, n_genes=5, seed=0)
+
+
+class _FailingFit(Predictor):
+    """Consumes embeddings, then fails: the verb must leave the tables as they were."""
+
+    def fit(self, slides, *, genes, max_epochs=None, seed=None):
+        assert slides[0].embeddings is not None
+        raise RuntimeError("fit failed on purpose")
+
+    def predict(self, slide, regions):
+        raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("batch_size", -1, "batch_size must be a positive integer"),
+        ("batch_size", 0, "batch_size must be a positive integer"),
+        ("batch_size", 2.5, "batch_size must be a positive integer"),
+        ("num_workers", -1, "num_workers must be an integer from 0"),
+        ("num_workers", 10**9, "num_workers must be an integer from 0"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["embed", "predict", "superresolve"])
+def test_compute_options_are_checked_before_any_work(sdata, verb, option, value, fragment):
+    before = set(sdata.tables["table"].obsm)
+    call = {
+        "embed": lambda **kw: stp.tl.embed(sdata, "handcrafted", **kw),
+        "predict": lambda **kw: stp.tl.predict(sdata, "ridge", **kw),
+        "superresolve": lambda **kw: stp.tl.superresolve(sdata, "ridge", **kw),
+    }[verb]
+    with pytest.raises(ValueError, match=fragment):
+        call(progress=False, **{option: value})
+    assert set(sdata.tables["table"].obsm) == before
+    assert "stpredict" not in sdata.tables["table"].uns
+
+
+@pytest.mark.parametrize("verb", ["fit", "predict"])
+def test_failed_fit_writes_no_embeddings(sdata, verb):
+    with pytest.raises(RuntimeError, match="on purpose"):
+        getattr(stp.tl, verb)(sdata, _FailingFit(), progress=False)
+    assert "X_handcrafted" not in sdata.tables["table"].obsm
+    assert "stpredict" not in sdata.tables["table"].uns
+
+
+def test_slide_data_is_what_fit_sees(sdata):
+    table = sdata.tables["table"]
+    slide = stp.get.slide_data(sdata, "ridge", progress=False)
+    assert slide.genes == list(table.var_names)  # every detected gene of a 5-gene table
+    assert slide.y.shape == (slide.n, 5)
+    np.testing.assert_allclose(np.expm1(slide.y), slide.y_linear, rtol=1e-5, atol=1e-5)
+    assert slide.embeddings.shape == (slide.n, 54)
+    assert slide.meta["backbone"]["backbone"] == "handcrafted"
+    assert slide.meta["preprocessing"]["log1p"] is True
+    assert "X_handcrafted" not in table.obsm  # read side: nothing written
+    bare = stp.get.slide_data(sdata, genes=["gene_0"])
+    assert bare.embeddings is None
+    assert bare.genes == ["gene_0"]
+    fitted = stp.tl.fit(sdata, "ridge", genes=["gene_1", "gene_2"], progress=False, cache_embeddings=False)
+    seen = stp.get.slide_data(sdata, fitted, progress=False)
+    assert seen.genes == ["gene_1", "gene_2"]
+    np.testing.assert_allclose(seen.embeddings, slide.embeddings, rtol=1e-5)
+
+
+def test_record_reads_what_the_verbs_wrote(sdata):
+    table = sdata.tables["table"]
+    with pytest.raises(KeyError, match=r"no stpredict record 'predicted'.*stp\.tl\.predict"):
+        stp.get.record(table)
+    stp.tl.predict(sdata, "mean", progress=False)
+    rec = stp.get.record(table)
+    assert rec["model"] == "mean"
+    assert rec["mode"] == "out-of-fold"
+    with pytest.raises(KeyError, match=r"stp\.tl\.superresolve"):
+        stp.get.record(table, "superresolve")
