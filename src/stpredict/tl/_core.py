@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
     from spatialdata import SpatialData
 
-    from ..models._backbone import Backbone
     from ..models._base import SlideData
+    from ..models.backbones import Backbone
     from ..pp._spots import SpotGeometry
 
 logger = get_logger(__name__)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from spatialdata import SpatialData
 
-    from ..models._backbone import Backbone
     from ..models._base import Predictor
+    from ..models.backbones import Backbone
 
 __all__ = ["CVResult", "Split", "cross_validate", "hide_spots_split", "pool_spots"]
 

@@ -78,7 +78,7 @@ def embed(
     >>> sdata.tables["table"].obsm["X_handcrafted"].shape[1]
     54
     """
-    from ..models._backbone import get_backbone
+    from ..models.backbones import get_backbone
 
     slide, geo = build_slide(
         sdata,

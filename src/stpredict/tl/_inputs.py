@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-    from ..models._backbone import Backbone
     from ..models._base import Predictor, Regions, SlideData
+    from ..models.backbones import Backbone
     from ..pp._grid import GridPoints
     from ..pp._spots import SpotGeometry
 
@@ -500,14 +500,14 @@ def region_embeddings(
 # ------------------------------------------------------------------------------------------------------
 def resolve_backbone(predictor: Predictor, backbone: Any, weights: Any) -> Backbone | None:
     """The backbone a predictor consumes: the caller's, the one it was fitted with, or its default."""
-    from ..models._backbone import get_backbone
+    from ..models.backbones import get_backbone
 
     if predictor.consumes != "embeddings":
         return None
     if backbone is None and predictor.backbone.get("backbone"):
         fitted = predictor.backbone["backbone"]
         if fitted == "handcrafted":
-            from ..models._handcrafted import HandcraftedBackbone
+            from ..models.backbones import HandcraftedBackbone
 
             return HandcraftedBackbone(
                 mpp=float(predictor.backbone.get("mpp", 1.0)), context=float(predictor.backbone.get("context", 3.0))
@@ -524,7 +524,7 @@ def resolve_backbone(predictor: Predictor, backbone: Any, weights: Any) -> Backb
 def auto_backbone() -> str:
     """``"uni"`` when its weights are available locally, else ``"handcrafted"`` (logged once)."""
     try:
-        from ..models._foundation import foundation_weights_available
+        from ..models.backbones import foundation_weights_available
 
         path = foundation_weights_available("uni")
     except (ImportError, AttributeError):
