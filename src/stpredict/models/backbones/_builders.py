@@ -166,7 +166,9 @@ def create_foundation(
     Weights are taken from, in order: ``weights``; :attr:`stpredict.settings.foundation_weights` ``[name]``;
     ``settings.weights_dir/<name>/`` (one ``.safetensors``, ``pytorch_model.bin``, ``.bin``, ``.pth`` or ``.pt``
     file; env ``STPREDICT_WEIGHTS_DIR``); the local Hugging Face cache; and a download only when
-    :attr:`stpredict.settings.allow_download` is set. Weights load with ``strict=True``.
+    :attr:`stpredict.settings.allow_download` is set. timm-built models load through
+    :func:`~stpredict.models.backbones.load_trunk_weights` (strict but for classifier heads); CONCH is strict about
+    its image tower; transformers models load with ``from_pretrained`` and fail on missing or mis-shaped keys.
 
     Parameters
     ----------

@@ -138,7 +138,8 @@ def create_timm(
         A timm model name, optionally with a pretrained tag; ``"hf-hub:<org>/<name>"``; or ``"local-dir:<path>"``
         (a folder with timm's ``config.json`` and weights).
     weights
-        A local weights file or state dict; classifier weights are dropped and the rest loads with ``strict=True``.
+        A local weights file or state dict, loaded with :func:`~stpredict.models.backbones.load_trunk_weights`
+        (classifier weights are dropped, the rest must fit exactly).
     pretrained
         Without ``weights``: timm's pretrained weights, from local copies only (``settings.weights_dir/<name>/``,
         for hub ids ``settings.weights_dir/<org>--<name>/``, the Hugging Face cache, torch hub's checkpoint cache)

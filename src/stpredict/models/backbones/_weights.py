@@ -1,7 +1,8 @@
 """Weight files: reading a state dict from disk, its SHA-256, and the one loader every trunk goes through.
 
 :func:`load_trunk_weights` is the only place where stpredict puts a state dict into a network (foundation
-models, timm backbones, STNet's trunk, PixNet's encoder), so the strictness rules are written once, here.
+models built with timm, timm backbones, STNet's trunk, PixNet's encoder), so the strictness rules are written once,
+here. (CONCH and the transformers models keep their own packages' loaders: see ``_builders``.)
 Importing this module imports neither torch nor safetensors.
 """
 
