@@ -326,8 +326,8 @@ def main() -> None:
     import torch
 
     import stpredict as stp
-    from stpredict.models._backbone import get_backbone
     from stpredict.models._device import resolve_device
+    from stpredict.models.backbones import get_backbone
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]

@@ -19,17 +19,18 @@ timm = pytest.importorskip("timm")
 from safetensors.torch import save_file  # noqa: E402
 
 from stpredict._settings import settings  # noqa: E402
-from stpredict.models._backbone import file_sha256, get_backbone  # noqa: E402
-from stpredict.models._foundation import (  # noqa: E402
+from stpredict.models.backbones import (  # noqa: E402
     FOUNDATION_MODELS,
     RANDOM_SOURCE,
     build_foundation_module,
     create_foundation,
     create_timm,
+    file_sha256,
     foundation_weights_available,
-    list_backbones,
+    get_backbone,
     load_weights_file,
 )
+from stpredict.models.backbones import foundation_table as list_backbones  # noqa: E402
 
 TIMM_ENTRIES = [k for k, cfg in FOUNDATION_MODELS.items() if cfg.loader == "timm"]
 
@@ -432,7 +433,7 @@ def test_create_timm_unknown_name():
 def test_import_does_not_import_torch(tmp_path):
     code = (
         "import sys\n"
-        "from stpredict.models import _foundation as f\n"
+        "from stpredict.models import backbones as f\n"
         "assert f.foundation_weights_available('uni') is None\n"
         "f.list_backbones()\n"
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'\n"

@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 import stpredict as stp
 from stpredict.models import HandcraftedBackbone
-from stpredict.models._handcrafted import _sobel, pixel_maps
+from stpredict.models.backbones._handcrafted import _sobel, pixel_maps
 
 
 def test_sobel_is_per_image_and_matches_scipy_in_2d():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from . import baselines, diffusion, histosge, nsl, pixnet, ridge, stnet
-from ._backbone import Backbone, TorchBackbone, get_backbone
 from ._base import (
     Predictor,
     Regions,
@@ -16,7 +15,7 @@ from ._base import (
     read_header,
     register_predictor,
 )
-from ._handcrafted import HandcraftedBackbone
+from .backbones import Backbone, HandcraftedBackbone, TorchBackbone, get_backbone, list_backbones
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline, RidgeNeighborsBaseline
 from .diffusion import CrossModalDiffusion
 from .histosge import HisToSGE
@@ -24,14 +23,6 @@ from .nsl import NeuralStainLearning
 from .pixnet import PixNet
 from .ridge import RidgePredictor
 from .stnet import STNet
-
-
-def list_backbones():
-    """The pathology foundation models stpredict knows (name, hub id, dim, license, gating, local availability)."""
-    from ._foundation import list_backbones as _lb
-
-    return _lb()
-
 
 __all__ = [
     "CrossModalDiffusion",

@@ -481,8 +481,8 @@ class CrossModalDiffusion(Predictor):
     @staticmethod
     def _image_features(slide: SlideData, lm: LatticeMap) -> np.ndarray:
         """Hand-crafted features at every cell of ``lm`` over views of 1, 3 and 9 cells: ``(F, H, W)``."""
-        from ..models._handcrafted import HandcraftedBackbone
         from ..pp._patches import PatchExtractor
+        from .backbones import HandcraftedBackbone
 
         mpp = np.asarray(slide.microns_per_pixel_xy)
         cell_um = float(np.sqrt(abs(np.linalg.det(lm.basis_px * lm.step))) * np.sqrt(mpp[0] * mpp[1]))

@@ -441,13 +441,11 @@ class PixNet(Predictor):
         return (x - mean) / std
 
     def _load_encoder(self, net) -> None:
-        from ._foundation import load_weights_file
+        from .backbones import load_trunk_weights, load_weights_file
 
-        state = load_weights_file(self.config["weights"])
-        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
-        if len(missing) > 0.5 * len(net.encoder.state_dict()):
-            msg = f"Weights {self.config['weights']!r} do not fit encoder {self.config['encoder']}: {len(missing)} keys missing."
-            raise ValueError(msg)
+        path = self.config["weights"]
+        what = f"encoder {self.config['encoder']} from {path}"
+        load_trunk_weights(net.encoder, load_weights_file(path), what=what, features_only=True)
 
     # -- inference -----------------------------------------------------------------------------------
     def _tile_grid(self, lo_um: np.ndarray, hi_um: np.ndarray, geo: dict) -> tuple[np.ndarray, int]:

@@ -128,18 +128,10 @@ class STNet(Predictor):
 
         net = timm.create_model(self.config["trunk"], pretrained=False, num_classes=n_genes)
         if load and self.config["weights"]:
-            from ._foundation import load_weights_file
+            from .backbones import load_trunk_weights, load_weights_file
 
-            state = load_weights_file(self.config["weights"])
-            missing, unexpected = net.load_state_dict(
-                {k: v for k, v in state.items() if not k.startswith(net.default_cfg.get("classifier", "classifier"))},
-                strict=False,
-            )
-            head = net.default_cfg.get("classifier", "classifier")
-            missing = [k for k in missing if not k.startswith(head)]
-            if missing or unexpected:
-                msg = f"Weights {self.config['weights']!r} do not fit {self.config['trunk']}: missing {missing[:5]}, unexpected {unexpected[:5]}."
-                raise ValueError(msg)
+            path = self.config["weights"]
+            load_trunk_weights(net, load_weights_file(path), what=f"{self.config['trunk']} from {path}")
         return net
 
     def _read(self, reader) -> np.ndarray:

@@ -12,7 +12,7 @@ from .._settings import settings
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from ..models._backbone import Backbone
+    from ..models.backbones import Backbone
 
 __all__ = ["compute_embeddings", "prefetched"]
 

@@ -16,8 +16,8 @@ from ._embedding_loop import compute_embeddings
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models._backbone import Backbone
     from ..models._base import SlideData
+    from ..models.backbones import Backbone
     from ..pp._grid import GridPoints
     from ..pp._spots import SpotGeometry
     from ._pipeline import Compute

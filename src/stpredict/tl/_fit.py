@@ -78,7 +78,7 @@ def embed(
     54
     """
     from .._image import image_levels
-    from ..models._backbone import get_backbone
+    from ..models.backbones import get_backbone
 
     run = Compute(device, batch_size, num_workers, progress)
     geo = spot_geometry(

@@ -14,8 +14,8 @@ from ..models._base import Predictor, create_predictor, load
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..models._backbone import Backbone
     from ..models._base import SlideData
+    from ..models.backbones import Backbone
     from ._pipeline import Compute, Inputs
 
 __all__ = [
@@ -105,7 +105,7 @@ def resolve_backbone(predictor: Predictor | None, backbone: Any, weights: Any) -
 
     Without a predictor, the caller's backbone (``None`` for none).
     """
-    from ..models._backbone import get_backbone
+    from ..models.backbones import get_backbone
 
     if predictor is None:
         return None if backbone is None else get_backbone(backbone, weights=weights)
@@ -114,7 +114,7 @@ def resolve_backbone(predictor: Predictor | None, backbone: Any, weights: Any) -
     if backbone is None and predictor.backbone.get("backbone"):
         fitted = predictor.backbone["backbone"]
         if fitted == "handcrafted":
-            from ..models._handcrafted import HandcraftedBackbone
+            from ..models.backbones import HandcraftedBackbone
 
             return HandcraftedBackbone(
                 mpp=float(predictor.backbone.get("mpp", 1.0)), context=float(predictor.backbone.get("context", 3.0))
@@ -131,7 +131,7 @@ def resolve_backbone(predictor: Predictor | None, backbone: Any, weights: Any) -
 def auto_backbone() -> str:
     """``"uni"`` when its weights are available locally, else ``"handcrafted"`` (logged once)."""
     try:
-        from ..models._foundation import foundation_weights_available
+        from ..models.backbones import foundation_weights_available
 
         path = foundation_weights_available("uni")
     except (ImportError, AttributeError):

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-    from ..models._backbone import Backbone
     from ..models._base import Predictor
+    from ..models.backbones import Backbone
     from ..pp._spots import SpotGeometry
 
 __all__ = [

@@ -1,18 +1,17 @@
-"""Backbones: frozen feature extractors from patches (and, where possible, dense feature maps)."""
+"""The backbone base classes: frozen feature extractors from patches (and, where possible, dense feature maps)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
-from .._logging import get_logger
-from ._device import autocast, resolve_device
+from ..._logging import get_logger
+from .._device import autocast, resolve_device
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["Backbone", "TorchBackbone", "get_backbone"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "TorchBackbone"]
 
 logger = get_logger(__name__)
 
@@ -216,58 +215,3 @@ class TorchBackbone(Backbone):
         if self.sha256:
             out["weights_sha256"] = self.sha256
         return out
-
-
-def file_sha256(path: Any, *, chunk: int = 2**22) -> str:
-    """SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def get_backbone(spec: Any, *, weights: Any = None, pretrained: bool = True) -> Backbone:
-    """Resolve a backbone from a name, a hub id, a module, or a :class:`Backbone`.
-
-    Parameters
-    ----------
-    spec
-        - ``"handcrafted"``: weight-free stain, colour, texture and nuclei statistics (scikit-image);
-        - a pathology foundation model of :func:`stpredict.models.list_backbones` (``"uni"``, ``"uni2-h"``,
-          ``"conch"``, ``"virchow2"``, ``"h-optimus-0"``, ``"phikon"``, ``"phikon-v2"``);
-        - ``"hf-hub:<org>/<name>"``: any timm hub model;
-        - any timm model name (``"resnet50"``, ``"vit_small_patch16_224"``...);
-        - a ``torch.nn.Module`` returning features, or a ready :class:`Backbone`.
-    weights
-        Local weights (safetensors or weights-only torch file) for a named model; for foundation models also
-        :attr:`stpredict.settings.foundation_weights` and the Hugging Face cache are searched.
-    pretrained
-        Load weights for timm names (from ``weights`` or timm's local cache); ``False`` gives random weights,
-        which is only meaningful for tests and for predictors that train the trunk.
-
-    Returns
-    -------
-    A :class:`Backbone`.
-    """
-    if isinstance(spec, Backbone):
-        return spec
-    if isinstance(spec, str):
-        key = spec.lower()
-        if key == "handcrafted":
-            from ._handcrafted import HandcraftedBackbone
-
-            return HandcraftedBackbone()
-        from ._foundation import FOUNDATION_MODELS, create_foundation, create_timm
-
-        if key in FOUNDATION_MODELS:
-            return create_foundation(key, weights=weights, pretrained=pretrained)
-        return create_timm(spec, weights=weights, pretrained=pretrained)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        torch = None
-    if torch is not None and isinstance(spec, torch.nn.Module):
-        return TorchBackbone(spec, name=type(spec).__name__.lower(), source="module")
-    msg = f"Cannot make a backbone from {type(spec).__name__}: pass a name, a torch.nn.Module or a Backbone."
-    raise TypeError(msg)

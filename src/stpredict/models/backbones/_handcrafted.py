@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._backbone import Backbone
+from ._base import Backbone
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,7 +42,7 @@ STD_MAPS = ("hematoxylin", "eosin", "grey", "blob_h")
 
 def _hed_matrix() -> np.ndarray:
     """OD → (H, E, DAB) deconvolution: the inverse of the Ruifrok–Johnston stain matrix (as scikit-image's)."""
-    from ..pp._stain import RUIFROK_HED
+    from ...pp._stain import RUIFROK_HED
 
     return np.linalg.inv(RUIFROK_HED).astype(np.float32)
 
@@ -66,7 +66,7 @@ def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
     texture is Sobel gradient energy; nuclei are hematoxylin blobs (difference of Gaussians at the scale of a
     nucleus, ~3 µm) and their local maxima (counts). Filters are sized in µm via ``mpp``.
     """
-    from ..pp._stain import rgb_to_od
+    from ...pp._stain import rgb_to_od
 
     x = np.asarray(rgb, dtype=np.float32) / 255.0
     od = rgb_to_od(rgb)
