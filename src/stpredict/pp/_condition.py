@@ -132,6 +132,7 @@ def condition_on_spots(
     tol: float = 1e-6,
     max_iter: int = 30,
     degree: Literal[0, 1] = 1,
+    overlap: sp.spmatrix | None = None,
 ) -> ConditionResult:
     """Condition an image-only grid prediction on the measured spots, exactly and without seams.
 
@@ -209,6 +210,11 @@ def condition_on_spots(
         gets ``4 × max_iter`` sweeps.
     degree
         ``1``: moving least squares (default); ``0``: Shepard weights, flatter inside each spot.
+    overlap
+        Precomputed ``(n_spots, n_regions)`` non-negative overlap weights replacing the disk geometry (rows
+        are normalised), e.g. the membership of original spots in pooled 2×2 blocks for the pooled protocol
+        (regions = the original spots, "spots" = the blocks at their centroids). ``coverage`` then divides by
+        the region area implied by ``region_kind``/``region_size_um``.
 
     Returns
     -------
@@ -252,8 +258,18 @@ def condition_on_spots(
         msg = f"At least 2 measured spots are needed, got {n_spots}."
         raise ValueError(msg)
 
-    area = overlap_matrix(sxy, spot_diameter_um, rxy, region_kind, region_size_um)
-    if region_kind == "circle" and abs(region_size_um - spot_diameter_um) <= 1e-6 * spot_diameter_um:
+    if overlap is not None:
+        area = sp.csr_matrix(overlap, dtype=float)
+        if area.shape != (n_spots, n_regions) or (area.data < 0).any() or not np.all(np.isfinite(area.data)):
+            msg = f"overlap must be a non-negative finite ({n_spots}, {n_regions}) matrix, got shape {area.shape}."
+            raise ValueError(msg)
+    else:
+        area = overlap_matrix(sxy, spot_diameter_um, rxy, region_kind, region_size_um)
+    if (
+        overlap is None
+        and region_kind == "circle"
+        and abs(region_size_um - spot_diameter_um) <= 1e-6 * spot_diameter_um
+    ):
         # a pseudo-spot that is the spot's own disk stands for it: its value is the measurement
         d, near = cKDTree(rxy).query(sxy)
         same = d <= 1e-6 * spot_diameter_um
