@@ -363,3 +363,28 @@ def test_condition_grid_on_a_synthetic_slide():
     assert res.max_rel_error <= 1e-4
     np.testing.assert_allclose(res.values[grid.measured], lin[geo.rows][grid.nearest_spot[grid.measured]], rtol=1e-4,
                                atol=1e-6)  # fmt: skip
+
+
+def test_precomputed_overlap_for_pooled_blocks():
+    # the pooled 2×2 protocol: regions are the original spots, "spots" the blocks at their centroids
+    from stpredict.pp import fit_lattice
+
+    spots, diam, pitch, _ = lattice("visium")
+    lab = np.unique(np.floor_divide(fit_lattice(spots).coords, 2), axis=0, return_inverse=True)[1].ravel()
+    nb = int(lab.max()) + 1
+    memb = sp.csr_matrix((np.ones(len(spots)), (lab, np.arange(len(spots)))), shape=(nb, len(spots)))
+    cnt = np.bincount(lab)[:, None]
+    m = measurements(len(spots), 4, seed=2)
+    pooled = (memb @ m) / cnt
+    cent = (memb @ spots) / cnt
+    pred = texture(spots, 4) * smooth(spots, 4)
+    res = condition_on_spots(
+        pred, spots, cent, pooled, region_kind="circle", region_size_um=diam, spot_diameter_um=diam,
+        overlap=memb, pitch_um=2 * pitch, gate=1.0,
+    )  # fmt: skip
+    np.testing.assert_allclose((memb @ res.values) / cnt, pooled, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="overlap must be"):
+        condition_on_spots(
+            pred, spots, cent, pooled, region_kind="circle", region_size_um=diam, spot_diameter_um=diam,
+            overlap=memb[:, :-1],
+        )  # fmt: skip
