@@ -368,7 +368,23 @@ def condition_grid(
 ) -> ConditionResult:
     """:func:`condition_on_spots` for a :class:`GridPoints` of the spots in ``geo`` (converted to µm).
 
-    ``measured`` is in the row order of ``geo`` (linear normalised units); other keywords pass through.
+    Parameters
+    ----------
+    pred
+        ``(grid.n, n_genes)`` image-only prediction for the grid's regions, linear normalised units.
+    grid
+        The grid from :func:`make_grid` (level-0 pixels; its centres are converted with ``geo.px_to_um``,
+        so anisotropic pixels are handled; its ``kind`` and ``size_um`` give the region shape).
+    geo
+        The measured spots (:func:`spots`): centres and diameter, converted to µm.
+    measured
+        ``(geo.n_spots, n_genes)`` measured normalised expression in the row order of ``geo``, linear units.
+    **kwargs
+        Passed to :func:`condition_on_spots` (``std``, ``gate``, ``spot_pattern``, ...).
+
+    Returns
+    -------
+    A :class:`ConditionResult` in the grid's region order.
     """
     return condition_on_spots(
         pred,
