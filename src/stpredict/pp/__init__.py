@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._aggregate import RegionMasks, aggregate_map, region_masks
+from ._condition import ConditionResult, condition_grid, condition_on_spots
 from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches
@@ -12,6 +13,7 @@ from ._tissue import TissueMask, tissue_mask
 
 __all__ = [
     "aggregate_map",
+    "ConditionResult",
     "GridPoints",
     "Lattice",
     "PatchDataset",
@@ -22,6 +24,8 @@ __all__ = [
     "StainNormalizer",
     "TissueMask",
     "choose_level",
+    "condition_grid",
+    "condition_on_spots",
     "fit_lattice",
     "grid",
     "macenko_stains",
