@@ -8,6 +8,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DEFAULT_SPOTS",
     "DEFAULT_TABLE",
+    "LAYER_IMAGE_ONLY",
     "LAYER_PREDICTED",
     "LAYER_STD",
     "MICRONS_CS",
@@ -31,6 +32,7 @@ DEFAULT_TABLE = "table"
 
 LAYER_PREDICTED = "predicted"
 LAYER_STD = "predicted_std"
+LAYER_IMAGE_ONLY = "image_only"
 UNS_KEY = "stpredict"
 
 _GRID_ALIASES = {"pseudospot4": "ps4", "pseudospot16": "ps16", "ps4": "ps4", "ps16": "ps16"}

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 
 from .._docs import doc_params
-from .._keys import LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, grid_table_key
+from .._keys import LAYER_IMAGE_ONLY, LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, grid_table_key
 from .._logging import get_logger
 from .._records import uns_safe
 from .._version import __version__
 from ..models._base import Regions
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
+from ._condition import apply_condition, resolve_condition
 from ._embeddings import region_embeddings
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
@@ -50,6 +51,7 @@ def superresolve(
     microns_per_pixel: float | None = None,
     layer: str | None = None,
     tissue: TissueMask | np.ndarray | bool | None = None,
+    condition: str | None = None,
     max_epochs: int | None = None,
     seed: int | None = 0,
     device: str | None = None,
@@ -93,6 +95,14 @@ def superresolve(
         Layer of raw counts.
     tissue
         Tissue mask for the grid (see :func:`stpredict.pp.grid`): ``None`` detects it, ``False`` keeps all.
+    condition
+        ``"measured"`` (the default on a slide with counts for the model's genes): the grid agrees with the
+        measured spots it refines — pooling it back over each spot (overlap-area weighted, linear units)
+        gives the spot's measured value — while the predictor decides how expression is distributed inside
+        and between spots, with a per-gene weight on the image's share learned on the slide (a gene the image
+        does not explain falls back to a consistent interpolation); see
+        :func:`stpredict.pp.condition_on_spots`. ``"none"``: the image-only prediction (the only choice on an
+        H&E-only slide).
     max_epochs
         Training budget of iterative predictors.
     {seed}
@@ -120,9 +130,12 @@ def superresolve(
     - with ``map_key``, ``sdata.images[map_key]`` (``c`` = genes), its parameters in the table's ``uns``;
     - ``sdata.tables[f"<model>_<spots_key>_<grid>"]`` annotating them: ``X`` the predicted expression on
       the scale recorded in ``uns`` (log1p of counts normalised to 1e4; aggregation, if any, done in linear
-      space before the log), ``layers["predicted_std"]``, ``obsm["spatial"]`` in the image's full-resolution
-      pixels, ``obs["nearest_spot"]`` and ``obs["measured"]`` (the region is a measured spot), and
-      ``uns["stpredict"]["superresolve"]`` with every parameter.
+      space before the log; with ``condition="measured"``, conditioned on the measured spots),
+      ``layers["predicted_std"]`` (carried through the conditioning), ``layers["image_only"]`` (the
+      unconditioned prediction, with ``condition="measured"``), ``obsm["spatial"]`` in the image's
+      full-resolution pixels, ``obs["nearest_spot"]`` and ``obs["measured"]`` (the region is a measured spot), and
+      ``uns["stpredict"]["superresolve"]`` with every parameter (``["condition"]``: the mode, the per-gene
+      image weights and the achieved consistency error).
 
     With ``inplace=False``, a new SpatialData holding only those two elements.
 
@@ -155,6 +168,7 @@ def superresolve(
             elements=elements, layer=layer,
         )  # fmt: skip
     slide, geo, bb = inputs.slides[0], inputs.geos[0], inputs.backbone
+    condition = resolve_condition(condition, slide, inputs.genes)
     # grid first: it validates bin size and lattice before any training
     mask = resolve_tissue(sdata, geo, tissue)
     points = make_grid(geo, grid_name, mask=mask)
@@ -180,6 +194,13 @@ def superresolve(
     regions.meta["seed"] = seed
     mean, std = predictor.predict(slide, regions)
     genes_out = list(predictor.genes)
+    image_only = np.asarray(mean, dtype=np.float32)
+    cond_record: dict[str, Any] = {"condition": "none"}
+    if condition == "measured":
+        mean, std, cond_record = apply_condition(
+            mean, std, slide=slide, geo=geo, points=points, table=inputs.table(0), model=predictor.name,
+            genes=genes_out,
+        )  # fmt: skip
 
     # build both elements, then write them together
     import anndata as ad
@@ -194,6 +215,8 @@ def superresolve(
     adata = ad.AnnData(X=np.asarray(mean, dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes_out)))
     if std is not None:
         adata.layers[LAYER_STD] = np.asarray(std, dtype=np.float32)
+    if condition == "measured":
+        adata.layers[LAYER_IMAGE_ONLY] = image_only
     adata.obsm["spatial"] = points.centers.astype(np.float64)
     record = {
         "model": predictor.name,
@@ -210,6 +233,7 @@ def superresolve(
         "preprocessing": predictor.preprocessing,
         "backbone": predictor.backbone,
         "embeddings": emb_info,
+        "condition": cond_record,
         "tissue_mask": "detected" if tissue is None else ("none" if tissue is False else "given"),
         "seed": seed,
         "device": str(device or "settings"),

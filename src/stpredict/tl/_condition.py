@@ -1,0 +1,106 @@
+"""``superresolve(condition=...)``: one step, for every predictor, that makes a grid agree with its measured spots."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .._keys import LAYER_PREDICTED, UNS_KEY
+from .._logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from ..models._base import SlideData
+    from ..pp._grid import GridPoints
+    from ..pp._spots import SpotGeometry
+
+__all__ = ["CONDITIONS", "apply_condition", "resolve_condition"]
+
+logger = get_logger(__name__)
+
+Condition = Literal["measured", "none"]
+CONDITIONS = ("measured", "none")
+
+
+def resolve_condition(condition: str | None, slide: SlideData, genes: Sequence[str]) -> Condition:
+    """``"measured"`` or ``"none"``; ``None`` → ``"measured"`` on a slide measuring the panel, else ``"none"``.
+
+    Raises before any work when ``"measured"`` is asked on a slide without counts for ``genes``.
+    """
+    measured = slide.y_linear is not None and slide.genes is not None and list(slide.genes) == list(genes)
+    if condition is None:
+        return "measured" if measured else "none"
+    if condition not in CONDITIONS:
+        msg = f"condition must be 'measured' or 'none', got {condition!r}."
+        raise ValueError(msg)
+    if condition == "measured" and not measured:
+        msg = (
+            "condition='measured' needs the slide's counts for the model's genes, and this slide has none (an "
+            "H&E-only slide, or a table that does not annotate the spots or lacks the genes): pass "
+            "condition='none' for the image-only prediction."
+        )
+        raise ValueError(msg)
+    return condition  # type: ignore[return-value]
+
+
+def _spot_pattern(table: AnnData | None, geo: SpotGeometry, model: str, genes: Sequence[str]) -> np.ndarray | None:
+    """Out-of-fold predictions of the spots by the same model (``stp.tl.predict``), linear units, if stored."""
+    if table is None or LAYER_PREDICTED not in table.layers:
+        return None
+    rec = table.uns.get(UNS_KEY, {}).get(LAYER_PREDICTED, {})
+    if rec.get("model") != model or rec.get("mode") != "out-of-fold":
+        return None
+    cols = table.var_names.get_indexer(list(genes))
+    if (cols < 0).any():
+        return None
+    vals = np.asarray(table.layers[LAYER_PREDICTED])[np.ix_(geo.rows, cols)]
+    if not np.isfinite(vals).all():
+        return None
+    return np.clip(np.expm1(vals), 0.0, None)
+
+
+def apply_condition(
+    mean: np.ndarray,
+    std: np.ndarray | None,
+    *,
+    slide: SlideData,
+    geo: SpotGeometry,
+    points: GridPoints,
+    table: AnnData | None,
+    model: str,
+    genes: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Condition a grid's log1p prediction on the measured spots: ``(mean, std, record)`` on the log1p scale.
+
+    Works in linear normalised units (``expm1``), through :func:`stpredict.pp.condition_grid`: pooling the
+    grid back over each measured spot (overlap-area weighted) gives its measured value; the predictor
+    supplies the pattern, shrunk per gene toward a consistent interpolation where the image does not explain
+    the gene (the weights are learned on the slide one pooling level up, from the model's out-of-fold spot
+    predictions when ``stp.tl.predict`` stored them, else from the grid pooled over the spots). The std is
+    converted to linear units (``std · (1 + value)``), carried through the correction, and converted back.
+    """
+    from ..pp._condition import condition_grid
+
+    lin = np.clip(np.expm1(np.asarray(mean, dtype=float)), 0.0, None)
+    std_lin = None if std is None else np.asarray(std, dtype=float) * (1.0 + lin)
+    pattern = _spot_pattern(table, geo, model, genes)
+    res = condition_grid(lin, points, geo, np.asarray(slide.y_linear, dtype=float), std=std_lin, spot_pattern=pattern)
+    out = np.log1p(res.values)
+    out_std = None if res.std is None else res.std / (1.0 + res.values)
+    record = {
+        **res.summary(),
+        "gate_from": "out-of-fold spot predictions (stp.tl.predict)"
+        if pattern is not None
+        else "grid pooled over the spots",
+        "std": "linear std · (1 + value), scaled by the correction and each region's share of its spots",
+    }
+    logger.info(
+        "condition='measured': consistency error max %.2g, median image weight %.2f.",
+        res.max_rel_error,
+        record["weight_median"],
+    )
+    return out.astype(np.float32), None if out_std is None else out_std.astype(np.float32), record
