@@ -75,3 +75,11 @@ def test_condition_measured_needs_counts(slide):
     assert rec["condition"]["condition"] == "none"
     with pytest.raises(ValueError, match="'measured' or 'none'"):
         stp.tl.superresolve(slide, "ridge", grid="ps4", condition="exact", progress=False)
+
+
+def test_cross_validate_pool_takes_the_condition(slide):
+    res = stp.tl.cross_validate(slide, "ridge", protocol="pool", condition="measured", progress=False)
+    assert res.params["condition"] == "measured"
+    assert np.isfinite(res.scores["pearson"]).any()
+    with pytest.raises(ValueError, match="protocol='pool'"):
+        stp.tl.cross_validate(slide, "ridge", protocol="hide", condition="measured", progress=False)

@@ -109,6 +109,7 @@ def cross_validate(
     seed: int | None = 0,
     fraction: float = 0.5,
     pool: int = 2,
+    condition: str = "none",
     groups: Sequence[str] | None = None,
     backbone: Any = None,
     weights: Any = None,
@@ -164,6 +165,10 @@ def cross_validate(
         Hidden fraction for ``"hide_spots"``.
     pool
         Block side for ``"pool"``.
+    condition
+        ``"pool"`` only: ``"none"`` scores the image-only predictions of the original spots; ``"measured"``
+        conditions them on the pooled pseudo-spots first (the members of each pool average, in linear units,
+        to its measured value), as :func:`stpredict.tl.superresolve` conditions a grid on measured spots.
     groups
         Patient of each slide for ``"leave_one_patient_out"``.
     backbone, weights, patch_size_um
@@ -186,6 +191,9 @@ def cross_validate(
     protocol = _ALIASES.get(protocol, protocol)
     if protocol not in ("leave_one_section_out", "leave_one_patient_out", "hide_spots", "pool"):
         msg = f"Unknown protocol {protocol!r}: use leave_one_section_out, leave_one_patient_out, hide_spots or pool."
+        raise ValueError(msg)
+    if condition not in ("none", "measured") or (condition == "measured" and protocol != "pool"):
+        msg = f"condition={condition!r}: use 'none', or 'measured' with protocol='pool' (it conditions on the pools)."
         raise ValueError(msg)
     proto_pred, fitted = resolve_model(model, model_kwargs)
     if fitted:
@@ -220,7 +228,7 @@ def cross_validate(
         if protocol == "pool":
             result = pool_fold(
                 proto_pred, inputs, test_i, pool, panel_request=(genes, n_genes), context=embeddings(test_i),
-                run=run, max_epochs=max_epochs, seed=seed, fold=f,
+                run=run, max_epochs=max_epochs, seed=seed, fold=f, condition=condition,
             )  # fmt: skip
             y_true, mean, panel, how, n_train, t_fit, t_pred, train_names = result
             test_names = list(sl_test.obs_names)
@@ -315,6 +323,7 @@ def cross_validate(
         "n_genes": n_genes,
         "fraction": fraction if protocol == "hide_spots" else None,
         "pool": pool if protocol == "pool" else None,
+        "condition": condition if protocol == "pool" else None,
         "groups": list(groups) if groups is not None else None,
         "backbone": inputs.backbone_params or None,
         "max_epochs": max_epochs,

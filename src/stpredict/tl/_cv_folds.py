@@ -137,8 +137,15 @@ def pool_fold(
     max_epochs: int | None,
     seed: int | None,
     fold: int = 0,
+    condition: str = "none",
 ):
-    """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``)."""
+    """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``).
+
+    With ``condition="measured"`` the predictions are conditioned on the pooled values the way
+    ``superresolve`` conditions a grid on measured spots: each pooled pseudo-spot's members (equal weights)
+    average, in linear units, to its measured value (:func:`stpredict.pp.condition_on_spots` with the
+    membership as the overlap).
+    """
     import anndata as ad
 
     sl, geo, table = inputs.slides[i], inputs.geos[i], inputs.table(i)
@@ -195,6 +202,26 @@ def pool_fold(
     regions = Regions(geo.centers, "circle", sl.spot_diameter_um, "spots", context)
     t0 = time.perf_counter()
     mean, _ = pred.predict(pooled_slide, regions)
+    if condition == "measured":
+        mean = _condition_on_pools(mean, pooled_slide, sl, member)
     t_pred = time.perf_counter() - t0
     y_true, _, _ = targets(table, geo.rows, panel, None)
     return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)
+
+
+def _condition_on_pools(mean: np.ndarray, pooled: SlideData, sl: SlideData, member: np.ndarray) -> np.ndarray:
+    """Condition log1p predictions of the member spots on their pooled pseudo-spots (equal member weights)."""
+    import scipy.sparse as sp
+
+    from ..pp._condition import condition_on_spots
+
+    n_pool, n = len(pooled.centers_px), len(member)
+    W = sp.csr_matrix((np.ones(n), (member, np.arange(n))), shape=(n_pool, n))
+    lin = np.clip(np.expm1(np.asarray(mean, dtype=float)), 0.0, None)
+    spot_um = np.asarray(sl.centers_px) * np.asarray(sl.microns_per_pixel_xy)
+    pool_um = np.asarray(pooled.centers_px) * np.asarray(sl.microns_per_pixel_xy)
+    res = condition_on_spots(
+        lin, spot_um, pool_um, np.asarray(pooled.y_linear, dtype=float), region_kind="circle",
+        region_size_um=sl.spot_diameter_um, spot_diameter_um=pooled.spot_diameter_um, overlap=W,
+    )  # fmt: skip
+    return np.log1p(res.values).astype(np.float32)
