@@ -11,11 +11,10 @@ from ._base import (
     create_predictor,
     get_predictor_class,
     list_predictors,
-    load,
     predictors_table,
-    read_header,
     register_predictor,
 )
+from ._checkpoint import CheckpointError, load, read_header
 from ._handcrafted import HandcraftedBackbone
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline, RidgeNeighborsBaseline
 from .diffusion import CrossModalDiffusion
@@ -41,6 +40,7 @@ __all__ = [
     "pixnet",
     "stnet",
     "Backbone",
+    "CheckpointError",
     "HandcraftedBackbone",
     "HisToSGE",
     "MeanBaseline",
