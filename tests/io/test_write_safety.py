@@ -133,11 +133,14 @@ def _equal_shapes(a, b) -> None:
     pd.testing.assert_frame_equal(pd.DataFrame(a.drop(columns="geometry")), pd.DataFrame(b.drop(columns="geometry")))
 
 
-def _check_store(store: Path, original, new) -> dict[str, bool]:
-    """Every original element equal to before; every new one absent or equal to the in-memory one."""
+def _check_store(store: Path, original, new, *, images: bool = False) -> dict[str, bool]:
+    """Every original element equal to before; every new one absent or equal to its uninterrupted write.
+
+    Images are never written by write_back; reading them (~1 s) is checked where ``images``.
+    """
     from spatialdata import read_zarr
 
-    back = read_zarr(store)
+    back = read_zarr(store) if images else read_zarr(store, selection=("shapes", "tables"))
     assert set(original.tables) <= set(back.tables), f"an original table is missing: {sorted(back.tables)}"
     assert set(original.shapes) <= set(back.shapes), f"original shapes are missing: {sorted(back.shapes)}"
     for k in original.tables:
@@ -155,10 +158,11 @@ def _check_store(store: Path, original, new) -> dict[str, bool]:
         present[k] = k in back.shapes
         if present[k]:
             _equal_shapes(back.shapes[k], new.shapes[k])
-    np.testing.assert_array_equal(
-        np.asarray(back.images["he"]["scale0"].image[:, :4, :4]),
-        np.asarray(original.images["he"]["scale0"].image[:, :4, :4]),
-    )
+    if images:
+        np.testing.assert_array_equal(
+            np.asarray(back.images["he"]["scale0"].image[:, :4, :4]),
+            np.asarray(original.images["he"]["scale0"].image[:, :4, :4]),
+        )
     return present
 
 
@@ -181,7 +185,7 @@ def _kill_and_check(
     # what a reader sees right after the kill, before any recovery
     _check_store(store, original, reference)
     stp.io.recover(store)
-    after = _check_store(store, original, reference)
+    after = _check_store(store, original, reference, images=delay is None and kill_at is None)
     assert not (store / WORK_DIR).exists(), "recovery left the work folder"
     # after recovery the write happened whole or not at all
     assert all(after.values()) or not any(after.values()), after

@@ -35,7 +35,6 @@ def _slide(n: int = 40, d: int = 6, genes: int = 3, seed: int = 0) -> SlideData:
     )
 
 
-@register_predictor("_ckpt_strict")
 class _Strict(Predictor):
     """A test predictor whose set_state checks shapes the way torch's load_state_dict does."""
 
@@ -59,6 +58,16 @@ class _Strict(Predictor):
             msg = f"size mismatch for w: copying a param with shape {w.shape}"
             raise RuntimeError(msg)
         self._w = w
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _strict_registered():
+    """Register the test predictor while this module runs only (other modules list the registry)."""
+    from stpredict.models import _base
+
+    register_predictor("_ckpt_strict")(_Strict)
+    yield
+    _base._REGISTRY.pop("_ckpt_strict", None)
 
 
 @pytest.fixture(scope="module")

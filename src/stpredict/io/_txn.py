@@ -443,6 +443,10 @@ class Transaction:
         """Write element ``name`` whole into the transaction folder."""
         import zarr
 
+        if kind == "tables":
+            from spatialdata._core.validation import validate_table_attr_keys
+
+            validate_table_attr_keys(sdata[name])
         if not self.txn.exists():
             self.txn.mkdir(parents=True)
             zarr.open_group(self.txn, mode="w-")

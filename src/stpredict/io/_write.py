@@ -106,9 +106,7 @@ def write_back(
                 txn.stage(sdata, n, in_memory[n], replace=n in replace)
         except BaseException as e:
             txn.abort()
-            if isinstance(e, Exception):
-                msg = f"Writing {n!r} into {str(store)!r} failed; nothing in the store was changed."
-                raise RuntimeError(msg) from e
+            e.add_note(f"Writing {n!r} into {str(store)!r} failed before any swap: nothing in the store changed.")
             raise
         txn.commit(consolidate_metadata=refresh)
     for n in names:
