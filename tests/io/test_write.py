@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,9 +39,69 @@ def test_write_back_new_and_updated_elements(backed):
         np.asarray(back.images["he"]["scale0"].image[:, :8, :8]),
         np.asarray(sdata.images["he"]["scale0"].image[:, :8, :8]),
     )
-    # writing again replaces in place (delete-then-write) and the store still reads back
+    # nothing of the write is left in the store; its consolidated metadata lists the new elements
+    assert sorted(p.name for p in path.iterdir()) == ["images", "shapes", "tables", "zarr.json"]
+    consolidated = json.loads((path / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert {"shapes/spots_ps4", "tables/ridge_spots_ps4", "tables/table/layers/predicted"} <= set(consolidated)
+    # the object in memory still points at its store, which now holds everything
+    assert sdata.path == path
+    assert {"shapes/spots_ps4", "tables/ridge_spots_ps4"} <= set(sdata.elements_paths_on_disk())
+    # writing again replaces in place (staged, then swapped) and the store still reads back
     assert stp.io.write_back(sdata, "ridge_spots_ps4") == ["ridge_spots_ps4"]
     assert read_zarr(path).tables["ridge_spots_ps4"].n_obs == sdata.tables["ridge_spots_ps4"].n_obs
+    assert stp.io.recover(path) == []
+
+
+def test_write_back_failure_while_staging_or_swapping_changes_nothing(backed, monkeypatch):
+    from spatialdata import read_zarr
+
+    from stpredict.io import _txn
+
+    sdata, path = backed
+    sdata.tables["table"].layers["predicted"] = np.zeros(sdata.tables["table"].shape, dtype=np.float32)
+    sdata.tables["table"].uns["stpredict"] = {"note": "x"}
+    sdata.shapes["spots_copy"] = sdata.shapes["spots"].copy()
+
+    def snapshot():
+        back = read_zarr(path, selection=("tables", "shapes"))
+        return sorted(back.tables), sorted(back.shapes), sorted(back.tables["table"].layers)
+
+    before = snapshot()
+    real_write = type(sdata)._write_element
+    calls = []
+
+    def failing_write(self, *args, **kwargs):
+        calls.append(kwargs["element_name"])
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(sdata), "_write_element", failing_write)
+    with pytest.raises(OSError, match="disk full") as e:
+        stp.io.write_back(sdata)
+    assert "nothing in the store changed" in "".join(getattr(e.value, "__notes__", []))
+    monkeypatch.undo()
+    assert snapshot() == before
+    assert not (path / _txn.WORK_DIR).exists()
+
+    # a swap that fails in this process puts back the elements already swapped
+    real_put = _txn._put_in_place
+    swaps = []
+
+    def failing_put(stage, live, backup):
+        swaps.append(live)
+        if len(swaps) == 2:
+            raise PermissionError("read-only (simulated)")
+        real_put(stage, live, backup)
+
+    monkeypatch.setattr(_txn, "_put_in_place", failing_put)
+    with pytest.raises(PermissionError, match="simulated"):
+        stp.io.write_back(sdata)
+    monkeypatch.undo()
+    assert snapshot() == before
+    assert not (path / _txn.WORK_DIR).exists()
+    assert set(stp.io.write_back(sdata)) == {"table", "spots_copy"}
+    assert snapshot() != before
 
 
 def test_write_back_refuses_before_writing(backed, tmp_path):

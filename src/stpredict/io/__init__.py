@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from ._arrays import from_arrays
 from ._st import read_st
+from ._txn import StoreLockedError, recover
 from ._utils import set_microns_per_pixel, to_rgb
 from ._visium import read_visium
 from ._write import write_back
 
-__all__ = ["from_arrays", "read_st", "read_visium", "set_microns_per_pixel", "to_rgb", "write_back"]
+__all__ = [
+    "StoreLockedError",
+    "from_arrays",
+    "read_st",
+    "read_visium",
+    "recover",
+    "set_microns_per_pixel",
+    "to_rgb",
+    "write_back",
+]

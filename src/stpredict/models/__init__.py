@@ -10,11 +10,10 @@ from ._base import (
     create_predictor,
     get_predictor_class,
     list_predictors,
-    load,
     predictors_table,
-    read_header,
     register_predictor,
 )
+from ._checkpoint import CheckpointError, load, read_header
 from .backbones import Backbone, HandcraftedBackbone, TorchBackbone, get_backbone, list_backbones
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline, RidgeNeighborsBaseline
 from .diffusion import CrossModalDiffusion
@@ -32,6 +31,7 @@ __all__ = [
     "pixnet",
     "stnet",
     "Backbone",
+    "CheckpointError",
     "HandcraftedBackbone",
     "HisToSGE",
     "MeanBaseline",

@@ -5,21 +5,18 @@ from __future__ import annotations
 import abc
 import difflib
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
 from .._logging import get_logger
-from .._records import jsonable
-from .._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from .._image import ImageLevel
     from ..pp._patches import PatchExtractor
@@ -330,28 +327,13 @@ class Predictor(abc.ABC):
     def save(self, path: str | Path) -> Path:
         """Save to one ``.safetensors`` file: arrays as tensors, config/genes/preprocessing as JSON metadata.
 
-        Never pickle: a checkpoint holds only numbers and JSON.
+        Never pickle: a checkpoint holds only numbers and JSON. ``path`` without the ``.safetensors`` suffix gets
+        it (``save("dir/nsl")`` writes ``dir/nsl.safetensors``, which ``stp.models.load("dir/nsl")`` finds). The
+        file is written beside its destination and renamed into place. Returns the path written.
         """
-        from safetensors.numpy import save_file
+        from ._checkpoint import save
 
-        self._check_fitted()
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
-        state = {k: np.ascontiguousarray(v) for k, v in self.get_state().items()}
-        header = {
-            "predictor": self.name,
-            "config": self.config,
-            "genes": list(self.genes or []),
-            "preprocessing": self.preprocessing,
-            "backbone": self.backbone,
-            "training": self.training,
-            "format_version": 1,
-        }
-        header["stpredict_version"] = __version__
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata={"stpredict": json.dumps(jsonable(header))})
-        return path
+        return save(self, path)
 
     def __repr__(self) -> str:
         status = f"{len(self.genes)} genes" if self.genes else "not fitted"
@@ -534,60 +516,14 @@ def create_predictor(name: str, **config: Any) -> Predictor:
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a checkpoint (config, genes, preprocessing, backbone).
+    """The JSON header of a checkpoint; see :func:`stpredict.models._checkpoint.read_header`."""
+    from ._checkpoint import read_header as _read_header
 
-    Reads only the header, not the arrays: cheap for inspecting what a checkpoint predicts.
-
-    Parameters
-    ----------
-    path
-        A ``.safetensors`` checkpoint written by :meth:`Predictor.save`.
-
-    Returns
-    -------
-    The header as a dict: ``"predictor"`` (registered name), ``"config"``, ``"genes"``, ``"preprocessing"``,
-    ``"backbone"``, ``"training"``, ``"format_version"`` and ``"stpredict_version"``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If the file is a safetensors file without stpredict metadata.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        msg = f"Checkpoint {str(path)!r} does not exist."
-        raise FileNotFoundError(msg)
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-    if "stpredict" not in meta:
-        msg = f"{str(path)!r} is a safetensors file but not an stpredict checkpoint (no 'stpredict' metadata)."
-        raise ValueError(msg)
-    return json.loads(meta["stpredict"])
+    return _read_header(path)
 
 
 def load(path: str | Path) -> Predictor:
-    """Load a predictor saved with :meth:`Predictor.save`.
+    """Load a predictor saved with :meth:`Predictor.save`; see :func:`stpredict.models._checkpoint.load`."""
+    from ._checkpoint import load as _load
 
-    Parameters
-    ----------
-    path
-        The ``.safetensors`` checkpoint.
-
-    Returns
-    -------
-    The fitted predictor, with its genes, preprocessing and backbone settings.
-    """
-    from safetensors.numpy import load_file
-
-    header = read_header(path)
-    pred = create_predictor(header["predictor"], **header.get("config", {}))
-    pred.genes = list(header.get("genes", []))
-    pred.preprocessing = header.get("preprocessing", {})
-    pred.backbone = header.get("backbone", {})
-    pred.training = header.get("training", {})
-    pred.set_state(load_file(str(path)))
-    return pred
+    return _load(path)
