@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import stpredict as stp
-from stpredict.models.diffusion import coarse_condition, lattice_map, pool2
+from stpredict.models._diffusion_sampler import coarse_condition
+from stpredict.pp._lattice import lattice_map, pool2
 
 FAST = {"max_epochs": 12, "steps_per_epoch": 40, "n_samples": 8, "steps": 12}
 
@@ -80,7 +81,7 @@ def test_beats_bicubic_and_is_calibrated():
     """Sample mean closer to the high-resolution truth than bicubic upsampling (PCC and SSIM); 90 % coverage."""
     from scipy.ndimage import zoom
 
-    from stpredict.models.diffusion import fill
+    from stpredict.pp._lattice import fill
 
     sdata = stp.datasets.synthetic(image_size=1200, n_genes=10, depth=50, seed=5)
     genes = list(sdata.tables["table"].var_names)

@@ -27,6 +27,9 @@ encoder is the weight-free ``handcrafted`` stain/texture pyramid (the ``handcraf
 in torch, summarised at cell-to-tissue scales) with a learned decoder; any timm CNN can be the encoder instead,
 from local weights or trained from scratch (measured on the synthetic slide: from scratch on the CPU budget it
 does not learn the pattern; the pyramid does). Defaults are sized for a CPU.
+
+Code: the networks in ``_pixnet_net``, tiled inference and stitching in ``_pixnet_maps``, region aggregation in
+:mod:`stpredict.pp._aggregate`.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ import numpy as np
 from .._logging import get_logger
 from ..pp._aggregate import region_masks
 from ._base import Predictor, register_predictor
+from ._pixnet_maps import region_means, stitched_map
+from ._pixnet_net import build_network, dihedral, normalise
 from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import torch
 
     from ._base import Regions, SlideData
 
@@ -55,145 +58,6 @@ BUDGETS = {
     "cpu": {"input_mpp": 2.0, "max_epochs": 12, "batch_size": 8},
     "gpu": {"input_mpp": 1.0, "max_epochs": 60, "batch_size": 16},
 }
-
-
-def _gaussian_kernel(sigma: float) -> np.ndarray:
-    r = max(1, int(np.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / max(sigma, 1e-3)) ** 2)
-    return (k / k.sum()).astype(np.float32)
-
-
-def _build_handcrafted(n_genes: int, channels: int, out_stride: int, input_mpp: float) -> torch.nn.Module:
-    """Weight-free stain/texture pyramid encoder (the ``handcrafted`` backbone's per-pixel maps, in torch) + decoder.
-
-    Per input pixel: optical density (3), Ruifrok–Johnston H/E/D concentrations (3), grey, saturation, gradient
-    energy of grey and of hematoxylin, a nucleus-scale difference-of-Gaussians of hematoxylin, a nucleus mask and
-    a tissue mask (13 maps; filters sized in µm). Pooled to the map resolution, each map is summarised over 1, 3
-    and 9 map pixels (mean) and 3 map pixels (sd): a cell-to-tissue pyramid of 52 channels, then a learned
-    BatchNorm and a small convolutional decoder to the genes (exponential output: linear, non-negative).
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from ..pp._stain import RUIFROK_HED
-
-    hed = torch.as_tensor(np.linalg.inv(RUIFROK_HED).astype(np.float32))
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1) * 255
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) * 255
-    kernels = {
-        name: torch.as_tensor(_gaussian_kernel(sig / input_mpp))
-        for name, sig in (("fine", 0.7), ("s1", 1.5), ("s2", 4.0))
-    }
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-    n_maps = 13
-
-    def blur(a: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        r = len(k) // 2
-        c = a.shape[1]
-        a = F.conv2d(F.pad(a, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(F.pad(a, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-    def grad(a: torch.Tensor) -> torch.Tensor:
-        a = F.pad(blur(a, kernels["fine"].to(a.device)), (1, 1, 1, 1), mode="replicate")
-        gx = F.conv2d(a, sobel.to(a.device).view(1, 1, 3, 3))
-        gy = F.conv2d(a, sobel.t().to(a.device).view(1, 1, 3, 3))
-        return torch.sqrt(gx**2 + gy**2 + 1e-12)
-
-    class Pyramid(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                rgb = (x.float() * std.to(x.device) + mean.to(x.device)).clamp(0, 255)
-                od = -torch.log((rgb + 1.0) / 256.0)
-                conc = torch.einsum("bchw,cd->bdhw", od, hed.to(x.device)).clamp_min(0.0)
-                grey = rgb.mean(1, keepdim=True) / 255.0
-                mx, mn = rgb.amax(1, keepdim=True) / 255.0, rgb.amin(1, keepdim=True) / 255.0
-                sat = (mx - mn) / mx.clamp_min(1e-3)
-                hem = conc[:, :1]
-                blob = blur(hem, kernels["s1"].to(x.device)) - blur(hem, kernels["s2"].to(x.device))
-                nuclei = ((blob > 0.02) & (hem > 0.05)).float()
-                tissue = ((grey < 0.85) | (sat > 0.12)).float()
-                maps = torch.cat([od, conc, grey, sat, grad(grey), grad(hem), blob, nuclei, tissue], 1)
-                m = F.avg_pool2d(maps, out_stride)
-                m2 = F.avg_pool2d(maps**2, out_stride)
-                views = [m]
-                for k in (3, 9):
-                    views.append(F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False))
-                e2 = F.avg_pool2d(m2, 3, stride=1, padding=1, count_include_pad=False)
-                views.append(torch.sqrt((e2 - views[1] ** 2).clamp_min(0.0)))
-                return torch.cat(views, 1)
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = Pyramid()
-            self.norm = nn.BatchNorm2d(4 * n_maps)
-            self.decoder = nn.Sequential(
-                nn.Conv2d(4 * n_maps, channels, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            )  # fmt: skip
-            self.head = nn.Conv2d(channels, n_genes, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.exp(self.head(self.decoder(self.norm(self.encoder(x)))).clamp(-20.0, 20.0))
-
-    return Net()
-
-
-def _build(encoder: str, n_genes: int, channels: int, out_stride: int, input_mpp: float = 2.0) -> torch.nn.Module:
-    if encoder == "handcrafted":
-        return _build_handcrafted(n_genes, channels, out_stride, input_mpp)
-    import timm
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    enc = timm.create_model(encoder, pretrained=False, features_only=True)
-    info = enc.feature_info
-    idx = [i for i, r in enumerate(info.reduction()) if r >= out_stride] or [len(info.reduction()) - 1]
-    chans = [info.channels()[i] for i in idx]
-    reds = [info.reduction()[i] for i in idx]
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = enc
-            self.idx = idx
-            self.lateral = nn.ModuleList([nn.Conv2d(c, channels, 1) for c in chans])
-            self.smooth = nn.Sequential(
-                nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            )  # fmt: skip
-            self.head = nn.Conv2d(channels, n_genes, 1)
-            self.reductions = reds
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            feats = self.encoder(x)
-            feats = [feats[i] for i in self.idx]
-            size = (x.shape[-2] // out_stride, x.shape[-1] // out_stride)
-            y = None
-            for f, lat in sorted(zip(feats, self.lateral, strict=True), key=lambda t: t[0].shape[-1]):
-                z = lat(f.float())
-                y = z if y is None else z + F.interpolate(y, size=z.shape[-2:], mode="bilinear", align_corners=False)
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            return torch.exp(self.head(self.smooth(y)).clamp(-20.0, 20.0))
-
-    return Net()
-
-
-def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    import torch
-
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def _window(n: int) -> np.ndarray:
-    """sin² weights of a tile of ``n`` map pixels; with stride ``n/2`` they sum to one."""
-    t = (np.arange(n) + 0.5) / n
-    return np.sin(np.pi * t) ** 2
 
 
 @register_predictor("pixnet")
@@ -307,7 +171,7 @@ class PixNet(Predictor):
         dev = resolve_device(self.device)
         geo = self._resolve(dev)
         seed = seed_everything(seed)
-        net = _build(
+        net = build_network(
             self.config["encoder"], len(genes), self.config["channels"], self.config["out_stride"], geo["input_mpp"]
         )
         lin = np.concatenate(
@@ -351,8 +215,7 @@ class PixNet(Predictor):
                     if not inside.any():
                         continue
                     m = region_masks((n_map, n_map), centers=local[inside], size=2 * r, kind="circle")
-                    dense = np.zeros((int(inside.sum()), n_map, n_map), np.float32)
-                    dense[m.region, m.rows, m.cols] = m.weight
+                    dense = m.to_dense((n_map, n_map))
                     yield s, origin + tile_um / 2, dense, y[inside]
 
         def batches(rng, *, want_val):
@@ -426,19 +289,11 @@ class PixNet(Predictor):
         mk = torch.as_tensor(masks, device=dev)
         if rng is not None:
             k = int(rng.integers(8))
-            x, mk = _dihedral(x, k), _dihedral(mk, k)
-        x = self._normalise(x)
+            x, mk = dihedral(x, k), dihedral(mk, k)
+        x = normalise(x)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x, mk, torch.as_tensor(ys, device=dev), torch.as_tensor(valid, device=dev)
-
-    @staticmethod
-    def _normalise(x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        mean = torch.tensor((0.485, 0.456, 0.406), device=x.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor((0.229, 0.224, 0.225), device=x.device).view(1, 3, 1, 1) * 255
-        return (x - mean) / std
 
     def _load_encoder(self, net) -> None:
         from .backbones import load_trunk_weights, load_weights_file
@@ -447,50 +302,7 @@ class PixNet(Predictor):
         what = f"encoder {self.config['encoder']} from {path}"
         load_trunk_weights(net.encoder, load_weights_file(path), what=what, features_only=True)
 
-    # -- inference -----------------------------------------------------------------------------------
-    def _tile_grid(self, lo_um: np.ndarray, hi_um: np.ndarray, geo: dict) -> tuple[np.ndarray, int]:
-        """Tile origins (µm, on the map grid) covering [lo, hi] with half-tile stride and one tile of margin."""
-        map_um, n_map = geo["map_um"], geo["tile_map_px"]
-        half = n_map // 2
-        start = np.floor(lo_um / map_um) - n_map  # in map px
-        stop = np.ceil(hi_um / map_um) + half
-        xs = np.arange(start[0], stop[0], half)
-        ys = np.arange(start[1], stop[1], half)
-        gx, gy = np.meshgrid(xs, ys)
-        return np.column_stack([gx.ravel(), gy.ravel()]) * map_um, n_map
-
-    def _tile_maps(self, slide: SlideData, origins_um: np.ndarray, geo: dict, dev: Any, *, window: bool = True):
-        """Yield ``(origin_um, weighted map (G, n, n))`` for each tile, in batches."""
-        import torch
-
-        from ..pp._patches import PatchExtractor
-        from ._device import autocast
-
-        mpp = np.asarray(slide.microns_per_pixel_xy)
-        n_map = geo["tile_map_px"]
-        # each tile is computed with a context margin of a quarter tile on every side, then cropped: the
-        # network sees real tissue, not padding, around the part of the map that is kept
-        ctx = max(2, n_map // 4)
-        full = n_map + 2 * ctx
-        stride = self.config["out_stride"]
-        w1 = _window(n_map)
-        win = torch.as_tensor(np.outer(w1, w1) if window else np.ones((n_map, n_map)), device=dev, dtype=torch.float32)
-        centres = (origins_um + geo["tile_um"] / 2) / mpp
-        ext = PatchExtractor(
-            slide.image_levels, centres, tuple(mpp), size_um=full * geo["map_um"], patch_px=full * stride
-        )
-        net = self._net.to(dev).eval()
-        bs = 16
-        with torch.inference_mode(), autocast(dev):
-            for s0 in range(0, len(origins_um), bs):
-                idx = np.arange(s0, min(s0 + bs, len(origins_um)))
-                x = self._normalise(torch.as_tensor(ext.read(idx), device=dev).float())
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                maps = net(x).float()[:, :, ctx : ctx + n_map, ctx : ctx + n_map] * win
-                for j, i in enumerate(idx):
-                    yield origins_um[i], maps[j].cpu().numpy()
-
+    # -- inference ---------------------------------------------------------------------------------
     def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, None]:
         """Region means of the stitched map (linear), then log1p — the package's output scale."""
         from ._device import resolve_device
@@ -498,50 +310,9 @@ class PixNet(Predictor):
         self._check_fitted()
         dev = resolve_device(self.device)
         geo = self._geometry()
-        map_um, n_map = geo["map_um"], geo["tile_map_px"]
-        c_um = regions.centers_um(slide)
-        polys = regions.meta.get("polygons_um")
-        half_ext = (
-            regions.size_um / 2
-            if polys is None
-            else max(max(p.bounds[2] - p.bounds[0], p.bounds[3] - p.bounds[1]) for p in polys) / 2
+        lin = region_means(
+            self._net, slide, regions, geo, dev, out_stride=self.config["out_stride"], n_genes=len(self.genes)
         )
-        lo, hi = c_um.min(0) - half_ext, c_um.max(0) + half_ext
-        origins, _ = self._tile_grid(lo, hi, geo)
-        num = np.zeros((regions.n, len(self.genes)))
-        area = np.zeros(regions.n)
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(c_um)
-        reach = geo["tile_um"] * 0.75 + half_ext
-        for origin, wmap in self._tile_maps(slide, origins, geo, dev):
-            centre = origin + geo["tile_um"] / 2
-            hits = tree.query_ball_point(centre, reach)
-            if not hits:
-                continue
-            hits = np.asarray(hits)
-            if polys is None:
-                local = (c_um[hits] - origin) / map_um
-                m = region_masks((n_map, n_map), centers=local, size=regions.size_um / map_um, kind=regions.kind)
-            else:
-                from shapely import affinity
-
-                local = [
-                    affinity.affine_transform(
-                        polys[h], [1 / map_um, 0, 0, 1 / map_um, -origin[0] / map_um, -origin[1] / map_um]
-                    )
-                    for h in hits
-                ]
-                m = region_masks((n_map, n_map), polygons=local)
-            if len(m.region) == 0:
-                continue
-            w1 = _window(n_map)
-            wgt = m.weight * w1[m.rows] * w1[m.cols]
-            vals = wmap[:, m.rows, m.cols] * m.weight[None]
-            np.add.at(num, hits[m.region], vals.T)
-            np.add.at(area, hits[m.region], wgt)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lin = num / area[:, None]
         return np.log1p(np.maximum(lin, 0.0)).astype(np.float32), None
 
     def predict_map(
@@ -564,42 +335,10 @@ class PixNet(Predictor):
         self._check_fitted()
         dev = resolve_device(self.device)
         geo = self._geometry(tile_map_px)
-        map_um, n_map = geo["map_um"], geo["tile_map_px"]
-        x0, y0, x1, y1 = bbox_um
-        g0 = np.floor(np.array([x0, y0]) / map_um)
-        g1 = np.ceil(np.array([x1, y1]) / map_um)
-        w, h = (g1 - g0).astype(int)
-        G = len(self.genes)
-        if single_tile:
-            n = int(max(w, h))
-            n += n % 2
-            geo1 = {**geo, "tile_map_px": n, "tile_px": n * self.config["out_stride"], "tile_um": n * map_um}
-            origin = g0 * map_um
-            ext_map = next(self._tile_maps(slide, origin[None], geo1, dev, window=False))[1]
-            return ext_map[:, :h, :w].astype(np.float32), map_um, (float(origin[0]), float(origin[1]))
-        wsum = np.zeros((h, w), np.float32)
-        if store is None:
-            out = np.zeros((G, h, w), np.float32)
-        else:
-            import zarr
-
-            out = zarr.open_array(str(store), mode="w", shape=(G, h, w), chunks=(G, 512, 512), dtype="f4")
-        w1 = _window(n_map)
-        win = np.outer(w1, w1).astype(np.float32)
-        origins, _ = self._tile_grid(g0 * map_um, g1 * map_um, geo)
-        for origin, wmap in self._tile_maps(slide, origins, geo, dev):
-            o = np.round(origin / map_um).astype(int) - g0.astype(int)
-            ys, xs = max(o[1], 0), max(o[0], 0)
-            ye, xe = min(o[1] + n_map, h), min(o[0] + n_map, w)
-            if ys >= ye or xs >= xe:
-                continue
-            patch = wmap[:, ys - o[1] : ye - o[1], xs - o[0] : xe - o[0]]
-            out[:, ys:ye, xs:xe] = out[:, ys:ye, xs:xe] + patch
-            wsum[ys:ye, xs:xe] += win[ys - o[1] : ye - o[1], xs - o[0] : xe - o[0]]
-        # normalise by the summed window (exactly one in the interior; corrects the bbox's edges)
-        for r0 in range(0, h, 512):
-            out[:, r0 : r0 + 512] = out[:, r0 : r0 + 512] / np.maximum(wsum[r0 : r0 + 512], 1e-6)
-        return out, map_um, (float(g0[0] * map_um), float(g0[1] * map_um))
+        return stitched_map(
+            self._net, slide, bbox_um, geo, dev, out_stride=self.config["out_stride"], n_genes=len(self.genes),
+            store=store, single_tile=single_tile,
+        )  # fmt: skip
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Encoder and decoder weights."""
@@ -607,7 +346,7 @@ class PixNet(Predictor):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Rebuild the network and load its weights."""
-        net = _build(
+        net = build_network(
             self.config["encoder"],
             int(np.asarray(state["n_genes"]).ravel()[0]),
             self.config["channels"],

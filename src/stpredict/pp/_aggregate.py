@@ -1,4 +1,14 @@
-"""Region aggregation of dense maps: exact-coverage masks of circles, squares and polygons on a raster."""
+"""Region aggregation of dense maps, in linear space: the one place where a map becomes region means.
+
+A dense map holds normalised expression in linear units (non-negative) on a raster. A region's value is the
+mean of the map over the region, each raster cell weighted by the fraction of it the region covers:
+``mean_r = Σ_cells w(r, cell) · map(cell) / Σ_cells w(r, cell)``. Logs (log1p) are taken after aggregation,
+never before (the mean of logs is not the log of the mean). The weights come from :func:`region_masks`
+(circles, squares and polygons on a square raster, exact to ``1 / supersample²``; lengths in µm or pixels
+through ``origin`` and ``cell_size``) or from another raster's own mask builder (e.g.
+:meth:`stpredict.pp._lattice.LatticeMap.region_masks` for spot-lattice maps); :class:`RegionSums` accumulates
+the sums over maps seen piece by piece (tiles), and :func:`aggregate_map` is its one-raster form.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["RegionMasks", "aggregate_map", "region_masks"]
+__all__ = ["RegionMasks", "RegionSums", "aggregate_map", "region_masks"]
 
 
 @dataclass
@@ -39,6 +49,55 @@ class RegionMasks:
         """Covered area of every region, in raster cells."""
         return np.bincount(self.region, weights=self.weight, minlength=self.n_regions)
 
+    def to_dense(self, shape: tuple[int, int]) -> np.ndarray:
+        """``(n_regions, rows, cols)`` float32 coverage (for aggregating batches of maps in torch)."""
+        dense = np.zeros((self.n_regions, *shape), np.float32)
+        dense[self.region, self.rows, self.cols] = self.weight
+        return dense
+
+
+class RegionSums:
+    """Running sums ``Σ w · map`` and ``Σ w`` of regions over maps seen piece by piece (e.g. stitched tiles).
+
+    Parameters
+    ----------
+    n_regions
+        Number of regions.
+    n_channels
+        Channels of the maps (genes).
+    """
+
+    def __init__(self, n_regions: int, n_channels: int) -> None:
+        self.num = np.zeros((n_regions, n_channels))
+        self.area = np.zeros(n_regions)
+
+    def add(
+        self,
+        values: np.ndarray,
+        masks: RegionMasks,
+        *,
+        regions: np.ndarray | None = None,
+        window: np.ndarray | None = None,
+    ) -> None:
+        """Add a ``(channels, h, w)`` linear map on the masks' raster.
+
+        ``regions`` maps the masks' region numbers to this accumulator's (default: the same numbers).
+        ``window`` is an ``(h, w)`` weight the map already carries (a stitching window: overlapping tiles whose
+        windows sum to one make the sum over tiles of ``window · map`` the stitched map); the area is counted with
+        the same weight, so :meth:`means` is the mean of the stitched map.
+        """
+        v = np.asarray(values)
+        vals = v[:, masks.rows, masks.cols] * masks.weight[None]
+        wgt = masks.weight if window is None else masks.weight * window[masks.rows, masks.cols]
+        reg = masks.region if regions is None else np.asarray(regions)[masks.region]
+        np.add.at(self.num, reg, vals.T)
+        np.add.at(self.area, reg, wgt)
+
+    def means(self) -> np.ndarray:
+        """``(n_regions, channels)`` float64 weighted means; NaN where a region has no coverage."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.num / self.area[:, None]
+
 
 def region_masks(
     shape: tuple[int, int],
@@ -48,6 +107,8 @@ def region_masks(
     kind: str = "circle",
     polygons: Sequence[Any] | None = None,
     supersample: int = 4,
+    origin: Sequence[float] | np.ndarray | None = None,
+    cell_size: float = 1.0,
 ) -> RegionMasks:
     """Coverage of regions on a raster of ``shape`` (rows, cols), in raster-cell units.
 
@@ -57,8 +118,9 @@ def region_masks(
     ``1 / supersample²``). Parts outside the raster are dropped (callers can compare :meth:`RegionMasks.area`
     with the full area to handle regions cut by the raster's border).
 
-    All lengths are in raster cells, not µm or image pixels: convert first (e.g. divide µm by the µm per
-    raster cell).
+    Lengths are in raster cells unless ``origin`` / ``cell_size`` say otherwise: with them, ``centers``,
+    ``size`` and ``polygons`` are in any unit (µm, image pixels), the raster's corner ``(0, 0)`` sits at
+    ``origin`` and one cell is ``cell_size`` wide.
 
     Parameters
     ----------
@@ -77,6 +139,10 @@ def region_masks(
         ``centers``, ``size`` and ``kind`` are ignored.
     supersample
         Sub-points per cell side: coverage is counted on ``supersample²`` points per cell.
+    origin
+        ``(x, y)`` of the raster's corner in the unit of ``centers`` (default: 0, 0).
+    cell_size
+        Side of a raster cell in the unit of ``centers``, ``size`` and ``polygons``.
 
     Returns
     -------
@@ -97,6 +163,16 @@ def region_masks(
     >>> m.area()
     array([16.])
     """
+    if origin is not None or cell_size != 1.0:
+        o = np.zeros(2) if origin is None else np.asarray(origin, dtype=float)
+        if polygons is not None:
+            from shapely import affinity
+
+            t = [1 / cell_size, 0, 0, 1 / cell_size, -o[0] / cell_size, -o[1] / cell_size]
+            polygons = [affinity.affine_transform(p, t) for p in polygons]
+        else:
+            centers = (np.asarray(centers, dtype=float) - o) / cell_size
+            size = np.asarray(size, dtype=float) / cell_size
     h, w = shape
     s = int(supersample)
     sub = (np.arange(s) + 0.5) / s
@@ -189,9 +265,6 @@ def aggregate_map(values: np.ndarray, masks: RegionMasks) -> np.ndarray:
     (2, 3)
     """
     v = np.asarray(values)
-    vals = v[:, masks.rows, masks.cols] * masks.weight[None]
-    num = np.zeros((masks.n_regions, v.shape[0]))
-    np.add.at(num, masks.region, vals.T)
-    area = masks.area()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / area[:, None]
+    sums = RegionSums(masks.n_regions, v.shape[0])
+    sums.add(v, masks)
+    return sums.means()

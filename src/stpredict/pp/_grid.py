@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 from .._docs import doc_params
 from .._keys import canonical_grid_name, parse_grid_name
 from .._logging import get_logger
+from ._lattice import Lattice, fit_lattice
 from ._tissue import TissueMask, tissue_mask
 
 if TYPE_CHECKING:
@@ -22,133 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["GridPoints", "Lattice", "fit_lattice", "grid", "make_grid"]
 
 logger = get_logger(__name__)
-
-
-@dataclass
-class Lattice:
-    """A spot lattice ``p = origin + basis @ c`` with integer ``c``, in level-0 pixels.
-
-    Attributes
-    ----------
-    origin
-        ``(2,)`` position of lattice point ``c = 0``.
-    basis
-        ``(2, 2)`` columns ``u1, u2``: the two shortest independent neighbour vectors.
-    coords
-        ``(n, 2)`` integer lattice coordinates of the measured spots.
-    residual
-        Median distance (px) of the spots from their fitted lattice positions.
-    """
-
-    origin: np.ndarray
-    basis: np.ndarray
-    coords: np.ndarray
-    residual: float
-
-    @property
-    def pitch(self) -> float:
-        """Length of the longer basis vector (centre-to-centre spacing), in px."""
-        return float(np.linalg.norm(self.basis, axis=0).max())
-
-
-def fit_lattice(centers: np.ndarray) -> Lattice:
-    """Fit the measured spots' lattice (square, hexagonal or centred-rectangular alike).
-
-    The basis is taken from the two most frequent directions among near-nearest-neighbour vectors, then the
-    full affine ``origin + basis @ c`` is refitted by least squares on all spots, which absorbs anisotropic
-    scans. Raises if the spots do not sit on a lattice.
-
-    Neighbour vectors are those between 0.5 and 1.25 times the median nearest-neighbour distance, binned by
-    direction in 10° steps; the second basis vector comes from the most frequent direction at least 30°
-    away from the first. Missing spots (e.g. off tissue) do not matter, as long as each spot has neighbours.
-
-    Parameters
-    ----------
-    centers
-        ``(n, 2)`` spot centres, x then y, in level-0 pixels (at least 4 spots). Any unit works: the lattice
-        comes back in the unit of ``centers``.
-
-    Returns
-    -------
-    A :class:`Lattice`: ``origin`` and ``basis`` in the unit of ``centers``, the integer lattice ``coords`` of
-    every spot (in the order of ``centers``) and the median ``residual`` of the fit.
-
-    Raises
-    ------
-    ValueError
-        If there are fewer than 4 spots, if the neighbour vectors have only one direction (a single row of
-        spots), or if the median residual exceeds 0.2 times the median nearest-neighbour distance (the spots
-        are not on a regular lattice; square bins still work).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from stpredict.pp import fit_lattice
-    >>> xy = np.array([(100.0 * i + 50.0 * (j % 2), 86.6 * j) for j in range(4) for i in range(5)])
-    >>> lat = fit_lattice(xy)
-    >>> round(lat.pitch)
-    100
-    """
-    centers = np.asarray(centers, dtype=float)
-    n = len(centers)
-    if n < 4:
-        msg = f"At least 4 spots are needed to fit their lattice, got {n}."
-        raise ValueError(msg)
-    tree = cKDTree(centers)
-    k = min(9, n)
-    dist, nbr = tree.query(centers, k=k)
-    d_min = float(np.median(dist[:, 1]))
-    vec = (centers[nbr[:, 1:]] - centers[:, None, :]).reshape(-1, 2)
-    length = np.linalg.norm(vec, axis=1)
-    vec = vec[(length > 0.5 * d_min) & (length < 1.25 * d_min)]
-    # fold into the half plane and cluster by direction
-    flip = (vec[:, 1] < 0) | ((vec[:, 1] == 0) & (vec[:, 0] < 0))
-    vec[flip] *= -1
-    ang = np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 180.0
-    bins = np.round(ang / 10.0).astype(int) % 18
-    counts = np.bincount(bins, minlength=18)
-    order = np.argsort(-counts)
-    first = order[0]
-
-    def members(b: int) -> np.ndarray:
-        # a direction bin and its neighbours (clusters straddling a bin edge)
-        sel = np.isin(bins, [(b - 1) % 18, b, (b + 1) % 18])
-        a = ang[sel]
-        ref = b * 10.0
-        close = np.abs(((a - ref + 90) % 180) - 90) <= 10.0
-        v = vec[sel][close]
-        # align signs with the reference direction
-        r = np.array([np.cos(np.radians(ref)), np.sin(np.radians(ref))])
-        v[v @ r < 0] *= -1
-        return v
-
-    u1 = np.median(members(first), axis=0)
-    u2 = None
-    for b in order[1:]:
-        if counts[b] < max(3, 0.1 * counts[first]):
-            break
-        diff = abs(((b - first) * 10 + 90) % 180 - 90)
-        if diff >= 30:
-            u2 = np.median(members(b), axis=0)
-            break
-    if u2 is None:
-        msg = "The spots do not form a 2-D lattice (one neighbour direction only): use square bins (bin_size=...)."
-        raise ValueError(msg)
-    basis = np.column_stack([u1, u2])
-    origin = centers[np.argmin(centers.sum(axis=1))]
-    c = np.round(np.linalg.solve(basis, (centers - origin).T).T).astype(np.int64)
-    design = np.column_stack([c, np.ones(n)])
-    coef, *_ = np.linalg.lstsq(design, centers, rcond=None)
-    basis, origin = coef[:2].T, coef[2]
-    c = np.round(np.linalg.solve(basis, (centers - origin).T).T).astype(np.int64)
-    resid = float(np.median(np.linalg.norm(centers - (c @ basis.T + origin), axis=1)))
-    if resid > 0.2 * d_min:
-        msg = (
-            f"The spots do not sit on a regular lattice (median residual {resid:.1f} px for a {d_min:.1f} px "
-            "spacing): pseudo-spot grids need one. Use square bins (bin_size=...) instead."
-        )
-        raise ValueError(msg)
-    return Lattice(origin=origin, basis=basis, coords=c, residual=resid)
 
 
 def _encode(keys: np.ndarray) -> np.ndarray:

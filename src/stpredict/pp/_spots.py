@@ -17,7 +17,7 @@ from .._validate import pick_key, table_region
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["SpotGeometry", "spots"]
+__all__ = ["SpotGeometry", "image_microns_per_pixel", "spots"]
 
 logger = get_logger(__name__)
 
@@ -341,15 +341,52 @@ def spots(
     )
 
 
+def _explicit_mpp(explicit: float) -> tuple[tuple[float, float], str]:
+    value = float(explicit)
+    if not np.isfinite(value) or value <= 0:
+        msg = f"microns_per_pixel must be a positive number, got {explicit!r}."
+        raise ValueError(msg)
+    return (value, value), "explicit"
+
+
+def _no_mpp_error(image_key: str) -> ValueError:
+    msg = (
+        f"No physical pixel size for image {image_key!r}: pass microns_per_pixel=..., or record it once with "
+        f"`stp.io.set_microns_per_pixel(sdata, value, image_key={image_key!r})` (a Scale to the "
+        f"{MICRONS_CS!r} coordinate system)."
+    )
+    return ValueError(msg)
+
+
+def image_microns_per_pixel(
+    sdata: SpatialData, *, image_key: str | None = None, microns_per_pixel: float | None = None
+) -> float:
+    """µm per level-0 pixel of an image, by the rules of :func:`spots` (ARCHITECTURE.md, "Physical units").
+
+    In order: an explicit ``microns_per_pixel``; the image's transformation to the ``micrometers`` coordinate
+    system; the spots' (a ``micrometers`` transformation of the spots, or Visium's 55 µm spot diameter), when
+    the SpatialData has spots on this image; otherwise the same clear error as :func:`spots`. Anisotropic pixels
+    give the geometric mean of the two axes.
+    """
+    image_key = pick_key(sdata, "images", image_key)
+    if microns_per_pixel is not None:
+        return _explicit_mpp(microns_per_pixel)[0][0]
+    image = sdata.images[image_key]
+    if MICRONS_CS in _coordinate_systems(image):
+        lin = _affine(image, MICRONS_CS)[:2, :2]
+        return float(np.sqrt(np.linalg.norm(lin[:, 0]) * np.linalg.norm(lin[:, 1])))
+    try:
+        geo = spots(sdata, image_key=image_key, check_image=False)
+    except (KeyError, ValueError) as e:  # no spots on this image (or no pixel size through them either)
+        raise _no_mpp_error(image_key) from e
+    return geo.microns_per_pixel
+
+
 def _resolve_mpp(
     sdata, image, shapes, table, cs, a_image, a_shapes, diameter_px, explicit, image_key
 ) -> tuple[tuple[float, float], str]:
     if explicit is not None:
-        value = float(explicit)
-        if not np.isfinite(value) or value <= 0:
-            msg = f"microns_per_pixel must be a positive number, got {explicit!r}."
-            raise ValueError(msg)
-        return (value, value), "explicit"
+        return _explicit_mpp(explicit)
     image_cs = _coordinate_systems(image)
     m = None
     if MICRONS_CS in image_cs:
@@ -364,9 +401,4 @@ def _resolve_mpp(
     if _is_visium(table):
         value = VISIUM_SPOT_UM / diameter_px
         return (value, value), "visium"
-    msg = (
-        f"No physical pixel size for image {image_key!r}: pass microns_per_pixel=..., or record it once with "
-        f"`stp.io.set_microns_per_pixel(sdata, value, image_key={image_key!r})` (a Scale to the "
-        f"{MICRONS_CS!r} coordinate system)."
-    )
-    raise ValueError(msg)
+    raise _no_mpp_error(image_key)

@@ -10,6 +10,7 @@ import numpy as np
 from .._docs import doc_params
 from .._image import image_levels
 from .._validate import pick_key
+from ._spots import image_microns_per_pixel
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -71,8 +72,9 @@ def tissue_mask(
     image_key
         The H&E image; ``None`` if there is only one.
     microns_per_pixel
-        Level-0 pixel size, to size the morphology in µm; ``None`` assumes 1 µm/px unless the image has a
-        ``"micrometers"`` transformation.
+        Level-0 pixel size, to size the morphology in µm; ``None`` resolves it as :func:`stpredict.pp.spots`
+        does (the image's ``"micrometers"`` transformation, else the spots' pixel size) and raises a
+        :class:`ValueError` when it is unknown.
     min_side_px
         Smallest side of the level used.
     closing_um
@@ -83,6 +85,11 @@ def tissue_mask(
     Returns
     -------
     A :class:`TissueMask`.
+
+    Raises
+    ------
+    ValueError
+        If ``microns_per_pixel`` is None and the pixel size is not recorded.
     """
     from scipy import ndimage as ndi
     from skimage import filters, morphology
@@ -92,18 +99,7 @@ def tissue_mask(
     levels = image_levels(element)
     ok = [i for i, lv in enumerate(levels) if min(lv.shape_yx) >= min_side_px]
     lv = levels[max(ok) if ok else 0]
-    mpp0 = microns_per_pixel
-    if mpp0 is None:
-        from spatialdata.transformations import get_transformation
-
-        from .._keys import MICRONS_CS
-
-        ts = get_transformation(element, get_all=True)
-        if MICRONS_CS in ts:
-            m = np.asarray(ts[MICRONS_CS].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
-            mpp0 = float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
-        else:
-            mpp0 = 1.0
+    mpp0 = image_microns_per_pixel(sdata, image_key=image_key, microns_per_pixel=microns_per_pixel)
     mpp = mpp0 * np.sqrt(lv.factor_x * lv.factor_y)
     rgb = np.asarray(lv.array[:3].compute()).astype(np.float32) / 255.0
     mx, mn = rgb.max(axis=0), rgb.min(axis=0)
