@@ -211,7 +211,7 @@ def test_predicted_vs_measured_draws_the_asked_gene(hand_predicted):
     assert axes[0].get_ylabel() == "y (µm)"
     assert axes[2].get_xlabel() == "x (µm)"
     assert axes[1].get_ylabel() == ""
-    bars = [ax for ax in axes[4:]]
+    bars = axes[4:]
     assert [b.get_ylabel() for b in bars] == ["log1p(counts per 10k)"] * 2
     assert fig.get_layout_engine() is not None
     _inside_figure(fig)
