@@ -45,7 +45,8 @@ def _sort_legend(ax: Axes) -> None:
         return
     texts = legend.get_texts()
     labels = [t.get_text() for t in texts]
-    handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    artists, names = ax.get_legend_handles_labels()
+    handles = dict(zip(names, artists, strict=True))
     if not all(lab in handles for lab in labels):
         handles = dict(zip(labels, legend.legend_handles, strict=True))
     order = sorted(labels, key=_natural_key)
