@@ -183,6 +183,139 @@ def test_score_table(pair):
 
 
 # -------------------------------------------------------------------------------------------------
+# out-of-fold predictions: per fold, then averaged over folds
+# -------------------------------------------------------------------------------------------------
+def _blocked_slide(n_folds=5, n_per_fold=60, n_genes=8, seed=0):
+    """Spots in spatial strips (one fold each) over genes with a spatial gradient plus noise."""
+    rng = np.random.default_rng(seed)
+    n = n_folds * n_per_fold
+    x = np.sort(rng.uniform(0, 1, n))
+    folds = np.repeat(np.arange(n_folds), n_per_fold)  # strips along x, as spatial blocks are
+    slope = rng.uniform(0.5, 2.0, n_genes)
+    truth = x[:, None] * slope + rng.normal(0, 0.3, (n, n_genes))
+    return truth, folds
+
+
+def _training_means(truth, folds):
+    """Each fold predicted by the mean of the other folds (the ``mean`` baseline, out-of-fold)."""
+    pred = np.empty_like(truth)
+    for f in np.unique(folds):
+        pred[folds == f] = truth[folds != f].mean(0)
+    return pred
+
+
+def test_constant_per_fold_predictor_scores_zero():
+    truth, folds = _blocked_slide()
+    pred = _training_means(truth, folds)
+    pooled = M.pearson_per_gene(truth, pred)
+    assert np.median(pooled) < -0.2  # pooling folds turns each fold's offset into an anti-correlation
+    per_fold = M.pearson_per_gene(truth, pred, folds=folds)
+    assert np.abs(per_fold).mean() < 0.01
+    np.testing.assert_array_equal(per_fold, 0.0)
+    # with a little noise on the constant (a model that is almost constant): still ~0, never ~-0.2
+    noisy = pred + np.random.default_rng(1).normal(0, 1e-3, pred.shape)
+    assert np.abs(M.pearson_per_gene(truth, noisy, folds=folds)).mean() < 0.1
+    assert np.abs(M.spearman_per_gene(truth, noisy, folds=folds)).mean() < 0.1
+    table = M.score_table(truth, pred, folds=folds)
+    assert list(table.columns) == ["pearson", "spearman", "mse", "mae", "truth_var", "n"]
+    np.testing.assert_array_equal(table["pearson"], 0.0)
+
+
+def test_per_fold_is_the_size_weighted_mean_of_each_fold(pair):
+    t, p = pair
+    folds = np.array([0] * 10 + [1] * 25 + [2] * 5)
+    t = t.copy()
+    t[folds == 2, 1] = 3.0  # gene 1 is constant within fold 2: NaN there, left out of its mean
+    t[:, 5] = 1.0  # gene 5 is constant everywhere: NaN
+    fs = M.fold_scores(t, p, folds, genes=[f"g{i}" for i in range(6)])
+    assert list(fs.columns) == ["fold", "gene", "pearson", "spearman", "mse", "mae", "truth_var", "n"]
+    assert len(fs) == 3 * 6
+    for fn, col in [(M.pearson_per_gene, "pearson"), (M.spearman_per_gene, "spearman")]:
+        got = fn(t, p, folds=folds)
+        for g in range(6):
+            vals = np.array([fn(t[folds == f][:, [g]], p[folds == f][:, [g]])[0] for f in range(3)])
+            w = np.array([10.0, 25.0, 5.0]) * np.isfinite(vals)
+            expected = np.nan if w.sum() == 0 else np.nansum(vals * w) / w.sum()
+            np.testing.assert_allclose(got[g], expected, rtol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(fs.loc[fs["gene"] == f"g{g}", col], vals, rtol=1e-12, equal_nan=True)
+    assert np.isnan(M.pearson_per_gene(t, p, folds=folds)[5])
+    assert np.isfinite(M.pearson_per_gene(t, p, folds=folds)[1])
+    # MSE and MAE weighted by fold size are those over all spots
+    np.testing.assert_allclose(M.mse_per_gene(t, p, folds=folds), M.mse_per_gene(t, p), rtol=1e-12)
+    np.testing.assert_allclose(M.mae_per_gene(t, p, folds=folds), M.mae_per_gene(t, p), rtol=1e-12)
+    # one fold is the pooled form; any labels work
+    np.testing.assert_allclose(M.pearson_per_gene(t, p, folds=np.zeros(40)), M.pearson_per_gene(t, p))
+    labels = np.where(folds == 0, "a", np.where(folds == 1, "b", "c"))
+    np.testing.assert_allclose(M.pearson_per_gene(t, p, folds=labels), M.pearson_per_gene(t, p, folds=folds))
+    with pytest.raises(ValueError, match="one fold label per spot"):
+        M.pearson_per_gene(t, p, folds=folds[:-1])
+
+
+def test_score_table_docstring_example():
+    t = np.arange(1.0, 7.0)[:, None]
+    p = np.array([5.0, 5.0, 5.0, 2.0, 2.0, 2.0])[:, None]
+    assert M.score_table(t, p)["pearson"].iloc[0] == pytest.approx(-0.878, abs=1e-3)
+    assert M.score_table(t, p, folds=[0, 0, 0, 1, 1, 1])["pearson"].iloc[0] == 0.0
+
+
+def _hand_predicted_slide(seed=0):
+    """A synthetic slide whose "out-of-fold predictions" are written by hand: spatial strips as folds, each
+    predicted by the mean of the other strips (log1p of counts per 10k, the evaluate scale)."""
+    import stpredict as stp
+
+    sdata = stp.datasets.synthetic(image_size=1024, n_genes=6, seed=seed)
+    table = sdata.tables["table"]
+    X = table.X.toarray().astype(float)
+    y = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    x = np.asarray(table.obsm["spatial"])[:, 0]
+    folds = np.searchsorted(np.quantile(x, [0.2, 0.4, 0.6, 0.8]), x, side="right").astype(np.int32)
+    table.layers["predicted"] = _training_means(y, folds).astype(np.float32)
+    table.var["predicted"] = True
+    table.uns["stpredict"] = {"predicted": {"model": "mean", "mode": "out-of-fold", "oof_fold": folds}}
+    return sdata, y, folds
+
+
+def test_evaluate_scores_per_fold():
+    import stpredict as stp
+
+    sdata, y, folds = _hand_predicted_slide()
+    scores = stp.tl.evaluate(sdata)
+    assert list(scores.columns) == ["pearson", "spearman", "mse", "mae", "truth_var", "n"]
+    assert scores.attrs["oof_scoring"] == "per_fold"
+    assert scores.attrs["fold_sizes"] == {f: int((folds == f).sum()) for f in range(5)}
+    assert set(scores.attrs["pearson_per_fold"]) == set(range(5))
+    valid = scores["pearson"].dropna()
+    assert len(valid) >= 4
+    assert valid.abs().mean() < 0.01  # a constant per fold scores 0
+    assert scores.attrs["summary"]["mean"] == pytest.approx(valid.mean())
+    # the pooled form, on request, is one correlation over all spots (negative here)
+    pooled = stp.tl.evaluate(sdata, oof_scoring="pooled")
+    assert pooled.attrs["oof_scoring"] == "pooled"
+    assert list(pooled.columns) == list(scores.columns)
+    expected = M.score_table(y, sdata.tables["table"].layers["predicted"], list(sdata.tables["table"].var_names))
+    np.testing.assert_allclose(pooled["pearson"], expected["pearson"], rtol=1e-4, atol=1e-5)
+    assert pooled["pearson"].median() < -0.1
+    np.testing.assert_allclose(pooled["mse"], scores["mse"], rtol=1e-5)
+    with pytest.raises(ValueError, match="oof_scoring"):
+        stp.tl.evaluate(sdata, oof_scoring="mean")
+
+
+def test_evaluate_without_folds_and_mismatched_folds():
+    import stpredict as stp
+
+    sdata, y, folds = _hand_predicted_slide()
+    table = sdata.tables["table"]
+    del table.uns["stpredict"]["predicted"]["oof_fold"]  # e.g. a fitted model's predictions
+    scores = stp.tl.evaluate(sdata)
+    assert scores.attrs["oof_scoring"] == "all spots"
+    assert scores.attrs["fold_sizes"] == {}
+    table.uns["stpredict"]["predicted"]["oof_fold"] = folds[:-1]
+    with pytest.raises(ValueError, match="oof_scoring='pooled'"):
+        stp.tl.evaluate(sdata)
+    assert stp.tl.evaluate(sdata, oof_scoring="pooled").attrs["oof_scoring"] == "all spots"
+
+
+# -------------------------------------------------------------------------------------------------
 # maps
 # -------------------------------------------------------------------------------------------------
 def test_rasterize_means_and_empty_cells():

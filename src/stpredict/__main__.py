@@ -1,4 +1,4 @@
-"""``python -m stpredict demo``: the main job on the embedded mouse olfactory bulb section."""
+"""The command line, ``python -m stpredict demo``: the main job on the embedded mouse olfactory bulb section."""
 
 from __future__ import annotations
 
@@ -60,17 +60,48 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
     return 0
 
 
+_DESCRIPTION = """\
+stpredict: predict spatial gene expression from H&E histology.
+
+The demo runs the main job on the embedded mouse olfactory bulb section (MOB1, STutility, MIT):
+out-of-fold per-spot predictions scored per gene, super-resolution onto a denser grid (ps4:
+4x pseudo-spots) and spatial domains with squidpy + leiden. It writes a zarr store, two PNGs
+and summary.txt into the output folder."""
+
+_EPILOG = """\
+example:
+  python -m stpredict demo --out stpredict_demo
+  python -m stpredict demo --model mean --grid ps16 --n-genes 20"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stpredict",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    d = sub.add_parser(
+        "demo",
+        help="predict, super-resolve and find domains on the embedded demo slide",
+        description=_DESCRIPTION.split("\n\n", 1)[1],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--out", type=Path, default=Path("stpredict_demo"), help="output folder (default: %(default)s)")
+    d.add_argument("--model", default="ridge", help="registered predictor name (default: %(default)s)")
+    d.add_argument(
+        "--grid", default="ps4", help="super-resolution grid: ps4, ps16 or binNum, e.g. bin16um (default: %(default)s)"
+    )
+    d.add_argument("--n-genes", type=int, default=50, help="highly variable genes to predict (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="seed of every random step (default: %(default)s)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m stpredict", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="predict, super-resolve and find domains on the embedded demo")
-    d.add_argument("--out", type=Path, default=Path("stpredict_demo"))
-    d.add_argument("--model", default="ridge")
-    d.add_argument("--grid", default="ps4")
-    d.add_argument("--n-genes", type=int, default=50)
-    d.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "demo":
         return demo(args.out, model=args.model, grid=args.grid, n_genes=args.n_genes, seed=args.seed)
     return 1

@@ -6,7 +6,13 @@ Conventions (the honest ones, applied to every method alike):
 - a gene whose truth is constant has an undefined correlation: ``NaN``, counted and reported, and such
   genes are dropped from summaries for every method;
 - a prediction that is constant where the truth varies scores ``0`` (a method that predicts nothing
-  scores nothing), not ``NaN``.
+  scores nothing), not ``NaN``;
+- out-of-fold predictions are scored **per fold, then averaged over folds** (``folds=``): each fold was
+  predicted by its own model, so pooling the folds into one correlation mixes the models' offsets with the
+  signal — a training mean that moves opposite to the held-out spots turns a constant prediction into an
+  anti-correlation. Each gene's average is weighted by fold size over the folds where its score is defined
+  (a gene constant within a fold is NaN for that fold and left out of that fold's weight); a gene that is
+  NaN in every fold is NaN.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ari",
+    "fold_scores",
     "map_pearson",
     "map_ssim",
     "mae_per_gene",
@@ -36,6 +43,12 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+
+_FOLDS_DOC = """\
+folds
+    ``(n_spots,)`` fold label of each spot, for out-of-fold predictions: score each fold's spots on their own and
+    average over folds, weighted by fold size, over the folds where the gene's score is defined (a gene constant
+    within a fold is NaN there). ``None``: score all spots together."""
 
 
 def _as_2d(a: Any) -> np.ndarray:
@@ -58,13 +71,36 @@ def _constant(a: np.ndarray) -> np.ndarray:
     return np.ptp(a, axis=0) <= _EPS * np.maximum(np.abs(a).max(axis=0), 1.0)
 
 
-@doc_params()
-def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+def _fold_labels(folds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, fold of each spot)`` with the labels in sorted order; checks one label per spot."""
+    f = np.asarray(folds).ravel()
+    if f.shape[0] != n:
+        msg = f"folds has {f.shape[0]} labels for {n} spots: give one fold label per spot (row)."
+        raise ValueError(msg)
+    return np.unique(f), f
+
+
+def _per_fold(fn: Any, t: np.ndarray, p: np.ndarray, folds: Any) -> np.ndarray:
+    """``fn`` on each fold's spots, averaged over folds weighted by fold size where it is defined."""
+    labels, f = _fold_labels(folds, t.shape[0])
+    masks = [f == lab for lab in labels]
+    values = np.stack([fn(t[m], p[m]) for m in masks])  # (n_folds, n_genes)
+    weights = np.array([m.sum() for m in masks], dtype=float)[:, None] * np.isfinite(values)
+    total = weights.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (np.where(np.isfinite(values), values, 0.0) * weights).sum(0) / total
+    out[total == 0] = np.nan
+    return out
+
+
+@doc_params(folds=_FOLDS_DOC)
+def pearson_per_gene(y_true: Any, y_pred: Any, *, folds: Any = None) -> np.ndarray:
     """Pearson correlation of each gene (column) between truth and prediction.
 
     Parameters
     ----------
     {pair}
+    {folds}
 
     Returns
     -------
@@ -80,6 +116,8 @@ def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     [0.993, nan, 0.0]
     """
     t, p = _check_pair(y_true, y_pred)
+    if folds is not None:
+        return _per_fold(pearson_per_gene, t, p, folds)
     tc, pc = t - t.mean(0), p - p.mean(0)
     num = (tc * pc).sum(0)
     den = np.sqrt((tc**2).sum(0) * (pc**2).sum(0))
@@ -91,13 +129,14 @@ def pearson_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-@doc_params()
-def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+@doc_params(folds=_FOLDS_DOC)
+def spearman_per_gene(y_true: Any, y_pred: Any, *, folds: Any = None) -> np.ndarray:
     """Spearman correlation per gene (Pearson of average ranks), same NaN/0 conventions.
 
     Parameters
     ----------
     {pair}
+    {folds}
 
     Returns
     -------
@@ -106,6 +145,8 @@ def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     from scipy.stats import rankdata
 
     t, p = _check_pair(y_true, y_pred)
+    if folds is not None:
+        return _per_fold(spearman_per_gene, t, p, folds)
     rt = rankdata(t, axis=0)
     rp = rankdata(p, axis=0)
     r = pearson_per_gene(rt, rp)
@@ -114,35 +155,42 @@ def spearman_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
     return r
 
 
-@doc_params()
-def mse_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+@doc_params(folds=_FOLDS_DOC)
+def mse_per_gene(y_true: Any, y_pred: Any, *, folds: Any = None) -> np.ndarray:
     """Mean squared error per gene.
 
     Parameters
     ----------
     {pair}
+    {folds}
 
     Returns
     -------
-    ``(n_genes,)`` mean of ``(y_true - y_pred)²`` over spots.
+    ``(n_genes,)`` mean of ``(y_true - y_pred)²`` over spots (with ``folds``, the size-weighted mean of the
+    folds' MSE, which is the MSE over all spots).
     """
     t, p = _check_pair(y_true, y_pred)
+    if folds is not None:
+        return _per_fold(mse_per_gene, t, p, folds)
     return ((t - p) ** 2).mean(0)
 
 
-@doc_params()
-def mae_per_gene(y_true: Any, y_pred: Any) -> np.ndarray:
+@doc_params(folds=_FOLDS_DOC)
+def mae_per_gene(y_true: Any, y_pred: Any, *, folds: Any = None) -> np.ndarray:
     """Mean absolute error per gene.
 
     Parameters
     ----------
     {pair}
+    {folds}
 
     Returns
     -------
-    ``(n_genes,)`` mean of ``|y_true - y_pred|`` over spots.
+    ``(n_genes,)`` mean of ``|y_true - y_pred|`` over spots (with ``folds``, as for :func:`mse_per_gene`).
     """
     t, p = _check_pair(y_true, y_pred)
+    if folds is not None:
+        return _per_fold(mae_per_gene, t, p, folds)
     return np.abs(t - p).mean(0)
 
 
@@ -183,8 +231,8 @@ def summarize(scores: Any) -> dict[str, float]:
     }
 
 
-@doc_params()
-def score_table(y_true: Any, y_pred: Any, genes: Sequence[str] | None = None) -> pd.DataFrame:
+@doc_params(folds=_FOLDS_DOC)
+def score_table(y_true: Any, y_pred: Any, genes: Sequence[str] | None = None, *, folds: Any = None) -> pd.DataFrame:
     """Per-gene Pearson, Spearman, MSE, MAE and truth variance of one slide, as a DataFrame.
 
     Parameters
@@ -192,24 +240,61 @@ def score_table(y_true: Any, y_pred: Any, genes: Sequence[str] | None = None) ->
     {pair}
     genes
         Gene names for the index (default ``gene_0``, ``gene_1``, ...).
+    {folds}
 
     Returns
     -------
-    One row per gene: ``pearson``, ``spearman``, ``mse``, ``mae``, ``truth_var`` and the number of spots ``n``.
+    One row per gene: ``pearson``, ``spearman``, ``mse``, ``mae``, ``truth_var`` (over all spots) and the number
+    of spots ``n``. With ``folds``, the scores are the size-weighted means over folds of :func:`fold_scores`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stpredict.metrics import score_table
+    >>> t = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]])
+    >>> p = np.array([[5.0], [5.0], [5.0], [2.0], [2.0], [2.0]])  # each fold predicted by the other fold's mean
+    >>> score_table(t, p)["pearson"].round(3).tolist(), score_table(t, p, folds=[0, 0, 0, 1, 1, 1])["pearson"].tolist()
+    ([-0.878], [0.0])
     """
     t, p = _check_pair(y_true, y_pred)
     genes = list(genes) if genes is not None else [f"gene_{i}" for i in range(t.shape[1])]
     return pd.DataFrame(
         {
-            "pearson": pearson_per_gene(t, p),
-            "spearman": spearman_per_gene(t, p),
-            "mse": mse_per_gene(t, p),
-            "mae": mae_per_gene(t, p),
+            "pearson": pearson_per_gene(t, p, folds=folds),
+            "spearman": spearman_per_gene(t, p, folds=folds),
+            "mse": mse_per_gene(t, p, folds=folds),
+            "mae": mae_per_gene(t, p, folds=folds),
             "truth_var": t.var(0),
             "n": t.shape[0],
         },
         index=pd.Index(genes, name="gene"),
     )
+
+
+@doc_params()
+def fold_scores(y_true: Any, y_pred: Any, folds: Any, genes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-fold, per-gene scores: :func:`score_table` of each fold's spots on their own.
+
+    Parameters
+    ----------
+    {pair}
+    folds
+        ``(n_spots,)`` fold label of each spot.
+    genes
+        Gene names (default ``gene_0``, ``gene_1``, ...).
+
+    Returns
+    -------
+    One row per (fold, gene): ``fold``, ``gene``, then the columns of :func:`score_table` over that fold's spots.
+    """
+    t, p = _check_pair(y_true, y_pred)
+    labels, f = _fold_labels(folds, t.shape[0])
+    rows = []
+    for lab in labels:
+        sc = score_table(t[f == lab], p[f == lab], genes).reset_index()
+        sc.insert(0, "fold", lab)
+        rows.append(sc)
+    return pd.concat(rows, ignore_index=True)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 __all__ = ["score_distributions"]
 
+_METRIC_LABELS = {"pearson": "Pearson r", "spearman": "Spearman ρ", "mse": "MSE", "mae": "MAE"}
+
 
 def _scores_of(name: str, result: Any, metric: str) -> np.ndarray:
     """The 1-d scores of one method: a CVResult's ``scores``, a per-gene table's column, or the values."""
@@ -62,13 +64,14 @@ def score_distributions(
     metric
         Column to show: ``"pearson"``, ``"spearman"``, ``"mse"``, ``"mae"``. Ignored for arrays.
     ax
-        Axes to draw into (default: a new figure).
+        Axes to draw into (default: a new figure, constrained layout so a plain ``fig.savefig`` keeps the
+        labels).
     title
-        Panel title.
+        Panel title (default ``"Per-gene <metric> of <n> methods"``).
 
     Returns
     -------
-    The matplotlib figure.
+    The matplotlib figure: methods along x (labelled with genes kept and NaN counts), the metric along y.
 
     Examples
     --------
@@ -89,7 +92,7 @@ def score_distributions(
     n_nan = [int(np.isnan(v).sum()) for v in values]
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(3.0, 1.1 * len(names) + 1.5), 3.8))
+        fig, ax = plt.subplots(figsize=(max(3.0, 1.1 * len(names) + 1.5), 3.8), layout="constrained")
     else:
         fig = ax.figure
     positions = np.arange(1, len(names) + 1)
@@ -115,8 +118,11 @@ def score_distributions(
     labels = [f"{n}\n{len(v)} genes" + (f", {k} NaN" if k else "") for n, v, k in zip(names, valid, n_nan, strict=True)]
     ax.set_xticks(positions, labels)
     ax.set_xlim(0.4, len(names) + 0.6)
-    ax.set_ylabel(metric)
-    if title is not None:
-        ax.set_title(title, fontsize=10)
+    label = _METRIC_LABELS.get(metric, metric)
+    ax.set_ylabel(f"{label} per gene")
+    ax.set_xlabel("method")
+    if title is None:
+        title = f"Per-gene {label} of {len(names)} method{'s' if len(names) != 1 else ''}"
+    ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     return fig
