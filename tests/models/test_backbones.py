@@ -11,6 +11,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from stpredict._settings import settings  # noqa: E402
 from stpredict.models import STNet, get_backbone, list_backbones, pixnet  # noqa: E402
+from stpredict.models._pixnet_net import build_network  # noqa: E402
 from stpredict.models.backbones import FOUNDATION_MODELS, load_trunk_weights  # noqa: E402
 from stpredict.models.backbones import _timm as timm_backbones  # noqa: E402
 
@@ -120,9 +121,9 @@ def test_pixnet_loads_encoder_weights(tmp_path):
     path = tmp_path / "effnet.safetensors"
     save_file(state, str(path))
     model = pixnet.PixNet(encoder="efficientnet_b0", weights=path)
-    net = pixnet._build("efficientnet_b0", 3, 16, 4)
+    net = build_network("efficientnet_b0", 3, 16, 4)
     model._load_encoder(net)
     assert torch.equal(net.encoder.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
     save_file({k: v for k, v in state.items() if not k.startswith("blocks.6.")}, str(path))
     with pytest.raises(ValueError, match=r"encoder efficientnet_b0 from .*missing keys"):
-        model._load_encoder(pixnet._build("efficientnet_b0", 3, 16, 4))
+        model._load_encoder(build_network("efficientnet_b0", 3, 16, 4))
