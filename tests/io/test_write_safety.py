@@ -27,7 +27,11 @@ import pytest
 import stpredict as stp
 from stpredict.io._txn import KILL_ENV, LOCK_NAME, WORK_DIR, StoreLock
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
+    # Python >= 3.12 warns on fork() in a process with threads (zarr's IO thread); the children only write files
+    pytest.mark.filterwarnings(r"ignore:.*use of fork\(\) may lead to deadlocks:DeprecationWarning"),
+]
 
 NEW_SHAPES = ("spots_ps4",)
 NEW_TABLES = ("ridge_spots_ps4",)
@@ -206,6 +210,7 @@ def test_write_back_survives_sigkill_at_20_moments(built, tmp_path):
     assert landed >= N_TIMED_KILLS // 2
 
 
+@pytest.mark.slow  # ~20 s more on a busy 2-core machine: every protocol step, deterministically
 def test_write_back_survives_sigkill_at_every_step(built, tmp_path):
     pristine = built[0]
     step = 0
