@@ -53,7 +53,7 @@ calibration in ``_diffusion_sampler``, lattice maps in :mod:`stpredict.pp._latti
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -120,7 +120,6 @@ class CrossModalDiffusion(Predictor):
     default_backbone = None
     provides_std = True
     uses_slide_targets = True
-    smoke_config: ClassVar[dict[str, Any]] = {"channels": 16, "steps": 4, "n_samples": 3, "steps_per_epoch": 5}
 
     def __init__(
         self,
