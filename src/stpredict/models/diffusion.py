@@ -292,7 +292,7 @@ class CrossModalDiffusion(Predictor):
         dev = resolve_device(self.device)
         net = self._net.to(dev).eval()
         x = ddim_sample(
-            net, low_std, low_mask, img, n, seed,
+            net, low_std, low_mask, img, n=n, seed=seed,
             timesteps=cfg["timesteps"], steps=cfg["steps"], guidance=cfg["guidance"], device=dev,
         )  # fmt: skip
         low = torch.as_tensor(low_std, device=dev)[None]
