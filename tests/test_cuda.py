@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from smoke import smoke_config
 
 import stpredict as stp
 
@@ -41,7 +42,7 @@ def test_embedding_on_cuda_matches_cpu(sdata_syn, num_workers):
 
 @pytest.mark.parametrize("model", ["histosge", "pixnet", "stnet"])
 def test_networks_train_and_predict_on_cuda(sdata_syn, model):
-    smoke = stp.models.get_predictor_class(model).smoke_config
+    smoke = smoke_config(model)
     stp.tl.predict(sdata_syn, model, device="cuda", max_epochs=2, progress=False, **smoke)
     pred = sdata_syn.tables["table"].layers["predicted"]
     assert np.isfinite(pred[:, sdata_syn.tables["table"].var["predicted"].to_numpy()]).all()

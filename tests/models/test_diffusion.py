@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from smoke import smoke_config
 
 import stpredict as stp
 from stpredict.models._diffusion_sampler import coarse_condition
@@ -55,7 +56,7 @@ def test_pool2_pools_measured_cells_as_summed_counts():
 
 
 def test_sampling_is_reproducible_and_seeded(sdata_syn):
-    cfg = stp.models.get_predictor_class("diffusion").smoke_config
+    cfg = smoke_config("diffusion")
     genes = list(sdata_syn.tables["table"].var_names[:4])
     p = stp.tl.fit(sdata_syn, "diffusion", genes=genes, seed=0, progress=False, max_epochs=2, **cfg)
     out = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from smoke import smoke_config
 
 import stpredict as stp
 
@@ -12,7 +13,7 @@ import stpredict as stp
 def fitted():
     sdata = stp.datasets.synthetic(image_size=768, n_genes=6, seed=2)
     genes = list(sdata.tables["table"].var_names)
-    cfg = stp.models.get_predictor_class("pixnet").smoke_config
+    cfg = smoke_config("pixnet")
     p = stp.tl.fit(sdata, "pixnet", genes=genes, max_epochs=1, seed=0, progress=False, **cfg)
     slide = stp.get.slide_data(sdata, genes=genes)
     return sdata, p, slide

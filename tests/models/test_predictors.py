@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from smoke import smoke_config
 
 import stpredict as stp
 from stpredict.models import Regions, list_predictors
@@ -23,7 +24,7 @@ def prepared():
 @pytest.mark.parametrize("name", list_predictors())
 def test_predictor_contract(name, prepared, tmp_path):
     sdata = prepared
-    smoke = stp.models.get_predictor_class(name).smoke_config
+    smoke = smoke_config(name)
     pred = stp.models.create_predictor(name, **smoke)
     slide = stp.get.slide_data(sdata, pred, device="cpu", batch_size=16, num_workers=0, progress=False)
     train = np.arange(slide.n) % 3 != 0
@@ -62,7 +63,7 @@ def test_predictor_contract(name, prepared, tmp_path):
 def test_fitted_predictor_through_the_verbs(name, tmp_path):
     """A fitted model (object or checkpoint path) predicts spots and a pseudo-spot grid through stp.tl."""
     sdata = stp.datasets.synthetic(image_size=512, n_genes=4, seed=3)
-    smoke = stp.models.get_predictor_class(name).smoke_config
+    smoke = smoke_config(name)
     pred = stp.tl.fit(sdata, name, max_epochs=2, seed=0, progress=False, **smoke)
     stp.tl.predict(sdata, pred, progress=False)
     table = sdata.tables["table"]

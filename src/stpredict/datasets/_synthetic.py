@@ -374,7 +374,7 @@ class SyntheticTissue:
         return np.array([np.bincount(r, minlength=self.p.n_regions).argmax() for r in lab])
 
     # --- image ----------------------------------------------------------------------------------------
-    def render(self, y0: int, x0: int, h: int, w: int, mpp: float, supersample: int = 1) -> np.ndarray:
+    def render(self, y0: int, x0: int, h: int, w: int, *, mpp: float, supersample: int = 1) -> np.ndarray:
         """RGB ``(3, h, w)`` uint8 of the block at pixel offset ``(y0, x0)`` of a level with ``mpp`` µm/px."""
         s = max(1, int(supersample))
         off = (np.arange(s) + 0.5) / s
@@ -404,7 +404,7 @@ class SyntheticTissue:
         def block(block_info=None):
             loc = block_info[None]["chunk-location"]
             by, bx = loc[1], loc[2]
-            return self.render(int(ystarts[by]), int(xstarts[bx]), cy[by], cx[bx], mpp, supersample)
+            return self.render(int(ystarts[by]), int(xstarts[bx]), cy[by], cx[bx], mpp=mpp, supersample=supersample)
 
         return da.map_blocks(block, dtype=np.uint8, chunks=((3,), cy, cx), meta=np.empty((0, 0, 0), np.uint8))
 

@@ -223,8 +223,6 @@ class Predictor(abc.ABC):
     uses_slide_targets: ClassVar[bool] = False
     #: the predictor reads the embeddings of the measured spots of the slide it predicts (as context)
     uses_slide_embeddings: ClassVar[bool] = False
-    #: options that make the parametrised contract test fast (tiny networks / inputs); never used otherwise
-    smoke_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **config: Any) -> None:
         self.config: dict[str, Any] = dict(config)

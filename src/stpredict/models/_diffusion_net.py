@@ -157,7 +157,7 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
             self.gcn_w = nn.Parameter(torch.zeros(G, G))
             self.gcn_gate = nn.Parameter(torch.zeros(G))
 
-        def forward(self, x, t, low, img, mask_low, drop_img):
+        def forward(self, x, t, low, img, mask_low, drop_img):  # noqa: PLR0917 - nn.Module calls are positional
             # x, low: (b, G, H, W); img: (b, F, H, W); mask_low: (b, 1, H, W); drop_img: (b,) bool
             temb = self.temb(t)
             img = torch.where(drop_img[:, None, None, None], self.null_img[None, :, None, None].expand_as(img), img)
@@ -283,7 +283,7 @@ def denoising_batches(
     return train_batches
 
 
-def denoising_loss(model, xt, t, low, img, lm_, drop, noise, m):
+def denoising_loss(model, xt, t, low, img, lm_, drop, noise, m):  # noqa: PLR0917 - called with a batch tuple by fit_loop
     """ε-prediction MSE over the training cells of each crop."""
     pred = model(xt, t, low, img, lm_, drop)
     return (((pred - noise) ** 2) * m).sum() / (m.sum() * pred.shape[1]).clamp_min(1.0)

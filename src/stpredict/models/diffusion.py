@@ -53,7 +53,7 @@ calibration in ``_diffusion_sampler``, lattice maps in :mod:`stpredict.pp._latti
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -120,7 +120,6 @@ class CrossModalDiffusion(Predictor):
     default_backbone = None
     provides_std = True
     uses_slide_targets = True
-    smoke_config: ClassVar[dict[str, Any]] = {"channels": 16, "steps": 4, "n_samples": 3, "steps_per_epoch": 5}
 
     def __init__(
         self,
@@ -293,7 +292,7 @@ class CrossModalDiffusion(Predictor):
         dev = resolve_device(self.device)
         net = self._net.to(dev).eval()
         x = ddim_sample(
-            net, low_std, low_mask, img, n, seed,
+            net, low_std, low_mask, img, n=n, seed=seed,
             timesteps=cfg["timesteps"], steps=cfg["steps"], guidance=cfg["guidance"], device=dev,
         )  # fmt: skip
         low = torch.as_tensor(low_std, device=dev)[None]

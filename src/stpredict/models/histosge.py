@@ -39,7 +39,7 @@ Deviations (each documented, none changes the method's intent)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -166,7 +166,6 @@ class HisToSGE(Predictor):
     default_backbone = "auto"
     provides_std = True
     uses_slide_embeddings = True
-    smoke_config: ClassVar[dict[str, Any]] = {"n_models": 2, "dim": 64, "head_hidden": 64}
 
     def __init__(
         self,

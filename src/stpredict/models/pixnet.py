@@ -34,7 +34,7 @@ Code: the networks in ``_pixnet_net``, tiled inference and stitching in ``_pixne
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -96,7 +96,6 @@ class PixNet(Predictor):
     consumes = "tiles"
     default_backbone = None
     provides_std = False
-    smoke_config: ClassVar[dict[str, Any]] = {"input_mpp": 4.0, "tile_um": 192.0, "channels": 16}
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ Here
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -84,7 +84,6 @@ class STNet(Predictor):
     consumes = "patches"
     default_backbone = None
     provides_std = True
-    smoke_config: ClassVar[dict[str, Any]] = {"trunk": "resnet18", "patch_px": 32, "batch_size": 8}
 
     def __init__(
         self,

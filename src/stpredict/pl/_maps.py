@@ -104,7 +104,7 @@ def _marker_sizes(fig: Figure, panels: Sequence[tuple[Axes, PathCollection, floa
 
 
 def _scatter(
-    ax: Axes, img, fx, fy, centers, values, size_px, title, cmap="viridis", vmin=None, vmax=None, *, categorical=False
+    ax: Axes, img, fx, fy, centers, *, values, size_px, title, cmap="viridis", vmin=None, vmax=None, categorical=False
 ) -> PathCollection | None:
     """Regions over the H&E (marker sizes are set afterwards by :func:`_marker_sizes`)."""
     ax.imshow(img, extent=(0, img.shape[1] * fx, img.shape[0] * fy, 0))
@@ -240,7 +240,7 @@ def predicted_vs_measured(
             panels.append((np.asarray(grid.obsm["spatial"]), _column(grid, name), size, f"{label} {grid_table}"))
         for j, (centers, values, size, title) in enumerate(panels):
             ax = axes[i, j]
-            sc = _scatter(ax, img, fx, fy, centers, values, size, title, vmin=vmin, vmax=vmax)
+            sc = _scatter(ax, img, fx, fy, centers, values=values, size_px=size, title=title, vmin=vmin, vmax=vmax)
             _um_axes(ax, geo.microns_per_pixel, xlabel=i == len(names) - 1, ylabel=j == 0)
             sized.append((ax, sc, size))
         fig.colorbar(sc, ax=axes[i, -1], fraction=0.046, pad=0.02, label=_VALUE_LABEL)

@@ -318,7 +318,16 @@ def spots(
         raise ValueError(msg)
 
     mpp_xy, source = _resolve_mpp(
-        sdata, image, shapes, table, coordinate_system, a_image, a_shapes, diameter, microns_per_pixel, image_key
+        sdata,
+        image,
+        shapes,
+        table,
+        coordinate_system,
+        a_image=a_image,
+        a_shapes=a_shapes,
+        diameter_px=diameter,
+        explicit=microns_per_pixel,
+        image_key=image_key,
     )
     from spatialdata.transformations import get_transformation
 
@@ -383,7 +392,7 @@ def image_microns_per_pixel(
 
 
 def _resolve_mpp(
-    sdata, image, shapes, table, cs, a_image, a_shapes, diameter_px, explicit, image_key
+    sdata, image, shapes, table, cs, *, a_image, a_shapes, diameter_px, explicit, image_key
 ) -> tuple[tuple[float, float], str]:
     if explicit is not None:
         return _explicit_mpp(explicit)
