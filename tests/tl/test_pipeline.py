@@ -86,3 +86,10 @@ def test_record_reads_what_the_verbs_wrote(sdata):
     assert rec["mode"] == "out-of-fold"
     with pytest.raises(KeyError, match=r"stp\.tl\.superresolve"):
         stp.get.record(table, "superresolve")
+
+
+def test_a_checkpoint_saved_without_suffix_is_found_by_the_verbs(sdata, tmp_path):
+    pred = stp.tl.fit(sdata, "mean", progress=False)
+    pred.save(tmp_path / "m")
+    stp.tl.predict(sdata, str(tmp_path / "m"), progress=False)
+    assert stp.get.record(sdata.tables["table"])["mode"] == "fitted model"

@@ -40,7 +40,8 @@ def resolve_model(model: Any, model_kwargs: dict[str, Any]) -> tuple[Predictor, 
         return model, model.is_fitted
     if isinstance(model, str | Path):
         path = Path(model)
-        if str(model).endswith(".safetensors") or (path.suffix and path.exists()):
+        saved = path.with_name(path.name + ".safetensors")  # what Predictor.save("dir/nsl") writes
+        if str(model).endswith(".safetensors") or (path.suffix and path.exists()) or saved.is_file():
             if model_kwargs:
                 msg = f"Options {sorted(model_kwargs)} cannot change a saved checkpoint."
                 raise TypeError(msg)
