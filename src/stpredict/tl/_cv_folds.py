@@ -171,10 +171,7 @@ def pool_fold(
             sl.microns_per_pixel_xy,
             inputs.backbone,
             patch_size_um=inputs.patch_size_um,
-            device=run.device,
-            batch_size=run.batch_size,
-            num_workers=run.num_workers,
-            progress=run.progress,
+            **run.loop_kwargs(),
             desc="embed pooled",
         )
     sizes = np.bincount(member)

@@ -82,10 +82,7 @@ class EmbeddingCache:
             geo.microns_per_pixel_xy,
             self.backbone,
             patch_size_um=self.patch_size_um,
-            device=run.device,
-            batch_size=run.batch_size,
-            num_workers=run.num_workers,
-            progress=run.progress,
+            **run.loop_kwargs(),
         )
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         self.seconds += rec["seconds"]
@@ -137,10 +134,7 @@ def region_embeddings(
             slide.microns_per_pixel_xy,
             backbone,
             patch_size_um=patch_size_um,
-            device=run.device,
-            batch_size=run.batch_size,
-            num_workers=run.num_workers,
-            progress=run.progress,
+            **run.loop_kwargs(),
             desc=f"embed {points.name}",
         )
         return emb, {"path": "windows at grid points"}
@@ -178,10 +172,7 @@ def region_embeddings(
         slide.microns_per_pixel_xy,
         backbone,
         patch_size_um=patch_size_um,
-        device=run.device,
-        batch_size=run.batch_size,
-        num_workers=run.num_workers,
-        progress=run.progress,
+        **run.loop_kwargs(),
         desc=f"embed {points.name} lattice",
     )
     grid_emb = node_emb.reshape(len(gy), len(gx), -1)

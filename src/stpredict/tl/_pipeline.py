@@ -81,6 +81,15 @@ class Compute:
     num_workers: int | None = None
     progress: bool | None = None
 
+    def loop_kwargs(self) -> dict[str, Any]:
+        """The keywords of :func:`~stpredict.tl._embedding_loop.compute_embeddings` these options set."""
+        return {
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "progress": self.progress,
+        }
+
     def __post_init__(self) -> None:
         bs, nw = self.batch_size, self.num_workers
         if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int | np.integer) or bs < 1):
