@@ -53,6 +53,12 @@ def main() -> None:
         default=None,
         help="seconds per method and task; slower methods are skipped afterwards",
     )
+    p.add_argument(
+        "--dense",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="hand-crafted features from the slide's dense map (on), one window per spot (off), or the cheaper",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument(
@@ -66,6 +72,7 @@ def main() -> None:
         merge([Path(d) for d in args.merge.split(",")], args.out, docs=not args.no_docs)
         return
 
+    dense = {"auto": None, "on": True, "off": False}[args.dense]
     commit = _commit()  # the code that runs, recorded before anything can change the checkout
     methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
     loaders = {"her2st": her2st, "mob": mob}
@@ -78,7 +85,7 @@ def main() -> None:
         # embeddings of the default backbone once per slide, reused by every method through the obsm cache
         t0 = time.perf_counter()
         for s_ in slides:
-            stp.tl.embed(s_, "handcrafted", progress=False)
+            stp.tl.embed(s_, "handcrafted", progress=False, dense=dense)
         embed_s[ds] = time.perf_counter() - t0
         print(f"{ds}: handcrafted embeddings in {embed_s[ds]:.0f} s", flush=True)
         for task in args.tasks.split(","):
@@ -101,6 +108,7 @@ def main() -> None:
                         seed=0,
                         max_epochs=args.max_epochs,
                         progress=False,
+                        dense=dense,
                         **kw,
                     )
                 except Exception as e:  # noqa: BLE001 - report and go on

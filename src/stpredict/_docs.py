@@ -36,6 +36,12 @@ num_workers
     "progress": """\
 progress
     Show a progress bar; ``None`` uses :attr:`stpredict.settings.progress`.""",
+    "dense": """\
+dense
+    Read backbone features of spots and grid regions from one dense feature map of the slide (backbones that
+    have one: ``handcrafted``; agrees with the windows' features to a per-feature correlation ≥ 0.99) instead
+    of one window each. ``None`` takes whichever reads fewer pixels (the map for µm bins and for most spot
+    layouts); ``False`` is the per-window reference.""",
     "seed": """\
 seed
     Seed of every random step (splits, initialisation, sampling). ``None`` draws fresh entropy.""",

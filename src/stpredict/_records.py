@@ -11,12 +11,17 @@ Both walk the record with :func:`sanitize`, so a value is converted the same way
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-__all__ = ["jsonable", "sanitize", "uns_safe"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["StepTimes", "jsonable", "sanitize", "uns_safe"]
 
 
 def sanitize(obj: Any, *, target: Literal["json", "uns"]) -> Any:
@@ -64,3 +69,22 @@ def uns_safe(obj: Any) -> Any:
 def jsonable(obj: Any) -> Any:
     """A record serialisable with :func:`json.dumps` (see :func:`sanitize`)."""
     return sanitize(obj, target="json")
+
+
+class StepTimes:
+    """Wall-clock seconds of a verb's named steps, for its ``.uns`` record (``with steps("fit"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """A context that adds the time spent inside it to step ``name``."""
+        return self._time(name)
+
+    @contextlib.contextmanager
+    def _time(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)

@@ -116,7 +116,8 @@ def test_embeddings_are_cached_and_reused(sdata_syn, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(inp, "compute_embeddings", boom)
+    monkeypatch.setattr(inp, "compute_embeddings", boom)  # the windows' path
+    monkeypatch.setattr(inp.DenseMaps, "features", boom)  # the dense map's
     stp.tl.predict(sdata_syn, "ridge", progress=False)  # reuses obsm
     with pytest.raises(AssertionError, match="recomputed"):
         stp.tl.predict(sdata_syn, "ridge", patch_size_um=64, progress=False)
@@ -142,7 +143,7 @@ def test_superresolve_into_squidpy_and_leiden(sdata_syn, tmp_path):
     sc.tl.leiden(g, flavor="igraph", n_iterations=2, directed=False)
     assert g.obs["leiden"].nunique() > 1
     b = sdata_syn.tables["ridge_spots_bin16um"]
-    assert b.uns["stpredict"]["superresolve"]["embeddings"]["path"] == "dense box-filtered maps"
+    assert b.uns["stpredict"]["superresolve"]["embeddings"]["path"] == "dense map"
     sdata_syn.write(tmp_path / "r.zarr")
     back = read_zarr(tmp_path / "r.zarr")
     assert {"spots_ps4", "spots_bin16um"} <= set(back.shapes)
@@ -153,19 +154,22 @@ def test_superresolve_into_squidpy_and_leiden(sdata_syn, tmp_path):
 
 
 def test_dense_handcrafted_matches_patch_path(sdata_syn):
-    """Bins use box-filtered maps; at the spots they must agree with the per-patch features."""
+    """Grids read the slide's dense map; at the spots it must agree with the per-window features."""
     from stpredict.models import HandcraftedBackbone
     from stpredict.pp._grid import GridPoints
     from stpredict.tl._embedding_loop import compute_embeddings
-    from stpredict.tl._embeddings import region_embeddings
+    from stpredict.tl._embeddings import EmbeddingCache, region_embeddings
     from stpredict.tl._pipeline import Compute
 
     slide, geo = stp.get.slide_data(sdata_syn), stp.pp.spots(sdata_syn)
     bb = HandcraftedBackbone()
-    inner = np.flatnonzero((geo.centers > 120).all(1) & (geo.centers < 650).all(1))
-    c = geo.centers[inner]
+    c = geo.centers
     patch = compute_embeddings(slide.image_levels, c, geo.microns_per_pixel_xy, bb, patch_size_um=112, progress=False)
-    pts = GridPoints("bin8um", "square", c, np.array([8.0, 8.0]), 8.0, np.zeros(len(c), int), np.zeros(len(c), bool))
-    dense, _ = region_embeddings(slide, pts, bb, patch_size_um=112, run=Compute(progress=False))
-    r = [np.corrcoef(patch[:, j], dense[:, j])[0, 1] for j in range(bb.dim) if patch[:, j].std() > 1e-6]
-    assert np.median(r) > 0.95
+    for kind, name in (("square", "bin8um"), ("circle", "ps4")):
+        pts = GridPoints(name, kind, c, np.array([8.0, 8.0]), 8.0, np.zeros(len(c), int), np.zeros(len(c), bool))
+        cache = EmbeddingCache(bb, 112)
+        dense, info = region_embeddings(slide, pts, cache, run=Compute(progress=False, dense=True))
+        assert info["path"] == "dense map"
+        r = [np.corrcoef(patch[:, j], dense[:, j])[0, 1] for j in range(bb.dim) if patch[:, j].std() > 1e-6]
+        print(kind, np.min(r), np.median(r))
+        assert np.median(r) > 0.95

@@ -39,6 +39,7 @@ def slide_data(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool | None = None,
+    dense: bool | None = None,
 ) -> SlideData:
     """The measured spots of a slide as a predictor sees them: geometry, targets, embeddings.
 
@@ -69,7 +70,7 @@ def slide_data(
         Level-0 pixel size, when the SpatialData does not say.
     layer
         Layer of raw counts (``None``: ``X``).
-    device, batch_size, num_workers, progress
+    device, batch_size, num_workers, progress, dense
         As in :func:`stpredict.tl.embed`.
 
     Returns
@@ -81,7 +82,7 @@ def slide_data(
     from ..tl._models import resolve_model
     from ..tl._pipeline import Compute, Elements, prepare_prediction, prepare_training
 
-    run = Compute(device, batch_size, num_workers, progress)
+    run = Compute(device, batch_size, num_workers, progress, dense)
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     predictor, fitted = (None, False) if model is None else resolve_model(model, {})
     if fitted:

@@ -67,39 +67,23 @@ def coarse_condition(
 
 def image_features(slide: SlideData, lm: LatticeMap) -> np.ndarray:
     """Hand-crafted features at every cell of ``lm`` over views of 1, 3 and 9 cells: ``(F, H, W)``."""
-    from ..pp._patches import PatchExtractor
+    from ..pp._tiles import tile_reader
     from .backbones import HandcraftedBackbone
+    from .backbones._cellmap import map_bounds
 
     mpp = np.asarray(slide.microns_per_pixel_xy)
     cell_um = float(np.sqrt(abs(np.linalg.det(lm.basis_px * lm.step))) * np.sqrt(mpp[0] * mpp[1]))
     centers_um = lm.centers_px() * mpp
-    h, w = slide.image_shape
-    extent = (w * mpp[0], h * mpp[1])
     res = max(1.0, cell_um / 16.0)  # ~16 px per cell side, at least 1 µm/px
     bb = HandcraftedBackbone(window_um=cell_um, context=3.0, mpp=res)
 
-    def read_tile(center_um, size_um, out_px):
-        ext = PatchExtractor(
-            slide.image_levels, (np.asarray(center_um) / mpp)[None], tuple(mpp), size_um=size_um, patch_px=out_px
-        )
-        return ext.read([0])
-
-    f1 = bb.dense(
-        read_tile,
-        centers_um,
-        extent,
-        window_um=cell_um,
-        cell_um=max(res * 2, cell_um / 8),
-        tile_um=max(1024.0, 16 * cell_um),
-    )
-    f3 = bb.dense(
-        read_tile,
-        centers_um,
-        extent,
-        window_um=3 * cell_um,
-        cell_um=max(res * 2, cell_um / 4),
-        tile_um=max(1024.0, 32 * cell_um),
-    )
+    # one pass over the pixels; both window sizes are read from the same map
+    fine = max(res * 2, cell_um / 8)
+    lo, hi = map_bounds(centers_um, bb.read_um(3 * cell_um) / 2, fine)
+    tile_um = max(1024.0, 16 * cell_um)
+    cmap = bb.feature_map(tile_reader(slide.image_levels, mpp), lo, hi, cell_um=fine, tile_um=tile_um)
+    f1 = bb.map_features(cmap, centers_um, cell_um)
+    f3 = bb.map_features(cmap, centers_um, 3 * cell_um)
     feats = np.concatenate([f1, f3], 1)
     H, W = lm.shape
     return feats.T.reshape(-1, H, W).astype(np.float32)

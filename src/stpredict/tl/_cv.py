@@ -119,6 +119,7 @@ def cross_validate(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool | None = None,
+    dense: bool | None = None,
     names: Sequence[str] | None = None,
     **model_kwargs: Any,
 ) -> CVResult:
@@ -175,7 +176,7 @@ def cross_validate(
         Backbone of embedding-based models.
     max_epochs
         Training budget.
-    device, batch_size, num_workers, progress
+    device, batch_size, num_workers, progress, dense
         As in :func:`stpredict.tl.predict`.
     names
         Slide names for the tables (default: library ids). Repeated names get ``#i`` (the slide's position)
@@ -208,7 +209,7 @@ def cross_validate(
     if protocol == "leave_one_patient_out" and (groups is None or len(groups) != len(sdatas)):
         msg = "leave_one_patient_out needs groups=... with one patient id per slide."
         raise ValueError(msg)
-    run = Compute(device, batch_size, num_workers, progress)
+    run = Compute(device, batch_size, num_workers, progress, dense)
     # validate and resolve every slide before any heavy work
     inputs = prepare_slides(
         sdatas, proto_pred, backbone=backbone, weights=weights, patch_size_um=patch_size_um, names=names

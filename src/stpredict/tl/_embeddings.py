@@ -10,7 +10,7 @@ import numpy as np
 from .._keys import UNS_KEY, embedding_key
 from .._logging import get_logger
 from .._records import uns_safe
-from .._settings import settings
+from ._dense import DenseMaps, check_dense
 from ._embedding_loop import compute_embeddings
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..pp._spots import SpotGeometry
     from ._pipeline import Compute
 
-__all__ = ["EmbeddingCache", "backbone_record", "region_embeddings"]
+__all__ = ["EmbeddingCache", "backbone_record", "plan_regions", "region_embeddings"]
 
 logger = get_logger(__name__)
 
@@ -63,11 +63,18 @@ class EmbeddingCache:
         self.patch_size_um = float(patch_size_um)
         self.key = key or embedding_key(backbone.name)
         self.seconds = 0.0
+        #: the call's dense feature maps, one per slide, shared by spots and grids
+        self.maps = DenseMaps(backbone, self.patch_size_um)
         self._pending: list[tuple[AnnData, SpotGeometry, np.ndarray, dict[str, Any]]] = []
 
     def spots(self, table: AnnData | None, geo: SpotGeometry, levels: list, run: Compute) -> np.ndarray:
         """``(n_spots, dim)`` features of the spots of ``geo`` (reused or computed; see the class)."""
+        check_dense(self.backbone, dense=run.dense)
+        centers_um = geo.centers * np.asarray(geo.microns_per_pixel_xy)
+        read_px = self.backbone.input_spec(self.patch_size_um)[1]
+        dense = self.maps.use(levels, centers_um, read_px, dense=run.dense)
         rec = backbone_record(self.backbone, self.patch_size_um, geo)
+        rec.update(DenseMaps.record() if dense else {"path": "windows"})
         if table is not None and self.key in table.obsm:
             old = table.uns.get(UNS_KEY, {}).get("embeddings", {}).get(self.key)
             if old is not None and _same_record(old, rec):
@@ -76,14 +83,17 @@ class EmbeddingCache:
                     logger.info("Reusing cached embeddings obsm[%r].", self.key)
                     return emb
         t0 = time.perf_counter()
-        emb = compute_embeddings(
-            levels,
-            geo.centers,
-            geo.microns_per_pixel_xy,
-            self.backbone,
-            patch_size_um=self.patch_size_um,
-            **run.loop_kwargs(),
-        )
+        if dense:
+            emb = self.maps.features(levels, geo.microns_per_pixel_xy, centers_um, self.patch_size_um, run)
+        else:
+            emb = compute_embeddings(
+                levels,
+                geo.centers,
+                geo.microns_per_pixel_xy,
+                self.backbone,
+                patch_size_um=self.patch_size_um,
+                **run.loop_kwargs(),
+            )
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         self.seconds += rec["seconds"]
         if table is not None:
@@ -113,20 +123,44 @@ def _same_record(a: dict, b: dict) -> bool:
     return True
 
 
+def _grid_uses_map(slide: SlideData, points: GridPoints, cache: EmbeddingCache, run: Compute) -> bool:
+    """Bins: the map unless ``dense=False`` asks for the reference (windows); pseudo-spots: as ``run.dense`` says."""
+    check_dense(cache.backbone, dense=run.dense)
+    want = True if points.kind != "circle" and run.dense is not False else run.dense
+    centers_um = points.centers * np.asarray(slide.microns_per_pixel_xy)
+    read_px = cache.backbone.input_spec(cache.patch_size_um)[1]
+    return cache.maps.use(slide.image_levels, centers_um, read_px, dense=want)
+
+
+def plan_regions(slide: SlideData, geo: SpotGeometry, points: GridPoints, cache: EmbeddingCache, run: Compute) -> None:
+    """Before the spots are embedded: if the grid will be read from a map, make it one map for both."""
+    if _grid_uses_map(slide, points, cache, run):
+        mpp = np.asarray(slide.microns_per_pixel_xy)
+        cache.maps.plan(slide.image_levels, points.centers * mpp)
+        cache.maps.plan(slide.image_levels, geo.centers * mpp)
+
+
 def region_embeddings(
     slide: SlideData,
     points: GridPoints,
-    backbone: Backbone,
+    cache: EmbeddingCache,
     *,
-    patch_size_um: float,
     run: Compute,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Embeddings of grid regions: windows at pseudo-spots; a dense path for µm bins.
+    """Embeddings of grid regions, from the call's dense map or from windows.
 
-    Bins never cost one patch each: a backbone with a dense path (``handcrafted``) box-filters its per-pixel
-    maps; any other backbone is evaluated on a lattice of windows with a stride of a quarter window (or the
-    bin size, if larger) and its features are interpolated bilinearly at the bin centres.
+    A backbone with a dense path (``handcrafted``) reads every region from the slide's one feature map
+    (:class:`~stpredict.tl._dense.DenseMaps`, shared with the spots) when ``run.dense`` asks for it or, by
+    default, when that is cheaper than a window per region; bins always use it. Bins of any other backbone
+    are read from a lattice of windows with a stride of a quarter window (or the bin size, if larger),
+    interpolated bilinearly at the bin centres; its pseudo-spots are one window each.
     """
+    backbone, patch_size_um = cache.backbone, cache.patch_size_um
+    mpp = np.asarray(slide.microns_per_pixel_xy)
+    centers_um = points.centers * mpp
+    if _grid_uses_map(slide, points, cache, run):
+        emb = cache.maps.features(slide.image_levels, slide.microns_per_pixel_xy, centers_um, patch_size_um, run)
+        return emb, DenseMaps.record()
     if points.kind == "circle":
         emb = compute_embeddings(
             slide.image_levels,
@@ -138,22 +172,6 @@ def region_embeddings(
             desc=f"embed {points.name}",
         )
         return emb, {"path": "windows at grid points"}
-    mpp = np.asarray(slide.microns_per_pixel_xy)
-    centers_um = points.centers * mpp
-    h, w = slide.image_shape
-    extent_um = (w * mpp[0], h * mpp[1])
-    if getattr(backbone, "has_dense", False):
-        from ..pp._patches import PatchExtractor
-
-        def read_tile(center_um: np.ndarray, size_um: float, out_px: int) -> np.ndarray:
-            ext = PatchExtractor(
-                slide.image_levels, (np.asarray(center_um) / mpp)[None], tuple(mpp), size_um=size_um, patch_px=out_px
-            )
-            return ext.read([0])
-
-        show = settings.progress if run.progress is None else run.progress
-        emb = backbone.dense(read_tile, centers_um, extent_um, window_um=patch_size_um, progress=show)
-        return emb, {"path": "dense box-filtered maps"}
     stride = max(points.size_um, patch_size_um / 4.0)
     lo = centers_um.min(0) - stride
     hi = centers_um.max(0) + stride

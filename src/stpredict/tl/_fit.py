@@ -39,6 +39,7 @@ def embed(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool | None = None,
+    dense: bool | None = None,
     key_added: str | None = None,
     inplace: bool = True,
 ) -> np.ndarray | None:
@@ -59,6 +60,7 @@ def embed(
     {device}
     {batch}
     {progress}
+    {dense}
     key_added
         ``obsm`` key; default ``"X_<backbone name>"``.
     {inplace}
@@ -80,7 +82,7 @@ def embed(
     from .._image import image_levels
     from ..models.backbones import get_backbone
 
-    run = Compute(device, batch_size, num_workers, progress)
+    run = Compute(device, batch_size, num_workers, progress, dense)
     geo = spot_geometry(
         sdata, Elements(image_key, spots_key, table_key, microns_per_pixel), need_targets=False, layer=None
     )
@@ -122,6 +124,7 @@ def fit(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool | None = None,
+    dense: bool | None = None,
     cache_embeddings: bool = True,
     **model_kwargs: Any,
 ) -> Predictor:
@@ -156,6 +159,7 @@ def fit(
     {device}
     {batch}
     {progress}
+    {dense}
     cache_embeddings
         Store the spots' embeddings in ``obsm`` for reuse (the only change made to ``sdata``).
     **model_kwargs
@@ -179,7 +183,7 @@ def fit(
     if fitted:
         msg = "fit() takes a model name or an unfitted predictor; this one is already fitted."
         raise ValueError(msg)
-    run = Compute(device, batch_size, num_workers, progress)
+    run = Compute(device, batch_size, num_workers, progress, dense)
     t0 = time.perf_counter()
     inputs = prepare_training(
         sdatas,

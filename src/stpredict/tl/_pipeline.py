@@ -71,7 +71,7 @@ class Elements:
 
 @dataclass(frozen=True)
 class Compute:
-    """Where and how heavy work runs: device, batch size, DataLoader workers, progress bars.
+    """Where and how heavy work runs: device, batch size, DataLoader workers, progress bars, dense maps.
 
     Checked when built, so a bad value is refused before any work.
     """
@@ -80,6 +80,7 @@ class Compute:
     batch_size: int | None = None
     num_workers: int | None = None
     progress: bool | None = None
+    dense: bool | None = None
 
     def loop_kwargs(self) -> dict[str, Any]:
         """The keywords of :func:`~stpredict.tl._embedding_loop.compute_embeddings` these options set."""
@@ -101,6 +102,9 @@ class Compute:
                 f"num_workers must be an integer from 0 (read in the main process) to {most} DataLoader worker "
                 f"processes, got {nw!r}."
             )
+            raise ValueError(msg)
+        if self.dense is not None and not isinstance(self.dense, bool | np.bool_):
+            msg = f"dense must be True, False or None (the cheaper path), got {self.dense!r}."
             raise ValueError(msg)
 
 

@@ -54,6 +54,7 @@ def predict(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool | None = None,
+    dense: bool | None = None,
     key_added: str = LAYER_PREDICTED,
     inplace: bool = True,
     **model_kwargs: Any,
@@ -94,6 +95,7 @@ def predict(
     {device}
     {batch}
     {progress}
+    {dense}
     key_added
         Name of the layers: ``layers[key_added]`` and ``layers[f"{key_added}_std"]``.
     {inplace}
@@ -123,7 +125,7 @@ def predict(
     (20, 5)
     """
     predictor, fitted = resolve_model(model, model_kwargs)
-    run = Compute(device, batch_size, num_workers, progress)
+    run = Compute(device, batch_size, num_workers, progress, dense)
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"model": predictor.name, "config": predictor.config}

@@ -11,12 +11,12 @@ import pandas as pd
 from .._docs import doc_params
 from .._keys import LAYER_IMAGE_ONLY, LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, grid_table_key
 from .._logging import get_logger
-from .._records import uns_safe
+from .._records import StepTimes, uns_safe
 from .._version import __version__
 from ..models._base import Regions
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._condition import apply_condition, resolve_condition
-from ._embeddings import region_embeddings
+from ._embeddings import plan_regions, region_embeddings
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
 from ._targets import OUTPUT_SPACE
@@ -58,6 +58,7 @@ def superresolve(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool | None = None,
+    dense: bool | None = None,
     key_added: str | None = None,
     map_key: str | bool | None = None,
     inplace: bool = True,
@@ -110,6 +111,7 @@ def superresolve(
     {device}
     {batch}
     {progress}
+    {dense}
     key_added
         Table name; default ``f"<model>_<spots_key>_<grid>"``.
     map_key
@@ -153,7 +155,7 @@ def superresolve(
     if map_key and not hasattr(predictor, "predict_map"):
         msg = f"map_key: model {predictor.name!r} makes no dense map; only predictors with `predict_map` (e.g. 'pixnet') do."
         raise ValueError(msg)
-    run = Compute(device, batch_size, num_workers, progress)
+    run = Compute(device, batch_size, num_workers, progress, dense)
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     grid_name = canonical_grid_name(f"bin{float(bin_size):g}um") if bin_size is not None else canonical_grid_name(grid)
@@ -169,9 +171,12 @@ def superresolve(
         )  # fmt: skip
     slide, geo, bb = inputs.slides[0], inputs.geos[0], inputs.backbone
     condition = resolve_condition(condition, slide, inputs.genes)
+    steps = StepTimes()
     # grid first: it validates bin size and lattice before any training
-    mask = resolve_tissue(sdata, geo, tissue)
-    points = make_grid(geo, grid_name, mask=mask)
+    with steps("tissue"):
+        mask = resolve_tissue(sdata, geo, tissue)
+    with steps("grid"):
+        points = make_grid(geo, grid_name, mask=mask)
     shapes_key = grid_shapes_key(geo.spots_key, grid_name)
     table_name = key_added or grid_table_key(predictor.name, geo.spots_key, grid_name)
     image_name = (f"{predictor.name}_{geo.spots_key}_map" if map_key is True else map_key) or None
@@ -179,33 +184,42 @@ def superresolve(
         msg = f"map_key {image_name!r} is the H&E image; choose another name."
         raise ValueError(msg)
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
+    if bb is not None:
+        plan_regions(slide, geo, points, inputs.cache, run)
     if not fitted:
-        inputs.embed(run)
-        train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
+        with steps("spot_features"):
+            inputs.embed(run)
+        with steps("fit"):
+            train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
     else:
         predictor.device, predictor.progress = run.device, run.progress
         if bb is not None and predictor.uses_slide_embeddings:
             # the measured spots are the context the grid regions attend over
-            slide.embeddings = inputs.spot_embeddings(0, run)
+            with steps("spot_features"):
+                slide.embeddings = inputs.spot_embeddings(0, run)
     emb, emb_info = (None, {})
     if bb is not None:
-        emb, emb_info = region_embeddings(slide, points, bb, patch_size_um=inputs.patch_size_um, run=run)
+        with steps("grid_features"):
+            emb, emb_info = region_embeddings(slide, points, inputs.cache, run=run)
     regions = Regions(points.centers, points.kind, points.size_um, points.name, emb)
     regions.meta["seed"] = seed
-    mean, std = predictor.predict(slide, regions)
+    with steps("predict"):
+        mean, std = predictor.predict(slide, regions)
     genes_out = list(predictor.genes)
     image_only = np.asarray(mean, dtype=np.float32)
     cond_record: dict[str, Any] = {"condition": "none"}
     if condition == "measured":
-        mean, std, cond_record = apply_condition(
-            mean, std, slide=slide, geo=geo, points=points, table=inputs.table(0), model=predictor.name,
-            genes=genes_out,
-        )  # fmt: skip
+        with steps("condition"):
+            mean, std, cond_record = apply_condition(
+                mean, std, slide=slide, geo=geo, points=points, table=inputs.table(0), model=predictor.name,
+                genes=genes_out,
+            )  # fmt: skip
 
     # build both elements, then write them together
     import anndata as ad
     from spatialdata.models import TableModel
 
+    t_out = time.perf_counter()
     shapes = grid_to_shapes(geo, points)
     obs = pd.DataFrame(index=pd.Index([f"{grid_name}_{i}" for i in range(points.n)]))
     obs["region"] = pd.Categorical([shapes_key] * points.n)
@@ -218,6 +232,7 @@ def superresolve(
     if condition == "measured":
         adata.layers[LAYER_IMAGE_ONLY] = image_only
     adata.obsm["spatial"] = points.centers.astype(np.float64)
+    steps.seconds["output"] = round(time.perf_counter() - t_out, 3)
     record = {
         "model": predictor.name,
         "config": predictor.config,
@@ -239,6 +254,7 @@ def superresolve(
         "device": str(device or "settings"),
         "stpredict_version": __version__,
         "seconds": round(time.perf_counter() - t0, 3),
+        "step_seconds": steps.seconds,
         **{k: v for k, v in predictor.training.items() if k in ("n_samples",)},
     }
     map_image = None

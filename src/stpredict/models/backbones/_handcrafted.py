@@ -1,8 +1,9 @@
 """A weight-free backbone: stain, colour, texture and nuclei statistics (scikit-image / scipy).
 
 Every feature is the mean of a per-pixel map over a window, so the same features can be computed for
-thousands of windows at once by box-filtering the maps over the slide (:meth:`HandcraftedBackbone.dense`):
-the dense path for µm bins is exact, not an approximation of the patch path.
+any number of windows from one pass over the slide: the maps are summed into small cells once
+(:meth:`HandcraftedBackbone.feature_map`) and every window is read from them
+(:meth:`HandcraftedBackbone.map_features`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._base import Backbone
+from ._cellmap import build_cell_map, map_bounds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from ._cellmap import CellMap
 
 __all__ = ["HandcraftedBackbone"]
 
@@ -186,11 +190,60 @@ class HandcraftedBackbone(Backbone):
         out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)", "version": 2})
         return out
 
+    def map_pixels(self, rgb: np.ndarray) -> np.ndarray:
+        """Per-pixel channels of a ``(1, 3, h, w)`` tile: the maps, then the squares of STD_MAPS."""
+        maps = pixel_maps(rgb, self.mpp)[0]
+        std_idx = [MAP_NAMES.index(n) for n in STD_MAPS]
+        return np.concatenate([maps, maps[std_idx] ** 2], axis=0)
+
+    def read_um(self, window_um: float) -> float:
+        """Side of the largest view (the context) of a window of ``window_um``."""
+        return window_um * (self.context if self.context > 1 else 1.0)
+
+    def feature_map(
+        self,
+        read_tile: Callable[[np.ndarray, float, int], np.ndarray],
+        lo_um: np.ndarray,
+        hi_um: np.ndarray,
+        *,
+        cell_um: float = 4.0,
+        tile_um: float = 1024.0,
+        progress: bool = False,
+    ) -> CellMap:
+        """The slide's per-pixel maps over ``[lo_um, hi_um]``, as cell means (one pass, tile by tile).
+
+        Windows are then read from it with :meth:`map_features`. Memory: the map holds
+        ``(14 + 4) × area / cell_um²`` float32 values (about 250 MB for a 6.5 mm capture area at 4 µm).
+        """
+        return build_cell_map(
+            self.map_pixels,
+            read_tile,
+            lo_um,
+            hi_um,
+            n_channels=len(MAP_NAMES) + len(STD_MAPS),
+            mpp=self.mpp,
+            cell_um=cell_um,
+            tile_um=tile_um,
+            progress=progress,
+            desc="hand-crafted maps",
+        )
+
+    def map_features(self, cmap: CellMap, centers_um: np.ndarray, window_um: float) -> np.ndarray:
+        """Features of windows of ``window_um`` at ``centers_um`` (µm), read from a :meth:`feature_map`."""
+        read_um = self.read_um(window_um)
+        sides = [frac * read_um for frac in self.views]
+        std_idx = [MAP_NAMES.index(n) for n in STD_MAPS]
+        feats = []
+        for vals in cmap.window_means(centers_um, sides):
+            mean = vals[:, : len(MAP_NAMES)]
+            std = np.sqrt(np.maximum(vals[:, len(MAP_NAMES) :] - mean[:, std_idx] ** 2, 0.0))
+            feats += [mean, std]
+        return np.concatenate(feats, axis=1).astype(np.float32)
+
     def dense(
         self,
         read_tile: Callable[[np.ndarray, float, int], np.ndarray],
         centers_um: np.ndarray,
-        extent_um: tuple[float, float],
         *,
         window_um: float,
         tile_um: float = 1024.0,
@@ -199,18 +252,15 @@ class HandcraftedBackbone(Backbone):
     ) -> np.ndarray:
         """Features of windows of ``window_um`` centred at many points, from one pass over the slide.
 
-        Per-pixel maps are computed tile by tile (with a margin for the filters), summed into cells of
-        ``cell_um``, and window means are box filters over the cell grid, read at each centre. Memory holds
-        the cell grid of the region around the centres, not the slide.
+        :meth:`feature_map` over the windows' extent, then :meth:`map_features`. Agrees with :meth:`embed` of
+        the same windows up to filter edge effects at patch borders and the sub-cell position of each window.
 
         Parameters
         ----------
         read_tile
-            ``read_tile(center_px_xy, size_um, out_px) -> (1, 3, out_px, out_px)`` uint8 (a patch reader).
+            ``read_tile(center_um_xy, size_um, out_px) -> (1, 3, out_px, out_px)`` uint8 (a patch reader).
         centers_um
             ``(n, 2)`` window centres in µm from the image origin.
-        extent_um
-            Image width and height in µm.
         window_um
             Window side in µm (the backbone's patch size; the context view is ``context`` times larger).
         tile_um, cell_um
@@ -218,48 +268,6 @@ class HandcraftedBackbone(Backbone):
         progress
             Show a progress bar over tiles.
         """
-        from tqdm.auto import tqdm
-
-        centers_um = np.asarray(centers_um, dtype=float)
-        read_um = window_um * (self.context if self.context > 1 else 1.0)
-        half = read_um / 2
-        lo = np.maximum(np.floor((centers_um.min(0) - half) / cell_um) * cell_um, 0.0)
-        hi = np.minimum(np.ceil((centers_um.max(0) + half) / cell_um) * cell_um, np.asarray(extent_um))
-        n_cx = int(np.ceil((hi[0] - lo[0]) / cell_um))
-        n_cy = int(np.ceil((hi[1] - lo[1]) / cell_um))
-        n_maps = len(MAP_NAMES) + len(STD_MAPS)
-        sums = np.zeros((n_maps, n_cy, n_cx), dtype=np.float64)
-        tile_cells = int(tile_um // cell_um)
-        margin_um = 16.0
-        cpx = round(cell_um / self.mpp)
-        std_idx = [MAP_NAMES.index(n) for n in STD_MAPS]
-        tiles = [(ty, tx) for ty in range(0, n_cy, tile_cells) for tx in range(0, n_cx, tile_cells)]
-        for ty, tx in tqdm(tiles, disable=not progress, desc="hand-crafted maps", unit="tile"):
-            ny, nx = min(tile_cells, n_cy - ty), min(tile_cells, n_cx - tx)
-            size_um = max(ny, nx) * cell_um + 2 * margin_um
-            origin = lo + np.array([tx, ty]) * cell_um - margin_um
-            centre = origin + size_um / 2
-            out_px = round(size_um / self.mpp)
-            rgb = read_tile(centre, size_um, out_px)
-            maps = pixel_maps(rgb, self.mpp)[0]
-            maps = np.concatenate([maps, maps[std_idx] ** 2], axis=0)
-            m0 = round(margin_um / self.mpp)
-            core = maps[:, m0 : m0 + ny * cpx, m0 : m0 + nx * cpx]
-            cells = core.reshape(n_maps, ny, cpx, nx, cpx).mean(axis=(2, 4))
-            sums[:, ty : ty + ny, tx : tx + nx] = cells
-        # window means by box filters over the cell grid (integral images), at the centres
-        feats = []
-        for frac in self.views:
-            w = max(1, round(frac * read_um / cell_um))
-            # value at i: mean of cells [i - w//2, i + w - w//2): centred on cell i (odd w) or its left edge (even w)
-            box = ndi.uniform_filter(sums, size=(1, w, w), mode="constant")
-            gx = (centers_um[:, 0] - lo[0]) / cell_um
-            gy = (centers_um[:, 1] - lo[1]) / cell_um
-            ix = np.clip(np.round(gx - 0.5 * (w % 2)).astype(int), 0, n_cx - 1)
-            iy = np.clip(np.round(gy - 0.5 * (w % 2)).astype(int), 0, n_cy - 1)
-            vals = box[:, iy, ix].T
-            mean = vals[:, : len(MAP_NAMES)]
-            sq = vals[:, len(MAP_NAMES) :]
-            std = np.sqrt(np.maximum(sq - mean[:, std_idx] ** 2, 0.0))
-            feats += [mean, std]
-        return np.concatenate(feats, axis=1).astype(np.float32)
+        lo, hi = map_bounds(centers_um, self.read_um(window_um) / 2, cell_um)
+        cmap = self.feature_map(read_tile, lo, hi, cell_um=cell_um, tile_um=tile_um, progress=progress)
+        return self.map_features(cmap, centers_um, window_um)

@@ -1,0 +1,30 @@
+"""Square tiles of a slide read by their centre in µm: what dense feature maps are computed from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = ["tile_reader"]
+
+
+def tile_reader(levels: Sequence, mpp_xy: Sequence[float]) -> Callable[[np.ndarray, float, int], np.ndarray]:
+    """A ``read_tile(center_um_xy, size_um, out_px) -> (1, 3, out_px, out_px)`` uint8 reader of an image pyramid.
+
+    Tiles are read like patches (:class:`~stpredict.pp.PatchExtractor`: the pyramid level nearest the requested
+    resolution, white padding outside the image), so dense maps see the same pixels as windows.
+    """
+    from ._patches import PatchExtractor
+
+    mpp = np.asarray(mpp_xy, dtype=float)
+
+    def read_tile(center_um: np.ndarray, size_um: float, out_px: int) -> np.ndarray:
+        centre_px = (np.asarray(center_um, dtype=float) / mpp)[None]
+        ext = PatchExtractor(levels, centre_px, tuple(mpp), size_um=size_um, patch_px=out_px)
+        return ext.read([0])
+
+    return read_tile

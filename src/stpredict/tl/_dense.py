@@ -1,0 +1,133 @@
+"""One dense feature pass per slide and call, shared by the spots and every grid read from it.
+
+A backbone with a dense path (``has_dense``: ``handcrafted``) computes its per-pixel maps once over the part
+of the slide that the call needs, as a :class:`~stpredict.models.backbones._cellmap.CellMap`; the spots'
+features, a pseudo-spot grid's and µm bins' are then all read from that one map. :class:`DenseMaps` owns the
+maps of one call (they are dropped with it) and decides, when ``dense`` is ``None``, whether the map or one
+window per region is cheaper.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._logging import get_logger
+from .._settings import settings
+
+if TYPE_CHECKING:
+    from ..models.backbones import Backbone
+    from ..models.backbones._cellmap import CellMap
+    from ._pipeline import Compute
+
+__all__ = ["CELL_UM", "DenseMaps"]
+
+logger = get_logger(__name__)
+
+#: side of a map cell in µm: windows are read at a quarter of a 16 µm bin, sub-cell positions bilinearly
+CELL_UM = 4.0
+
+
+def check_dense(backbone: Backbone | None, *, dense: bool | None) -> None:
+    """Refuse ``dense=True`` for a backbone without a dense path, naming the ones that have it."""
+    if dense is True and backbone is not None and not getattr(backbone, "has_dense", False):
+        msg = (
+            f"dense=True: backbone {backbone.name!r} has no dense feature map (only 'handcrafted' has one). "
+            "Pass dense=None (windows for spots and pseudo-spots, a lattice of windows for bins) or "
+            "backbone='handcrafted'."
+        )
+        raise ValueError(msg)
+
+
+class DenseMaps:
+    """The dense feature maps of one call: one per slide image, computed once over all that is asked of it.
+
+    :meth:`plan` commits to a map and widens the area it will cover before it is computed (a verb that reads
+    its grid from the map plans it before it embeds the spots, so one pass serves both); :meth:`features` reads windows, computing the map on first
+    use or again, over the union, when a request falls outside it.
+
+    Parameters
+    ----------
+    backbone
+        A backbone with ``has_dense`` (its ``feature_map``/``map_features``/``read_um``).
+    patch_size_um
+        Window side in µm.
+    """
+
+    def __init__(self, backbone: Backbone, patch_size_um: float) -> None:
+        self.backbone = backbone
+        self.patch_size_um = float(patch_size_um)
+        self.half_um = float(backbone.read_um(self.patch_size_um)) / 2 if backbone.has_dense else 0.0
+        self._maps: dict[int, CellMap] = {}
+        self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.passes = 0
+
+    def _bounds(self, centers_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from ..models.backbones._cellmap import map_bounds
+
+        return map_bounds(centers_um, self.half_um, CELL_UM)
+
+    def plan(self, levels: list, centers_um: np.ndarray) -> None:
+        """Commit to a map of this image that also covers windows at ``centers_um`` (computed on first use)."""
+        if len(centers_um) == 0:
+            return
+        lo, hi = self._bounds(centers_um)
+        key = id(levels)
+        if key in self._plans:
+            plo, phi = self._plans[key]
+            lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
+        self._plans[key] = (lo, hi)
+
+    def use(self, levels: list, centers_um: np.ndarray, read_px: int, *, dense: bool | None) -> bool:
+        """Whether windows at ``centers_um`` are read from the map (``dense=None``: when that is cheaper).
+
+        The map costs the pixels of its area once; windows cost ``read_px²`` pixels each (the context view at
+        the analysis resolution). A map this call already holds, or has planned, counts as paid for.
+        """
+        if not getattr(self.backbone, "has_dense", False) or dense is False or len(centers_um) == 0:
+            return False
+        if dense is True:
+            return True
+        key = id(levels)
+        lo, hi = self._bounds(centers_um)
+        if key in self._maps and self._maps[key].covers(lo, hi):
+            return True
+        if key in self._plans and np.all(self._plans[key][0] <= lo) and np.all(self._plans[key][1] >= hi):
+            return True
+        mpp = float(getattr(self.backbone, "mpp", 1.0))
+        area_px = float(np.prod(np.maximum(hi - lo, 0.0))) / mpp**2
+        return len(centers_um) * float(read_px) ** 2 > area_px
+
+    def features(
+        self, levels: list, mpp_xy: tuple[float, float], centers_um: np.ndarray, window_um: float, run: Compute
+    ) -> np.ndarray:
+        """``(n, dim)`` features of windows of ``window_um`` at ``centers_um`` (µm), read from the map."""
+        from ..pp._tiles import tile_reader
+
+        key = id(levels)
+        lo, hi = self._bounds(centers_um)
+        cmap = self._maps.get(key)
+        if cmap is None or not cmap.covers(lo, hi):
+            if key in self._plans:
+                plo, phi = self._plans[key]
+                lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
+            if cmap is not None:
+                lo, hi = np.minimum(lo, cmap.lo_um), np.maximum(hi, cmap.hi_um)
+            show = settings.progress if run.progress is None else run.progress
+            cmap = self.backbone.feature_map(tile_reader(levels, mpp_xy), lo, hi, cell_um=CELL_UM, progress=show)
+            self._maps[key] = cmap
+            self.passes += 1
+            logger.info(
+                "%s feature map: %d × %d cells of %g µm (%.0f MB).",
+                self.backbone.name,
+                *cmap.shape,
+                CELL_UM,
+                cmap.nbytes / 2**20,
+            )
+        return self.backbone.map_features(cmap, centers_um, window_um)
+
+    @staticmethod
+    def record() -> dict[str, Any]:
+        """How features read from a map are identified in records."""
+        return {"path": "dense map", "cell_um": CELL_UM}

@@ -1,0 +1,91 @@
+"""The dense feature map: exact window means, seamless tiles, agreement with the per-window features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stpredict as stp
+from stpredict.models import HandcraftedBackbone
+from stpredict.models.backbones._cellmap import CellMap, build_cell_map, map_bounds
+
+
+def _exact_window_mean(cells: np.ndarray, lo: np.ndarray, cell: float, c: np.ndarray, side: float) -> float:
+    """Mean of a piecewise-constant cell map over the square [c - side/2, c + side/2), by overlap areas."""
+    ny, nx = cells.shape
+    edges_x = lo[0] + cell * np.arange(nx + 1)
+    edges_y = lo[1] + cell * np.arange(ny + 1)
+    ox = np.clip(np.minimum(edges_x[1:], c[0] + side / 2) - np.maximum(edges_x[:-1], c[0] - side / 2), 0, None)
+    oy = np.clip(np.minimum(edges_y[1:], c[1] + side / 2) - np.maximum(edges_y[:-1], c[1] - side / 2), 0, None)
+    return float((oy[:, None] * ox[None, :] * cells).sum() / side**2)
+
+
+def test_window_means_are_exact_for_cell_constant_maps():
+    """Window means, at cell-aligned and fractional positions alike, equal the overlap-weighted cell means."""
+    rng = np.random.default_rng(0)
+    cells = rng.random((2, 30, 40)).astype(np.float32)
+    cmap = CellMap(cells, np.array([100.0, 50.0]), 4.0)
+    centers = np.column_stack([rng.uniform(100 + 30, 100 + 160 - 30, 50), rng.uniform(50 + 30, 50 + 120 - 30, 50)])
+    centers[:5] = [100.0, 50.0] + 4 * rng.integers(8, 22, (5, 2))  # some exactly on cell edges
+    for side, got in zip((8.0, 28.0, 56.0), cmap.window_means(centers, (8.0, 28.0, 56.0)), strict=True):
+        want = np.array([[_exact_window_mean(cells[k], cmap.lo_um, 4.0, c, side) for k in range(2)] for c in centers])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cell_map_is_seamless_across_tiles_and_threads():
+    """Tiles of any size, computed serially or in threads, give the same map as one pass over the image."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (3, 300, 260), dtype=np.uint8)
+
+    def read_tile(center_um, size_um, out_px):  # 1 µm/px, white outside
+        out = np.full((1, 3, out_px, out_px), 255, np.uint8)
+        x0, y0 = (np.asarray(center_um) - size_um / 2).round().astype(int)
+        ys, xs = slice(max(y0, 0), min(y0 + out_px, 300)), slice(max(x0, 0), min(x0 + out_px, 260))
+        out[0, :, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = img[:, ys, xs]
+        return out
+
+    def smooth(rgb):  # a filter with a 3 px reach: needs the margin
+        from scipy import ndimage as ndi
+
+        return ndi.uniform_filter(rgb[0].astype(np.float32), size=(1, 7, 7))
+
+    lo, hi = np.array([0.0, 0.0]), np.array([260.0, 300.0])
+    ref = build_cell_map(smooth, read_tile, lo, hi, n_channels=3, mpp=1.0, cell_um=4.0, tile_um=4096, n_threads=1)
+    for tile_um, threads in ((40.0, 1), (64.0, 2), (100.0, 3)):
+        got = build_cell_map(
+            smooth, read_tile, lo, hi, n_channels=3, mpp=1.0, cell_um=4.0, tile_um=tile_um, n_threads=threads
+        )
+        np.testing.assert_allclose(got.means, ref.means, rtol=1e-5, atol=1e-4)
+    # and the map is the block mean of the filtered image
+    direct = smooth(img[None])[:, :300, :260].reshape(3, 75, 4, 65, 4).mean(axis=(2, 4))
+    inner = (slice(None), slice(2, -2), slice(2, -2))  # the image border differs (white padding vs reflection)
+    np.testing.assert_allclose(ref.means[inner], direct[inner], rtol=1e-5, atol=1e-3)
+
+
+def test_cell_size_must_be_whole_pixels():
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        build_cell_map(lambda x: x, lambda *a: None, np.zeros(2), np.ones(2) * 10, n_channels=1, mpp=1.5, cell_um=4.0)
+
+
+def test_dense_features_agree_with_windows():
+    """Per-feature correlation of the map's and the windows' features at the spots of a synthetic slide."""
+    from stpredict.pp._tiles import tile_reader
+    from stpredict.tl._embedding_loop import compute_embeddings
+
+    sdata = stp.datasets.synthetic(image_size=1024, n_genes=3, seed=0)
+    slide, geo = stp.get.slide_data(sdata), stp.pp.spots(sdata)
+    bb = HandcraftedBackbone()
+    windows = compute_embeddings(slide.image_levels, geo.centers, geo.microns_per_pixel_xy, bb, patch_size_um=112)
+    um = geo.centers * np.asarray(geo.microns_per_pixel_xy)
+    dense = bb.dense(tile_reader(slide.image_levels, geo.microns_per_pixel_xy), um, window_um=112)
+    keep = windows.std(0) > 1e-6
+    r = np.array([np.corrcoef(windows[:, j], dense[:, j])[0, 1] for j in np.flatnonzero(keep)])
+    assert np.median(r) > 0.999
+    assert (r >= 0.99).mean() >= 0.9  # the rest: nucleus-peak counts and DoG means of the small views (≥ 0.93)
+    assert r.min() > 0.9
+
+
+def test_map_bounds_hold_every_window():
+    lo, hi = map_bounds(np.array([[10.0, 20.0], [90.0, 55.0]]), 30.0, 4.0)
+    assert np.all(lo <= [10 - 30, 20 - 30]) and np.all(hi >= [90 + 30, 55 + 30])
+    assert np.allclose(lo % 4, 0) and np.allclose(hi % 4, 0)

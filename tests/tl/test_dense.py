@@ -1,0 +1,81 @@
+"""The verbs' dense path: one map per slide and call, the cheaper path by default, clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import stpredict as stp
+from stpredict.models import HandcraftedBackbone
+
+
+@pytest.fixture
+def count_maps(monkeypatch):
+    """Count the passes over the pixels (feature maps computed)."""
+    calls = []
+    orig = HandcraftedBackbone.feature_map
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(HandcraftedBackbone, "feature_map", spy)
+    return calls
+
+
+@pytest.mark.parametrize("grid", [{"grid": "ps4"}, {"bin_size": 16.0}])
+def test_superresolve_reads_spots_and_grid_from_one_map(sdata_syn, count_maps, grid):
+    stp.tl.superresolve(sdata_syn, "ridge", dense=True, progress=False, **grid)
+    assert len(count_maps) == 1
+    table = next(t for k, t in sdata_syn.tables.items() if k.startswith("ridge_spots_"))
+    rec = table.uns["stpredict"]["superresolve"]
+    assert rec["embeddings"]["path"] == "dense map"
+    assert set(rec["step_seconds"]) >= {"tissue", "grid", "spot_features", "fit", "grid_features", "predict"}
+    assert "X_handcrafted" not in sdata_syn.tables["table"].obsm  # superresolve adds elements, changes none
+
+
+def test_dense_and_window_predictions_agree(sdata_syn):
+    a = stp.tl.superresolve(sdata_syn, "ridge", grid="ps4", dense=True, progress=False, inplace=False)
+    b = stp.tl.superresolve(sdata_syn, "ridge", grid="ps4", dense=False, progress=False, inplace=False)
+    xa, xb = a.tables["ridge_spots_ps4"].layers["image_only"], b.tables["ridge_spots_ps4"].layers["image_only"]
+    r = [np.corrcoef(xa[:, g], xb[:, g])[0, 1] for g in range(xa.shape[1]) if xb[:, g].std() > 1e-6]
+    assert np.median(r) > 0.98
+    assert (
+        b.tables["ridge_spots_ps4"].uns["stpredict"]["superresolve"]["embeddings"]["path"] == "windows at grid points"
+    )
+
+
+def test_default_takes_the_cheaper_path(sdata_syn, count_maps):
+    """Visium-like spacing: the map; two windows far apart: the windows."""
+    from stpredict.tl._dense import DenseMaps
+
+    emb = stp.tl.embed(sdata_syn, "handcrafted", progress=False, inplace=False)  # 53 packed spots
+    assert emb.shape[0] == sdata_syn.tables["table"].n_obs
+    assert len(count_maps) == 1
+    maps = DenseMaps(HandcraftedBackbone(), 112.0)
+    levels: list = []
+    read_px = HandcraftedBackbone().input_spec(112.0)[1]
+    spread = np.array([[100.0, 100.0], [5000.0, 5000.0]])
+    packed = np.stack(np.meshgrid(np.arange(0, 2000, 100.0), np.arange(0, 2000, 100.0)), -1).reshape(-1, 2)
+    assert not maps.use(levels, spread, read_px, dense=None)
+    assert maps.use(levels, packed, read_px, dense=None)
+    assert not maps.use(levels, packed, read_px, dense=False)
+    assert maps.use(levels, spread, read_px, dense=True)
+
+
+def test_dense_true_needs_a_backbone_with_a_map(sdata_syn):
+    import torch
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    bb = stp.models.get_backbone(module, pretrained=False)
+    before = set(sdata_syn.tables["table"].obsm)
+    with pytest.raises(ValueError, match="has no dense feature map"):
+        stp.tl.embed(sdata_syn, bb, dense=True, progress=False)
+    assert set(sdata_syn.tables["table"].obsm) == before
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.5])
+def test_dense_option_is_checked_at_the_door(sdata_syn, bad):
+    with pytest.raises(ValueError, match="dense must be True, False or None"):
+        stp.tl.superresolve(sdata_syn, "ridge", dense=bad)
+    assert not any(k.startswith("ridge_") for k in sdata_syn.tables)
