@@ -60,6 +60,8 @@ class DenseMaps:
         self.patch_size_um = float(patch_size_um)
         self.half_um = float(backbone.read_um(self.patch_size_um)) / 2 if backbone.has_dense else 0.0
         self._maps: dict[int, CellMap] = {}
+        #: the level lists the maps are keyed by (``id``), held so that no other list can take their ids
+        self._levels: dict[int, list] = {}
         self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.passes = 0
 
@@ -78,6 +80,7 @@ class DenseMaps:
             plo, phi = self._plans[key]
             lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
         self._plans[key] = (lo, hi)
+        self._levels[key] = levels
 
     def use(self, levels: list, centers_um: np.ndarray, read_px: int, *, dense: bool | None) -> bool:
         """Whether windows at ``centers_um`` are read from the map (``dense=None``: when that is cheaper).
@@ -117,6 +120,7 @@ class DenseMaps:
             show = settings.progress if run.progress is None else run.progress
             cmap = self.backbone.feature_map(tile_reader(levels, mpp_xy), lo, hi, cell_um=CELL_UM, progress=show)
             self._maps[key] = cmap
+            self._levels[key] = levels
             self.passes += 1
             logger.info(
                 "%s feature map: %d × %d cells of %g µm (%.0f MB).",
