@@ -151,9 +151,10 @@ def region_embeddings(
 
     A backbone with a dense path (``handcrafted``) reads every region from the slide's one feature map
     (:class:`~stpredict.tl._dense.DenseMaps`, shared with the spots) when ``run.dense`` asks for it or, by
-    default, when that is cheaper than a window per region; bins always use it. Bins of any other backbone
-    are read from a lattice of windows with a stride of a quarter window (or the bin size, if larger),
-    interpolated bilinearly at the bin centres; its pseudo-spots are one window each.
+    default, when that is cheaper than a window per region; bins use it unless ``dense=False``. Bins of any
+    other backbone (and of ``handcrafted`` with ``dense=False``) are read from a lattice of windows with a
+    stride of a quarter window (or the bin size, if larger), interpolated bilinearly at the bin centres;
+    pseudo-spots without the map are one window each.
     """
     backbone, patch_size_um = cache.backbone, cache.patch_size_um
     mpp = np.asarray(slide.microns_per_pixel_xy)
