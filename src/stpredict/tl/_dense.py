@@ -63,7 +63,6 @@ class DenseMaps:
         #: the level lists the maps are keyed by (``id``), held so that no other list can take their ids
         self._levels: dict[int, list] = {}
         self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.passes = 0
 
     def _bounds(self, centers_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from ..models.backbones._cellmap import map_bounds
@@ -74,12 +73,8 @@ class DenseMaps:
         """Commit to a map of this image that also covers windows at ``centers_um`` (computed on first use)."""
         if len(centers_um) == 0:
             return
-        lo, hi = self._bounds(centers_um)
         key = id(levels)
-        if key in self._plans:
-            plo, phi = self._plans[key]
-            lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
-        self._plans[key] = (lo, hi)
+        self._plans[key] = _union(self._bounds(centers_um), self._plans.get(key))
         self._levels[key] = levels
 
     def use(self, levels: list, centers_um: np.ndarray, read_px: int, *, dense: bool | None) -> bool:
@@ -96,7 +91,8 @@ class DenseMaps:
         lo, hi = self._bounds(centers_um)
         if key in self._maps and self._maps[key].covers(lo, hi):
             return True
-        if key in self._plans and np.all(self._plans[key][0] <= lo) and np.all(self._plans[key][1] >= hi):
+        plan = self._plans.get(key)
+        if plan is not None and np.all(plan[0] <= lo) and np.all(plan[1] >= hi):
             return True
         mpp = float(getattr(self.backbone, "mpp", 1.0))
         area_px = float(np.prod(np.maximum(hi - lo, 0.0))) / mpp**2
@@ -112,16 +108,12 @@ class DenseMaps:
         lo, hi = self._bounds(centers_um)
         cmap = self._maps.get(key)
         if cmap is None or not cmap.covers(lo, hi):
-            if key in self._plans:
-                plo, phi = self._plans[key]
-                lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
-            if cmap is not None:
-                lo, hi = np.minimum(lo, cmap.lo_um), np.maximum(hi, cmap.hi_um)
+            lo, hi = _union((lo, hi), self._plans.get(key))
+            lo, hi = _union((lo, hi), None if cmap is None else (cmap.lo_um, cmap.hi_um))
             show = settings.progress if run.progress is None else run.progress
             cmap = self.backbone.feature_map(tile_reader(levels, mpp_xy), lo, hi, cell_um=CELL_UM, progress=show)
             self._maps[key] = cmap
             self._levels[key] = levels
-            self.passes += 1
             logger.info(
                 "%s feature map: %d × %d cells of %g µm (%.0f MB).",
                 self.backbone.name,
@@ -135,3 +127,10 @@ class DenseMaps:
     def record() -> dict[str, Any]:
         """How features read from a map are identified in records."""
         return {"path": "dense map", "cell_um": CELL_UM}
+
+
+def _union(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rectangle ``(lo, hi)`` holding both ``a`` and ``b`` (``a`` when ``b`` is ``None``)."""
+    if b is None:
+        return a
+    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])

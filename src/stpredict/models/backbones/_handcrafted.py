@@ -42,6 +42,7 @@ MAP_NAMES = (
 )
 #: maps whose window standard deviation is also a feature
 STD_MAPS = ("hematoxylin", "eosin", "grey", "blob_h")
+_STD_IDX = [MAP_NAMES.index(n) for n in STD_MAPS]
 
 
 def _hed_matrix() -> np.ndarray:
@@ -116,9 +117,8 @@ def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
 def _window_stats(maps: np.ndarray, reducer: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
     """Means of the maps and standard deviations of STD_MAPS, from a reducer taking window means."""
     mean = reducer(maps)
-    idx = [MAP_NAMES.index(n) for n in STD_MAPS]
-    sq = reducer(maps[:, idx] ** 2)
-    std = np.sqrt(np.maximum(sq - mean[:, idx] ** 2, 0.0))
+    sq = reducer(maps[:, _STD_IDX] ** 2)
+    std = np.sqrt(np.maximum(sq - mean[:, _STD_IDX] ** 2, 0.0))
     return [mean, std]
 
 
@@ -193,12 +193,11 @@ class HandcraftedBackbone(Backbone):
     def map_pixels(self, rgb: np.ndarray) -> np.ndarray:
         """Per-pixel channels of a ``(1, 3, h, w)`` tile: the maps, then the squares of STD_MAPS."""
         maps = pixel_maps(rgb, self.mpp)[0]
-        std_idx = [MAP_NAMES.index(n) for n in STD_MAPS]
-        return np.concatenate([maps, maps[std_idx] ** 2], axis=0)
+        return np.concatenate([maps, maps[_STD_IDX] ** 2], axis=0)
 
     def read_um(self, window_um: float) -> float:
-        """Side of the largest view (the context) of a window of ``window_um``."""
-        return window_um * (self.context if self.context > 1 else 1.0)
+        """Side of the largest view (the context) of a window of ``window_um``: what :meth:`input_spec` reads."""
+        return self.input_spec(window_um)[0]
 
     def feature_map(
         self,
@@ -232,11 +231,10 @@ class HandcraftedBackbone(Backbone):
         """Features of windows of ``window_um`` at ``centers_um`` (µm), read from a :meth:`feature_map`."""
         read_um = self.read_um(window_um)
         sides = [frac * read_um for frac in self.views]
-        std_idx = [MAP_NAMES.index(n) for n in STD_MAPS]
         feats = []
         for vals in cmap.window_means(centers_um, sides):
             mean = vals[:, : len(MAP_NAMES)]
-            std = np.sqrt(np.maximum(vals[:, len(MAP_NAMES) :] - mean[:, std_idx] ** 2, 0.0))
+            std = np.sqrt(np.maximum(vals[:, len(MAP_NAMES) :] - mean[:, _STD_IDX] ** 2, 0.0))
             feats += [mean, std]
         return np.concatenate(feats, axis=1).astype(np.float32)
 
