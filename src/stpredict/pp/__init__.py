@@ -7,6 +7,7 @@ from ._condition import ConditionResult, condition_grid, condition_on_spots
 from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches
+from ._pool import pool_to_spots
 from ._spots import SpotGeometry, spots
 from ._stain import RUIFROK_HED, StainNormalizer, macenko_stains, od_to_rgb, rgb_to_od, stain_concentrations
 from ._tissue import TissueMask, tissue_mask
@@ -32,6 +33,7 @@ __all__ = [
     "make_grid",
     "od_to_rgb",
     "patches",
+    "pool_to_spots",
     "region_masks",
     "rgb_to_od",
     "spatial_folds",
