@@ -287,3 +287,15 @@ def test_bad_input_raises_before_any_change(sdata_bins):
         stp.pp.pool_to_spots(sdata_bins, key_added="other")
     assert "other" not in sdata_bins.shapes
     assert "other_table" not in sdata_bins.tables
+
+
+def test_overwrite_replaces_elements_and_stale_column(sdata_bins):
+    stp.pp.pool_to_spots(sdata_bins)
+    assert POOLED in sdata_bins.tables["bin_table"].obs
+    # overlapping disks under the same name: the old column would mislead, so it goes
+    stp.pp.pool_to_spots(sdata_bins, diameter_um=120.0, key_added=POOLED, overwrite=True)
+    assert POOLED not in sdata_bins.tables["bin_table"].obs
+    rec = sdata_bins.tables[POOLED_TABLE].uns["stpredict"]["pool_to_spots"]
+    assert rec["diameter_um"] == 120.0
+    assert "source_obs_column" not in rec  # None is not stored in uns
+    np.testing.assert_allclose(_spots_um(sdata_bins)[1], 60.0)

@@ -268,25 +268,18 @@ def pool_to_spots(
     }
     adata.uns[UNS_KEY] = {"pool_to_spots": uns_safe(record)}
     new_table = TableModel.parse(adata, region=key_added, region_key="region", instance_key="spot_id")
-    logger.info(
-        "Pooled %d regions of %r into %d %s spots (%g µm, %g µm spacing; median %g members).",
-        int((np.asarray(members.sum(0)).ravel() > 0).sum()),
-        shapes_key,
-        n,
-        lattice,
-        diameter,
-        spacing,
-        float(np.median(n_members)),
-    )
+    n_pooled = int((np.asarray(members.sum(0)).ravel() > 0).sum())
+    logger.info("Pooled %d regions of %r into %d %s spots.", n_pooled, shapes_key, n, lattice)
     if not inplace:
         return SpatialData(shapes={key_added: circles}, tables={new_table_key: new_table})
-    if inplace and not exclusive:
+    if not exclusive:
         logger.info("Disks overlap (%g µm > %g µm spacing): no source column, use obsm['members'].", diameter, spacing)
-    for k in (key_added, new_table_key):
-        if overwrite and k in sdata.shapes:
-            del sdata.shapes[k]
-        if overwrite and k in sdata.tables:
-            del sdata.tables[k]
+    for k in (key_added, new_table_key):  # overwrite=True (checked above)
+        for elements in (sdata.shapes, sdata.tables):
+            if k in elements:
+                del elements[k]
+    if key_added in table.obs.columns:  # a stale column of an overwritten run
+        del table.obs[key_added]
     sdata.shapes[key_added] = circles
     sdata.tables[new_table_key] = new_table
     if column is not None:
