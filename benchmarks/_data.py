@@ -36,3 +36,12 @@ def mob(sections=(1, 2, 3, 4)):
         stp.io.read_st(d / f"MOB{i}.tsv", d / f"alignment_table_MOB{i}.tsv", d / f"MOB{i}.jpg", array="2k")
         for i in sections
     ]
+
+
+def mob_individuals(sections=(1, 2, 3, 4)) -> list[str]:
+    """The individual (mouse) of each mob section, from the dataset's ``metaData.csv`` (MOB1–2: 1, MOB3–4: 2)."""
+    import pandas as pd
+
+    meta = pd.read_csv(SHARED / "mob" / "metaData.csv", sep=";")
+    meta.index = [Path(str(p)).stem for p in meta["samples"]]
+    return [str(meta.loc[f"MOB{i}", "individual"]) for i in sections]

@@ -3,14 +3,19 @@
 Tasks (50 seurat_v3 genes chosen on each fold's training data, per-gene Pearson within each held-out slide):
 
 - ``loso``: leave-one-section-out (her2st C2–C6: one patient, so cross-section, not cross-patient; mob MOB1–4);
+- ``lopo``: leave-one-individual-out (mob only: MOB1–2 and MOB3–4 are two mice, from its ``metaData.csv``);
 - ``hide50``: hide ``perm[: n // 2]`` of ``default_rng(0).permutation(n)`` within each slide;
 - ``pool2``: pool 2×2 spots (array x // 2, y // 2) into pseudo-spots, fit on them, recover the original spots.
 
 Writes ``benchmarks/results/accuracy.md`` (one table: task × method: mean PCC ± sd over folds, median and
 quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the table into ``docs/benchmarks.md``.
 
-    python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,hide50,pool2] [--methods ridge,mean,...]
+    python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,lopo,hide50,pool2] [--methods ridge,mean,...]
+                                  [--stain none,macenko,reinhard] [--feature-norm none,slide]
                                   [--max-epochs N] [--time-budget SECONDS] [--out DIR]
+
+``--stain`` and ``--feature-norm`` run every method once per option (cross-slide tasks only: within one slide
+the stain reference is the slide itself); rows name the variant, e.g. ``ridge [macenko]``.
     python benchmarks/accuracy.py --merge DIR1,DIR2,...   # one table from runs split across processes
 """
 
@@ -29,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 TASKS = {
     "loso": ("leave_one_section_out", {}),
+    "lopo": ("leave_one_patient_out", {}),
     "hide50": ("hide_spots", {"fraction": 0.5}),
     "pool2": ("pool", {"pool": 2}),
 }
@@ -38,7 +44,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import numpy as np
     import pandas as pd
-    from _data import her2st, mob
+    from _data import her2st, mob, mob_individuals
 
     import stpredict as stp
 
@@ -59,6 +65,8 @@ def main() -> None:
         default="auto",
         help="hand-crafted features from the slide's dense map (on), one window per spot (off), or the cheaper",
     )
+    p.add_argument("--stain", default="none", help="comma-separated stain options to run (none,macenko,reinhard)")
+    p.add_argument("--feature-norm", default="none", help="comma-separated feature_norm options (none,slide)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument(
@@ -76,6 +84,8 @@ def main() -> None:
     commit = _commit()  # the code that runs, recorded before anything can change the checkout
     methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
     loaders = {"her2st": her2st, "mob": mob}
+    groups = {"mob": mob_individuals}
+    variants = [(st, fn) for st in args.stain.split(",") for fn in args.feature_norm.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     rows, skipped, embed_s = [], {}, {}
     for ds in args.datasets.split(","):
@@ -90,13 +100,23 @@ def main() -> None:
         print(f"{ds}: handcrafted embeddings in {embed_s[ds]:.0f} s", flush=True)
         for task in args.tasks.split(","):
             protocol, kw = TASKS[task]
-            for m in methods:
+            if protocol == "leave_one_patient_out":
+                if ds not in groups:
+                    print(f"  {ds} lopo: one individual only, skipped", flush=True)
+                    continue
+                kw = {"groups": groups[ds]()}
+            cross = protocol in ("leave_one_section_out", "leave_one_patient_out")
+            for m, (stain, fnorm) in [(m, v) for m in methods for v in variants]:
                 cls = stp.models.get_predictor_class(m)
-                if protocol == "leave_one_section_out" and cls.uses_slide_targets:
+                if cross and cls.uses_slide_targets:
                     continue
                 if m == "copy" and protocol != "pool":
                     continue
-                if m in skipped:
+                plain = (stain, fnorm) == ("none", "none")
+                if not plain and (not cross or m in ("mean", "neighbors", "copy")):
+                    continue  # the options change what is read from the image, and only across slides
+                label = m if plain else f"{m} [{'+'.join(v for v in (stain, fnorm) if v != 'none')}]"
+                if label in skipped:
                     continue
                 t1 = time.perf_counter()
                 try:
@@ -109,21 +129,24 @@ def main() -> None:
                         max_epochs=args.max_epochs,
                         progress=False,
                         dense=dense,
+                        stain=stain,
+                        feature_norm=fnorm,
                         **kw,
                     )
                 except Exception as e:  # noqa: BLE001 - report and go on
-                    print(f"  {ds} {task} {m}: FAILED {type(e).__name__}: {e}", flush=True)
+                    print(f"  {ds} {task} {label}: FAILED {type(e).__name__}: {e}", flush=True)
                     continue
                 wall = time.perf_counter() - t1
                 s = res.summary()
-                res.scores.to_csv(args.out / f"pergene_{ds}_{task}_{m}.csv", index=False)
-                rows.append({"dataset": ds, "task": task, "method": m, **s, "wall_seconds": wall})
+                tag = label.replace(" [", "_").replace("]", "").replace("+", "_")
+                res.scores.to_csv(args.out / f"pergene_{ds}_{task}_{tag}.csv", index=False)
+                rows.append({"dataset": ds, "task": task, "method": label, **s, "wall_seconds": wall})
                 print(
-                    f"  {ds} {task:7s} {m:10s} PCC {s['pcc_mean']:.3f} ± {s['pcc_sd_folds']:.3f}  ({wall:.0f} s)",
+                    f"  {ds} {task:7s} {label:18s} PCC {s['pcc_mean']:.3f} ± {s['pcc_sd_folds']:.3f}  ({wall:.0f} s)",
                     flush=True,
                 )
                 if args.time_budget and wall > args.time_budget:
-                    skipped[m] = wall
+                    skipped[label] = wall
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "accuracy.csv", index=False)
     (args.out / "run.txt").write_text(
@@ -197,7 +220,7 @@ def merge(folders: list[Path], out: Path, *, docs: bool) -> None:
         df["run"] = run
         frames.append(df)
     df = pd.concat(frames).drop_duplicates(["dataset", "task", "method"], keep="last")
-    order = {"loso": 0, "hide50": 1, "pool2": 2}
+    order = {"loso": 0, "lopo": 1, "hide50": 2, "pool2": 3}
     base = {"mean": 0, "neighbors": 1, "copy": 2, "ridge": 3, "ridge_neighbors": 4}
     df = df.sort_values(
         ["dataset", "task", "method"],

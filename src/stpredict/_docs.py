@@ -42,6 +42,18 @@ dense
     have one: ``handcrafted``; agrees with the windows' features to a per-feature correlation ≥ 0.99) instead
     of one window each. ``None`` takes whichever reads fewer pixels (the map for µm bins and for most spot
     layouts); ``False`` is the per-window reference.""",
+    "transfer": """\
+stain
+    Stain normalisation of every slide, as a whole, before it is read: ``"macenko"`` (hematoxylin and eosin
+    concentrations rescaled onto the reference's and re-expressed with its stain vectors; the optical density
+    the two stains do not explain is kept), ``"reinhard"`` (CIELAB mean and sd matched) or ``"none"``. The
+    reference is fitted on the training slides' tissue pixels (each slide weighted equally) and travels with the
+    fitted model, which applies it to every slide it predicts. ``None``: ``"none"`` for a model fitted here, the
+    model's own for a fitted one (asking for another fails).
+feature_norm
+    ``"slide"``: standardise each slide's embeddings with the mean and sd of its own spots' embeddings (its grid
+    regions with the same statistics), a correction for shifts between slides that uses no expression.
+    ``"none"`` (or ``None``, the default): as computed. A fitted model applies what it was fitted with.""",
     "seed": """\
 seed
     Seed of every random step (splits, initialisation, sampling). ``None`` draws fresh entropy.""",

@@ -40,6 +40,8 @@ def slide_data(
     num_workers: int | None = None,
     progress: bool | None = None,
     dense: bool | None = None,
+    stain: str | None = None,
+    feature_norm: str | None = None,
 ) -> SlideData:
     """The measured spots of a slide as a predictor sees them: geometry, targets, embeddings.
 
@@ -72,6 +74,8 @@ def slide_data(
         Layer of raw counts (``None``: ``X``).
     device, batch_size, num_workers, progress, dense
         As in :func:`stpredict.tl.embed`.
+    stain, feature_norm
+        As in :func:`stpredict.tl.fit` (a fitted model's own by default).
 
     Returns
     -------
@@ -81,6 +85,7 @@ def slide_data(
     """
     from ..tl._models import resolve_model
     from ..tl._pipeline import Compute, Elements, prepare_prediction, prepare_training
+    from ..tl._transfer import Transfer
 
     run = Compute(device, batch_size, num_workers, progress, dense)
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
@@ -88,12 +93,12 @@ def slide_data(
     if fitted:
         inputs = prepare_prediction(
             sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um, elements=elements,
-            layer=layer,
+            layer=layer, stain=stain, feature_norm=feature_norm,
         )  # fmt: skip
     else:
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
-            patch_size_um=patch_size_um, elements=elements, layer=layer,
+            patch_size_um=patch_size_um, elements=elements, layer=layer, transfer=Transfer(stain, feature_norm),
         )  # fmt: skip
     inputs.embed(run)
     slide = inputs.slides[0]

@@ -118,7 +118,7 @@ def stain_concentrations(od: Any, stains: np.ndarray = RUIFROK_HED[:2], *, chann
     return np.moveaxis(od @ pinv.T, -1, channel_axis)
 
 
-def macenko_stains(rgb: Any, *, beta: float = 0.15, alpha: float = 1.0) -> np.ndarray:
+def macenko_stains(rgb: Any, *, beta: float = 0.15, alpha: float = 1.0, min_angle: float = 15.0) -> np.ndarray:
     """Macenko et al. (2009) H and E stain vectors of an image or batch ``(..., 3, h, w)`` uint8.
 
     Pixels with OD below ``beta`` on any channel are background; the stain vectors are the robust extremes
@@ -136,12 +136,16 @@ def macenko_stains(rgb: Any, *, beta: float = 0.15, alpha: float = 1.0) -> np.nd
     alpha
         Percentile, in %, of the angle distribution taken as each extreme (``alpha`` and ``100 - alpha``);
         larger values are more robust to outlying pixels.
+    min_angle
+        Fewest degrees between the two vectors found: closer ones mean the image's hues do not separate two
+        stains (a faint or single-stain section; the two would be confounded and their concentrations blow up),
+        and the Ruifrok–Johnston vectors are returned instead.
 
     Returns
     -------
     ``(2, 3)`` float64 stain vectors in OD space, unit rows, hematoxylin (the one absorbing more red) first.
-    With fewer than 10 foreground pixels, the Ruifrok–Johnston H and E vectors (``RUIFROK_HED[:2]``) are
-    returned instead.
+    With fewer than 10 foreground pixels, or two vectors closer than ``min_angle``, the Ruifrok–Johnston H and E
+    vectors (``RUIFROK_HED[:2]``) are returned instead.
 
     Examples
     --------
@@ -163,6 +167,8 @@ def macenko_stains(rgb: Any, *, beta: float = 0.15, alpha: float = 1.0) -> np.nd
     v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
     v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
     v1, v2 = np.abs(v1) / np.linalg.norm(v1), np.abs(v2) / np.linalg.norm(v2)
+    if np.degrees(np.arccos(np.clip(v1 @ v2, -1.0, 1.0))) < min_angle:
+        return RUIFROK_HED[:2].copy()
     # hematoxylin absorbs more red than eosin
     return np.stack([v1, v2]) if v1[0] > v2[0] else np.stack([v2, v1])
 
@@ -213,11 +219,7 @@ class StainNormalizer:
         ref = np.asarray(reference)
         if self.method == "macenko":
             self.stains = macenko_stains(ref)
-            c = (
-                stain_concentrations(rgb_to_od(ref), self.stains).reshape(-1, 2)
-                if ref.ndim == 3
-                else np.moveaxis(stain_concentrations(rgb_to_od(ref), self.stains), 1, -1).reshape(-1, 2)
-            )
+            c = np.moveaxis(stain_concentrations(rgb_to_od(ref), self.stains), -3, -1).reshape(-1, 2)
             self.max_conc = np.percentile(c, 99, axis=0)
         elif self.method == "reinhard":
             lab = _to_lab(ref)
@@ -231,6 +233,34 @@ class StainNormalizer:
             msg = f"method must be 'macenko' or 'reinhard', got {self.method!r}."
             raise ValueError(msg)
         return self
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the reference statistics are set."""
+        if self.method == "macenko":
+            return self.stains is not None and self.max_conc is not None
+        return self.lab_mean is not None and self.lab_std is not None
+
+    def to_record(self) -> dict[str, Any]:
+        """The method and fitted statistics as JSON-ready lists (what a checkpoint stores)."""
+        rec: dict[str, Any] = {"method": self.method}
+        for k in ("stains", "max_conc", "lab_mean", "lab_std"):
+            v = getattr(self, k)
+            if v is not None:
+                rec[k] = np.asarray(v, dtype=float).tolist()
+        return rec
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StainNormalizer:
+        """The normaliser of :meth:`to_record`'s output (e.g. read from a checkpoint)."""
+        arrays = {
+            k: np.asarray(record[k], dtype=float) for k in ("stains", "max_conc", "lab_mean", "lab_std") if k in record
+        }
+        norm = cls(str(record.get("method", "")), **arrays)
+        if norm.method not in ("macenko", "reinhard") or not norm.is_fitted:
+            msg = f"Not a fitted stain normaliser record: {record!r}."
+            raise ValueError(msg)
+        return norm
 
     def __call__(self, patches: Any) -> np.ndarray:
         """Normalise ``(b, 3, h, w)`` (or ``(3, h, w)``) uint8 patches, each on its own statistics."""

@@ -13,14 +13,19 @@ from .._logging import get_logger
 from ..metrics import score_table, summarize
 from ..models._base import Regions
 from ._cv_folds import no_genes_error, plan_folds, pool_fold
+from ._embeddings import EmbeddingCache
 from ._models import fresh_copy, resolve_model, train
 from ._pipeline import Compute, prepare_slides
 from ._targets import NoGenesError, preprocessing_record, select_genes, targets
+from ._transfer import Transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from spatialdata import SpatialData
+
+    from ..models._base import SlideData
+    from ._pipeline import Inputs
 
 
 __all__ = ["CVResult", "Split", "cross_validate"]
@@ -120,6 +125,8 @@ def cross_validate(
     num_workers: int | None = None,
     progress: bool | None = None,
     dense: bool | None = None,
+    stain: str | None = None,
+    feature_norm: str | None = None,
     names: Sequence[str] | None = None,
     **model_kwargs: Any,
 ) -> CVResult:
@@ -178,6 +185,15 @@ def cross_validate(
         Training budget.
     device, batch_size, num_workers, progress, dense
         As in :func:`stpredict.tl.predict`.
+    stain
+        Stain normalisation (``"macenko"``, ``"reinhard"``; ``None``/``"none"``: none), as in
+        :func:`stpredict.tl.fit`: in each fold of the cross-slide protocols every slide is normalised onto a
+        reference fitted on that fold's training slides only (the held-out slide's pixels never shape it).
+        Within one slide (``hide_spots``, ``pool``) the reference would be the slide itself, the identity: it is
+        skipped.
+    feature_norm
+        ``"slide"``: each slide's embeddings standardised with its own spots' statistics (see
+        :func:`stpredict.tl.fit`).
     names
         Slide names for the tables (default: library ids). Repeated names get ``#i`` (the slide's position)
         appended, as in :func:`stpredict.tl.fit`.
@@ -210,10 +226,16 @@ def cross_validate(
         msg = "leave_one_patient_out needs groups=... with one patient id per slide."
         raise ValueError(msg)
     run = Compute(device, batch_size, num_workers, progress, dense)
+    transfer = Transfer(stain, feature_norm)
+    cross = protocol in ("leave_one_section_out", "leave_one_patient_out")
+    if transfer.stain != "none" and not cross:
+        logger.info("cv %s: stain=%r is the identity within one slide; skipped.", protocol, transfer.stain)
+        transfer = Transfer("none", transfer.feature_norm)
     # validate and resolve every slide before any heavy work
     inputs = prepare_slides(
-        sdatas, proto_pred, backbone=backbone, weights=weights, patch_size_um=patch_size_um, names=names
-    )
+        sdatas, proto_pred, backbone=backbone, weights=weights, patch_size_um=patch_size_um, names=names,
+        transfer=transfer,
+    )  # fmt: skip
     base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
     emb_cache: dict[int, np.ndarray | None] = {}
 
@@ -234,6 +256,8 @@ def cross_validate(
             y_true, mean, panel, how, n_train, t_fit, t_pred, train_names = result
             test_names = list(sl_test.obs_names)
         else:
+            slide_of, emb_of = _fold_inputs(inputs, train_is, test_i, run, embeddings)
+            sl_test = slide_of(test_i)
             tables = [(base[j][2], base[j][1].rows[train_idx[j]]) for j in train_is]
             try:
                 panel, how = select_genes(tables, genes if genes is not None else n_genes, n_genes=n_genes)
@@ -247,12 +271,12 @@ def cross_validate(
                 raise no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None)
             train_slides = []
             for j in train_is:
-                sl, geo, table = base[j]
+                _, geo, table = base[j]
                 idx = train_idx[j]
                 y, ylin, lib = targets(table, geo.rows[idx], panel, None)
-                sub = sl.subset(idx)
+                sub = slide_of(j).subset(idx)
                 sub.genes, sub.y, sub.y_linear, sub.library_size = panel, y, ylin, lib
-                emb = embeddings(j)
+                emb = emb_of(j)
                 sub.embeddings = None if emb is None else emb[idx]
                 train_slides.append(sub)
             pred = fresh_copy(proto_pred)
@@ -268,9 +292,8 @@ def cross_validate(
             else:
                 context = sl_test.without_targets()
                 context.genes = panel
-                emb = embeddings(test_i)
-                context.embeddings = emb
-            emb_t = embeddings(test_i)
+                context.embeddings = emb_of(test_i)
+            emb_t = emb_of(test_i)
             regions = Regions(
                 sl_test.centers_px[test_idx],
                 "circle",
@@ -326,12 +349,37 @@ def cross_validate(
         "pool": pool if protocol == "pool" else None,
         "condition": condition if protocol == "pool" else None,
         "groups": list(groups) if groups is not None else None,
+        "stain": transfer.stain,
+        "feature_norm": transfer.feature_norm,
         "backbone": inputs.backbone_params or None,
         "max_epochs": max_epochs,
         "embed_seconds": round(inputs.cache.seconds if inputs.cache is not None else 0.0, 3),
         "gene_selection": _gene_selection_record(fold_how),
     }
     return CVResult(pd.concat(rows, ignore_index=True), pd.DataFrame(fold_rows), splits, fold_genes, params)
+
+
+def _fold_inputs(
+    inputs: Inputs, train_is: Sequence[int], test_i: int, run: Compute, embeddings: Callable[[int], Any]
+) -> tuple[Callable[[int], SlideData], Callable[[int], Any]]:
+    """A fold's slides and their embeddings: as prepared, or normalised onto the fold's own stain reference.
+
+    With a stain method, the reference is fitted on the fold's training slides and every slide of the fold is
+    normalised onto it and embedded through a cache of the fold's (its dense maps are dropped with it).
+    """
+    if inputs.stains is None:
+        return inputs.slides.__getitem__, embeddings
+    reference = inputs.stains.reference([inputs.slides[j] for j in train_is])
+    slides = {j: inputs.stains.normalize(inputs.slides[j], reference) for j in (*train_is, test_i)}
+    cache = EmbeddingCache(inputs.backbone, inputs.patch_size_um) if inputs.backbone is not None else None
+    done: dict[int, Any] = {}
+
+    def emb_of(j: int) -> Any:
+        if j not in done:
+            done[j] = inputs.slide_embeddings(j, slides[j], run, cache=cache)
+        return done[j]
+
+    return slides.__getitem__, emb_of
 
 
 def _gene_selection_record(fold_how: dict[int, str]) -> str:

@@ -174,6 +174,10 @@ def pool_fold(
             **run.loop_kwargs(),
             desc="embed pooled",
         )
+        if sl.meta.get("feature_stats") is not None:  # feature_norm="slide": the slide's spot statistics
+            from ._transfer import standardize
+
+            emb, _ = standardize(emb, sl.meta["feature_stats"])
     sizes = np.bincount(member)
     pooled_slide = SlideData(
         name=f"{sl.name}_pool{k}",

@@ -67,14 +67,21 @@ class EmbeddingCache:
         self.maps = DenseMaps(backbone, self.patch_size_um)
         self._pending: list[tuple[AnnData, SpotGeometry, np.ndarray, dict[str, Any]]] = []
 
-    def spots(self, table: AnnData | None, geo: SpotGeometry, levels: list, run: Compute) -> np.ndarray:
-        """``(n_spots, dim)`` features of the spots of ``geo`` (reused or computed; see the class)."""
+    def spots(
+        self, table: AnnData | None, geo: SpotGeometry, levels: list, run: Compute, *, stain: dict | None = None
+    ) -> np.ndarray:
+        """``(n_spots, dim)`` features of the spots of ``geo`` (reused or computed; see the class).
+
+        ``stain`` is the record of the stain normalisation ``levels`` went through (part of the cache's key).
+        """
         check_dense(self.backbone, dense=run.dense)
         centers_um = geo.centers * np.asarray(geo.microns_per_pixel_xy)
         read_px = self.backbone.input_spec(self.patch_size_um)[1]
         dense = self.maps.use(levels, centers_um, read_px, dense=run.dense)
         rec = backbone_record(self.backbone, self.patch_size_um, geo)
         rec.update(DenseMaps.record() if dense else {"path": "windows"})
+        if stain is not None:
+            rec["stain"] = stain
         if table is not None and self.key in table.obsm:
             old = table.uns.get(UNS_KEY, {}).get("embeddings", {}).get(self.key)
             if old is not None and _same_record(old, rec):
@@ -141,6 +148,28 @@ def plan_regions(slide: SlideData, geo: SpotGeometry, points: GridPoints, cache:
 
 
 def region_embeddings(
+    slide: SlideData,
+    points: GridPoints,
+    cache: EmbeddingCache,
+    *,
+    run: Compute,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embeddings of grid regions, from the call's dense map or from windows (see :func:`_region_features`).
+
+    When the slide's spot embeddings were standardised (``feature_norm="slide"``), the regions' are standardised
+    with the same statistics (``slide.meta["feature_stats"]``).
+    """
+    emb, info = _region_features(slide, points, cache, run=run)
+    stats = slide.meta.get("feature_stats")
+    if stats is not None:
+        from ._transfer import standardize
+
+        emb, _ = standardize(emb, stats)
+        info = dict(info, feature_norm="slide")
+    return emb, info
+
+
+def _region_features(
     slide: SlideData,
     points: GridPoints,
     cache: EmbeddingCache,

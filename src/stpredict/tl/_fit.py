@@ -10,6 +10,7 @@ from .._logging import get_logger
 from ._embeddings import EmbeddingCache
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_training, spot_geometry
+from ._transfer import Transfer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -125,6 +126,8 @@ def fit(
     num_workers: int | None = None,
     progress: bool | None = None,
     dense: bool | None = None,
+    stain: str | None = None,
+    feature_norm: str | None = None,
     cache_embeddings: bool = True,
     **model_kwargs: Any,
 ) -> Predictor:
@@ -160,6 +163,7 @@ def fit(
     {batch}
     {progress}
     {dense}
+    {transfer}
     cache_embeddings
         Store the spots' embeddings in ``obsm`` for reuse (the only change made to ``sdata``).
     **model_kwargs
@@ -195,6 +199,7 @@ def fit(
         patch_size_um=patch_size_um,
         elements=Elements(image_key, spots_key, table_key, microns_per_pixel),
         layer=layer,
+        transfer=Transfer(stain, feature_norm),
     )
     logger.info(
         "fit: %s on %d spots of %d slide(s), %d genes.",

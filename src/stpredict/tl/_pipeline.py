@@ -31,6 +31,7 @@ from ..pp._spots import spots as resolve_spots
 from ._embeddings import EmbeddingCache
 from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._targets import preprocessing_record, select_genes, targets
+from ._transfer import SlideStains, Transfer, fitted_transfer, standardize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ..models._base import Predictor
     from ..models.backbones import Backbone
     from ..pp._spots import SpotGeometry
+    from ..pp._stain import StainNormalizer
 
 __all__ = [
     "Compute",
@@ -181,6 +183,13 @@ class Inputs:
         Window side in µm of the embeddings.
     layer
         Layer of raw counts (``None``: ``X``).
+    transfer
+        Stain normalisation and feature standardisation (:mod:`stpredict.tl._transfer`); ``slides`` are already
+        normalised onto ``stain_reference`` when it is set.
+    stain_reference
+        The stain reference the slides were normalised onto (fitted on the training slides, or the model's).
+    stains
+        The slides' stain statistics (cross-validation normalises per fold through it).
     cache
         The embedding cache (``None`` without a backbone).
     """
@@ -193,6 +202,9 @@ class Inputs:
     backbone: Backbone | None
     patch_size_um: float
     layer: str | None = None
+    transfer: Transfer = field(default_factory=Transfer)
+    stain_reference: StainNormalizer | None = None
+    stains: SlideStains | None = field(default=None, repr=False)
     cache: EmbeddingCache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -213,10 +225,18 @@ class Inputs:
 
     @property
     def backbone_params(self) -> dict[str, Any]:
-        """The backbone's parameters and window: what a fitted predictor records to embed the same way."""
-        if self.backbone is None:
-            return {}
-        return dict(self.backbone.params(), patch_size_um=self.patch_size_um)
+        """How inputs are made: the backbone's parameters and window, the stain reference and feature norm.
+
+        What a fitted predictor records (``predictor.backbone``) to read and embed a new slide the same way.
+        """
+        rec: dict[str, Any] = {}
+        if self.backbone is not None:
+            rec.update(self.backbone.params(), patch_size_um=self.patch_size_um)
+        if self.stain_reference is not None:
+            rec["stain"] = self.stain_reference.to_record()
+        if self.transfer.feature_norm != "none" and self.backbone is not None:
+            rec["feature_norm"] = self.transfer.feature_norm
+        return rec
 
     def data_record(self) -> dict[str, Any]:
         """The training data of a predictor fitted on all these slides: names, fingerprints, spots."""
@@ -228,9 +248,23 @@ class Inputs:
 
     def spot_embeddings(self, i: int, run: Compute) -> np.ndarray | None:
         """Slide ``i``'s spot embeddings (reused or computed; ``None`` without a backbone)."""
-        if self.cache is None:
+        return self.slide_embeddings(i, self.slides[i], run)
+
+    def slide_embeddings(
+        self, i: int, slide: SlideData, run: Compute, cache: EmbeddingCache | None = None
+    ) -> np.ndarray | None:
+        """Spot embeddings of slide ``i`` as read from ``slide`` (e.g. a copy normalised onto another reference).
+
+        With ``feature_norm="slide"`` they are standardised with their own statistics, which are kept in
+        ``slide.meta["feature_stats"]`` for the slide's grid regions.
+        """
+        cache = cache or self.cache
+        if cache is None:
             return None
-        return self.cache.spots(self.table(i), self.geos[i], self.slides[i].image_levels, run)
+        emb = cache.spots(self.table(i), self.geos[i], slide.image_levels, run, stain=slide.meta.get("stain"))
+        if self.transfer.feature_norm == "slide":
+            emb, slide.meta["feature_stats"] = standardize(emb)
+        return emb
 
     def embed(self, run: Compute) -> None:
         """Set every slide's ``embeddings`` (reused from ``obsm`` or computed)."""
@@ -268,10 +302,12 @@ def prepare_training(
     patch_size_um: float | None,
     elements: Elements,
     layer: str | None,
+    transfer: Transfer | None = None,
 ) -> Inputs:
     """Inputs to fit ``predictor`` on the measured spots of ``sdatas``: panel chosen on all their spots.
 
-    ``predictor`` decides the backbone (see :func:`resolve_backbone`; ``None``: ``backbone`` alone).
+    ``predictor`` decides the backbone (see :func:`resolve_backbone`; ``None``: ``backbone`` alone). With a stain
+    method in ``transfer``, every slide is normalised onto a reference fitted on all of them.
     """
     sdatas = list(sdatas)
     geos = [spot_geometry(s, elements, need_targets=True, layer=layer) for s in sdatas]
@@ -280,7 +316,13 @@ def prepare_training(
     slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
     _distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
-    return Inputs(sdatas, geos, slides, panel, how, bb, _patch_size(bb, patch_size_um), layer)
+    transfer = transfer or Transfer()
+    reference = None
+    if transfer.stain != "none":
+        stains = SlideStains(transfer.stain)
+        reference = stains.reference(slides)
+        slides = [stains.normalize(sl, reference) for sl in slides]
+    return Inputs(sdatas, geos, slides, panel, how, bb, _patch_size(bb, patch_size_um), layer, transfer, reference)
 
 
 def prepare_prediction(
@@ -292,9 +334,15 @@ def prepare_prediction(
     patch_size_um: float | None,
     elements: Elements,
     layer: str | None,
+    stain: str | None = None,
+    feature_norm: str | None = None,
 ) -> Inputs:
-    """Inputs for a fitted ``predictor`` on one slide: its own panel, backbone and window."""
+    """Inputs for a fitted ``predictor`` on one slide: its own panel, backbone, window and stain reference.
+
+    ``stain``/``feature_norm`` may only repeat what the model was fitted with (``None``: the model's).
+    """
     check_fitted_backbone(predictor, backbone, patch_size_um)
+    transfer, reference = fitted_transfer(predictor, stain, feature_norm)
     geo = spot_geometry(sdata, elements, need_targets=False, layer=layer)
     slide = slide_data(sdata, geo, genes=predictor.genes, layer=layer)
     if slide.y is None:
@@ -304,7 +352,10 @@ def prepare_prediction(
         raise ValueError(msg)
     bb = resolve_backbone(predictor, backbone, weights)
     patch_um = float(predictor.backbone.get("patch_size_um", bb.default_patch_um)) if bb is not None else 0.0
-    return Inputs([sdata], [geo], [slide], list(predictor.genes or []), None, bb, patch_um, layer)
+    if reference is not None:
+        slide = SlideStains(reference.method).normalize(slide, reference)
+    genes = list(predictor.genes or [])
+    return Inputs([sdata], [geo], [slide], genes, None, bb, patch_um, layer, transfer, reference)
 
 
 def prepare_slides(
@@ -315,8 +366,13 @@ def prepare_slides(
     weights: Any,
     patch_size_um: float | None,
     names: Sequence[str] | None = None,
+    transfer: Transfer | None = None,
 ) -> Inputs:
-    """Inputs of measured slides whose panel is chosen later (per fold of a cross-validation)."""
+    """Inputs of measured slides whose panel is chosen later (per fold of a cross-validation).
+
+    The slides are left as they are: with a stain method, each fold normalises them onto a reference fitted on
+    its training slides (through ``Inputs.stains``).
+    """
     sdatas = list(sdatas)
     geos = [spot_geometry(s, Elements(), need_targets=True, layer=None) for s in sdatas]
     slides = [
@@ -325,4 +381,6 @@ def prepare_slides(
     ]
     _distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
-    return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None)
+    transfer = transfer or Transfer()
+    stains = SlideStains(transfer.stain) if transfer.stain != "none" else None
+    return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None, transfer, None, stains)

@@ -18,6 +18,7 @@ from ..pp._folds import spatial_folds
 from ._models import fresh_copy, resolve_model, slide_fingerprint, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
 from ._targets import OUTPUT_SPACE
+from ._transfer import Transfer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,6 +56,8 @@ def predict(
     num_workers: int | None = None,
     progress: bool | None = None,
     dense: bool | None = None,
+    stain: str | None = None,
+    feature_norm: str | None = None,
     key_added: str = LAYER_PREDICTED,
     inplace: bool = True,
     **model_kwargs: Any,
@@ -96,6 +99,7 @@ def predict(
     {batch}
     {progress}
     {dense}
+    {transfer}
     key_added
         Name of the layers: ``layers[key_added]`` and ``layers[f"{key_added}_std"]``.
     {inplace}
@@ -135,7 +139,7 @@ def predict(
             raise ValueError(msg)
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
-            patch_size_um=patch_size_um, elements=elements, layer=layer,
+            patch_size_um=patch_size_um, elements=elements, layer=layer, transfer=Transfer(stain, feature_norm),
         )  # fmt: skip
         slide = inputs.slides[0]
         if slide.n < 2 * oof_folds:
@@ -183,7 +187,7 @@ def predict(
     else:
         inputs = prepare_prediction(
             sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um,
-            elements=elements, layer=layer,
+            elements=elements, layer=layer, stain=stain, feature_norm=feature_norm,
         )  # fmt: skip
         slide = inputs.slides[0]
         # context for predictors that attend over the measured spots

@@ -20,6 +20,7 @@ from ._embeddings import plan_regions, region_embeddings
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
 from ._targets import OUTPUT_SPACE
+from ._transfer import Transfer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,6 +60,8 @@ def superresolve(
     num_workers: int | None = None,
     progress: bool | None = None,
     dense: bool | None = None,
+    stain: str | None = None,
+    feature_norm: str | None = None,
     key_added: str | None = None,
     map_key: str | bool | None = None,
     inplace: bool = True,
@@ -112,6 +115,7 @@ def superresolve(
     {batch}
     {progress}
     {dense}
+    {transfer}
     key_added
         Table name; default ``f"<model>_<spots_key>_<grid>"``.
     map_key
@@ -162,12 +166,12 @@ def superresolve(
     if not fitted:
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
-            patch_size_um=patch_size_um, elements=elements, layer=layer,
+            patch_size_um=patch_size_um, elements=elements, layer=layer, transfer=Transfer(stain, feature_norm),
         )  # fmt: skip
     else:
         inputs = prepare_prediction(
             sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um,
-            elements=elements, layer=layer,
+            elements=elements, layer=layer, stain=stain, feature_norm=feature_norm,
         )  # fmt: skip
     slide, geo, bb = inputs.slides[0], inputs.geos[0], inputs.backbone
     condition = resolve_condition(condition, slide, inputs.genes)
@@ -193,8 +197,9 @@ def superresolve(
             train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
     else:
         predictor.device, predictor.progress = run.device, run.progress
-        if bb is not None and predictor.uses_slide_embeddings:
-            # the measured spots are the context the grid regions attend over
+        if bb is not None and (predictor.uses_slide_embeddings or inputs.transfer.feature_norm == "slide"):
+            # the measured spots are the context the grid regions attend over (and their statistics
+            # standardise the grid's features)
             with steps("spot_features"):
                 slide.embeddings = inputs.spot_embeddings(0, run)
     emb, emb_info = (None, {})

@@ -1,0 +1,166 @@
+"""What makes a model's inputs transfer across slides: stain normalisation and per-slide feature standardisation.
+
+Both are steps of the one input path (:mod:`stpredict.tl._pipeline`), the same for every backbone and predictor:
+
+- ``stain="macenko"|"reinhard"``: every slide is normalised, as a whole, onto a reference fitted on the training
+  slides' tissue pixels (each slide weighted equally); the reference travels with the fitted model
+  (``predictor.backbone["stain"]``), so a new slide is normalised onto the same reference before it is embedded
+  or read. Windows, dense maps and pixel-trained predictors all read the normalised pixels.
+- ``feature_norm="slide"``: each slide's embeddings are standardised with the mean and sd of its own spots'
+  embeddings (grid regions of the slide with the same statistics) — a common correction for batch shifts
+  between slides; it uses no expression, so a new slide's statistics come from its own image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._logging import get_logger
+from ..pp._stain import StainNormalizer
+from ..pp._stain_slide import normalized_levels, slide_stain_map, tissue_pixels
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..models._base import Predictor, SlideData
+
+__all__ = ["FEATURE_NORMS", "STAIN_METHODS", "SlideStains", "Transfer", "fitted_transfer", "standardize"]
+
+logger = get_logger(__name__)
+
+STAIN_METHODS = ("none", "macenko", "reinhard")
+FEATURE_NORMS = ("none", "slide")
+#: fewest tissue pixels a slide must give for its stain statistics
+_MIN_TISSUE = 1000
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """How inputs are made comparable across slides (checked when built: a bad value fails before any work).
+
+    Parameters
+    ----------
+    stain
+        ``"none"``, ``"macenko"`` or ``"reinhard"`` (``None``: ``"none"``).
+    feature_norm
+        ``"none"`` or ``"slide"`` (``None``: ``"none"``).
+    """
+
+    stain: str | None = "none"
+    feature_norm: str | None = "none"
+
+    def __post_init__(self) -> None:
+        stain = "none" if self.stain is None else self.stain
+        norm = "none" if self.feature_norm is None else self.feature_norm
+        if stain not in STAIN_METHODS:
+            msg = f"stain must be one of {STAIN_METHODS} (None: 'none'), got {self.stain!r}."
+            raise ValueError(msg)
+        if norm not in FEATURE_NORMS:
+            msg = f"feature_norm must be one of {FEATURE_NORMS} (None: 'none'), got {self.feature_norm!r}."
+            raise ValueError(msg)
+        object.__setattr__(self, "stain", stain)
+        object.__setattr__(self, "feature_norm", norm)
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is done."""
+        return self.stain != "none" or self.feature_norm != "none"
+
+
+def fitted_transfer(predictor: Predictor, stain: str | None, feature_norm: str | None) -> tuple[Transfer, Any]:
+    """The transfer options and stain reference a fitted predictor was trained with; a different request fails.
+
+    Returns ``(Transfer, StainNormalizer | None)``.
+    """
+    rec = predictor.backbone or {}
+    stain_rec = rec.get("stain")
+    fitted = Transfer(stain_rec["method"] if stain_rec else "none", rec.get("feature_norm", "none"))
+    asked = Transfer(stain, feature_norm)
+    for name, want in (("stain", stain), ("feature_norm", feature_norm)):
+        if want is not None and getattr(asked, name) != getattr(fitted, name):
+            msg = (
+                f"{name}={want!r}: the model was fitted with {name}={getattr(fitted, name)!r}, and predictions "
+                f"apply what it was fitted with (omit {name}=... to use it, or fit a model with {name}={want!r})."
+            )
+            raise ValueError(msg)
+    reference = StainNormalizer.from_record(stain_rec) if stain_rec else None
+    return fitted, reference
+
+
+class SlideStains:
+    """Each slide's tissue-pixel sample and own stain statistics, computed once; references and normalised slides.
+
+    Parameters
+    ----------
+    method
+        ``"macenko"`` or ``"reinhard"``.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self._pixels: dict[int, np.ndarray] = {}
+        self._own: dict[int, StainNormalizer] = {}
+        self._keep: dict[int, SlideData] = {}  # the slides the ids refer to
+
+    def pixels(self, slide: SlideData) -> np.ndarray:
+        """``(3, n, 1)`` tissue pixels of ``slide`` (sampled once)."""
+        key = id(slide)
+        if key not in self._pixels:
+            px = tissue_pixels(slide.image_levels, slide.microns_per_pixel_xy)
+            if px.shape[1] < _MIN_TISSUE:
+                msg = (
+                    f"stain={self.method!r}: slide {slide.name!r} has {px.shape[1]} tissue pixels (optical density "
+                    f"> 0.15 on every channel), too few to estimate its stains; is the image blank or not an H&E? "
+                    "Use stain='none' for this slide."
+                )
+                raise ValueError(msg)
+            self._pixels[key], self._keep[key] = px, slide
+        return self._pixels[key]
+
+    def own(self, slide: SlideData) -> StainNormalizer:
+        """The slide's own statistics (a normaliser fitted on its tissue pixels)."""
+        key = id(slide)
+        if key not in self._own:
+            self._own[key] = StainNormalizer(self.method).fit(self.pixels(slide))
+        return self._own[key]
+
+    def reference(self, slides: Sequence[SlideData]) -> StainNormalizer:
+        """A reference fitted on the tissue pixels of ``slides``, each contributing the same number of pixels."""
+        samples = [self.pixels(sl) for sl in slides]
+        n = min(s.shape[1] for s in samples)
+        rng = np.random.default_rng(0)
+        pooled = np.concatenate(
+            [s if s.shape[1] == n else s[:, np.sort(rng.choice(s.shape[1], n, replace=False))] for s in samples], axis=1
+        )
+        return StainNormalizer(self.method).fit(pooled)
+
+    def normalize(self, slide: SlideData, reference: StainNormalizer) -> SlideData:
+        """A copy of ``slide`` whose pixels are normalised onto ``reference`` (``meta["stain"]`` records how)."""
+        smap = slide_stain_map(reference, self.own(slide))
+        rec = {"method": self.method, "reference": _digest(reference.to_record()), "slide": _digest(smap.record)}
+        meta = dict(slide.meta, stain=rec)
+        return dataclasses.replace(slide, image_levels=normalized_levels(slide.image_levels, smap), meta=meta)
+
+
+def standardize(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, tuple]:
+    """Standardise ``(n, d)`` embeddings with ``stats = (mean, sd)`` (default: their own); returns both.
+
+    Features constant over the slide (sd 0) are centred only.
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    if stats is None:
+        mean = emb.mean(0)
+        sd = emb.std(0)
+        stats = (mean, np.where(sd > 1e-8, sd, 1.0).astype(np.float32))
+    return ((emb - stats[0]) / stats[1]).astype(np.float32), stats
+
+
+def _digest(rec: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(rec, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:12]
