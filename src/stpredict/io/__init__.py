@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ._arrays import from_arrays
+from ._hest import read_hest
+from ._hest_write import to_hest
 from ._st import read_st
 from ._txn import StoreLockedError, recover
 from ._utils import set_microns_per_pixel, to_rgb
@@ -12,10 +14,12 @@ from ._write import write_back
 __all__ = [
     "StoreLockedError",
     "from_arrays",
+    "read_hest",
     "read_st",
     "read_visium",
     "recover",
     "set_microns_per_pixel",
+    "to_hest",
     "to_rgb",
     "write_back",
 ]

@@ -16,7 +16,7 @@ from .._keys import DEFAULT_IMAGE, DEFAULT_SPOTS, DEFAULT_TABLE, MICRONS_CS, PIX
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["build_sdata", "load_image"]
+__all__ = ["build_sdata", "load_image", "tiff_level"]
 
 
 def load_image(image: str | Path | np.ndarray | da.Array, *, channel_axis: int | None = None) -> np.ndarray | da.Array:
@@ -31,11 +31,7 @@ def load_image(image: str | Path | np.ndarray | da.Array, *, channel_axis: int |
             msg = f"Image file {str(path)!r} does not exist."
             raise FileNotFoundError(msg)
         if path.suffix.lower() in {".tif", ".tiff", ".svs", ".btf"}:
-            import tifffile
-            import zarr
-
-            store = tifffile.imread(path, aszarr=True, level=0)
-            arr = da.from_zarr(zarr.open(store, mode="r"))
+            arr = tiff_level(path, 0)
         else:
             from PIL import Image
 
@@ -48,6 +44,26 @@ def load_image(image: str | Path | np.ndarray | da.Array, *, channel_axis: int |
                 Image.MAX_IMAGE_PIXELS = old
         return _to_cyx(arr, channel_axis=None)
     return _to_cyx(image, channel_axis=channel_axis)
+
+
+def tiff_level(path: str | Path, level: int) -> da.Array:
+    """One level of a TIFF's first series as a lazy dask array, in the file's axis order.
+
+    The file stays open while the array (or anything computed from it lazily) lives, and is closed with it.
+    """
+    import weakref
+
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    try:
+        store = tif.series[0].aszarr(level=level)
+    except Exception:
+        tif.close()
+        raise
+    weakref.finalize(store, tif.close)
+    return da.from_zarr(zarr.open(store, mode="r"))
 
 
 def _to_cyx(arr: Any, *, channel_axis: int | None) -> np.ndarray | da.Array:
