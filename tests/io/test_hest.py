@@ -153,7 +153,7 @@ def test_read_hest_pixel_size_options(hest_root):
 
 def test_read_hest_path_forms(hest_root, tmp_path):
     root, truth = hest_root
-    for p in (root / "st" / "SYN1.h5ad", root / "wsis" / "SYN1.tif", root / "metadata" / "SYN1.json"):
+    for p in (root / "SYN1", root / "st" / "SYN1.h5ad", root / "wsis" / "SYN1.tif", root / "metadata" / "SYN1.json"):
         sdata = stp.io.read_hest(p)
         assert list(sdata.tables["table"].obs_names) == truth["SYN1"]["barcodes"]
     # a root holding one sample needs no id
@@ -216,7 +216,10 @@ def test_to_hest_roundtrip_and_patches(slides, tmp_path):
     np.testing.assert_array_equal(img, ds.extractor.read(np.arange(geo.n_spots)).transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(img[7], ds[7].transpose(1, 2, 0))
     assert barcode.shape == (geo.n_spots, 1)
-    assert barcode.flatten().astype(str).tolist() == list(geo.obs_names)  # as the HEST benchmark decodes them
+    barcodes = barcode.flatten().astype(str).tolist()  # as the HEST benchmark decodes them
+    assert barcodes == list(geo.obs_names)
+    # the benchmark's expression lookup: adata[barcodes] gives each patch's counts
+    np.testing.assert_array_equal(adata[barcodes].X.toarray(), sdata.tables["table"].X.toarray())
     np.testing.assert_array_equal(coords, np.floor(geo.centers - 56 / 2 + 0.5).astype(int))  # 112 µm = 56 px
     assert attrs["patch_size_target"] == 224 and attrs["patch_size_src"] == 56 and attrs["pixel_size"] == MPP
     assert attrs["downsample"] == pytest.approx(0.25)
@@ -246,6 +249,30 @@ def test_to_hest_read_hest_roundtrip_with_wsi(hest_root, tmp_path):
         assert x[1] / x[0] * 1e4 == pytest.approx(MPP)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         stp.io.to_hest(sdata, tmp_path, sample_id="SYN1", progress=False)
+
+
+def test_read_hest_warns_of_a_diameter_far_below_the_spacing(hest_root, tmp_path):
+    """HEST's Visium HD metadata gives the 2 µm native bin while the table holds pooled bins."""
+    import logging
+
+    root, _ = hest_root
+    (tmp_path / "metadata").mkdir()
+    meta = json.loads((root / "metadata" / "SYN0.json").read_text())
+    (tmp_path / "metadata" / "SYN0.json").write_text(json.dumps({**meta, "spot_diameter": 2.0}))
+    for sub, suf in (("st", ".h5ad"), ("wsis", ".tif")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"SYN0{suf}").symlink_to(root / sub / f"SYN0{suf}")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("stpredict")
+    logger.addHandler(handler)
+    try:
+        sdata = stp.io.read_hest(tmp_path, sample_id="SYN0")
+    finally:
+        logger.removeHandler(handler)
+    assert stp.pp.spots(sdata).diameter_um == pytest.approx(2.0)
+    assert any("pass spot_diameter_um=" in r.getMessage() for r in records)
 
 
 # -- bad input: clear errors, raised before any work ------------------------------------------------------------

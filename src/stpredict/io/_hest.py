@@ -66,6 +66,8 @@ def resolve_sample(path: str | Path, sample_id: str | None) -> tuple[Path, str]:
             msg = f"{str(path)!r} is a file of sample {found!r}, not of sample_id={sample_id!r}: pass one or the other."
             raise ValueError(msg)
         sample_id = found
+    elif not path.exists() and (path.parent / "st").is_dir() and sample_id in (None, path.name):
+        root, sample_id = path.parent, path.name  # "<root>/<id>"
     else:
         root = path
     if not root.is_dir():
@@ -195,8 +197,8 @@ def read_hest(
     Parameters
     ----------
     path
-        The dataset root (the folder holding ``st/``, ``wsis/`` and ``metadata/``), or any file of the sample
-        in it (``<root>/st/<id>.h5ad``, ``<root>/wsis/<id>.tif``, ...).
+        The dataset root (the folder holding ``st/``, ``wsis/`` and ``metadata/``); ``<root>/<id>``, a sample's
+        id inside the root; or any file of the sample (``<root>/st/<id>.h5ad``, ``<root>/wsis/<id>.tif``, ...).
     sample_id
         The sample's id (e.g. ``"TENX95"``); ``None`` if ``path`` is one of its files or the root holds one sample.
     microns_per_pixel

@@ -105,6 +105,7 @@ def to_hest(
     The paths written, keyed ``"st"``, ``"metadata"``, ``"patches"`` and (with ``write_wsi``) ``"wsis"``.
     """
     from .._image import check_rgb
+    from .._validate import check_counts
     from ..pp._spots import spots
 
     if not isinstance(sample_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", sample_id) or sample_id[0] == ".":
@@ -121,7 +122,11 @@ def to_hest(
             "TableModel.parse(..., region=<spots_key>, ...)."
         )
         raise KeyError(msg)
+    check_counts(sdata.tables[geo.table_key][geo.rows], geo.table_key)
     check_rgb(sdata.images[geo.image_key], geo.image_key)
+    if metadata is not None and not isinstance(metadata, dict):
+        msg = f"metadata must be a dict of JSON values, got {type(metadata).__name__}."
+        raise TypeError(msg)
     mx, my = geo.microns_per_pixel_xy
     if abs(mx / my - 1) > 0.01:
         logger.warning(
