@@ -1,6 +1,7 @@
 """HEST-1k samples (mahmoodlab/HEST) read into a SpatialData, and SpatialData written back as a HEST sample.
 
-Layout covered: HEST-1k as released on the Hugging Face hub (metadata ``HEST_v1_1_0.csv``, hest library 1.1.x),
+Layout covered: HEST-1k as released on the Hugging Face hub (metadata ``HEST_v1_1_0.csv``; checked against the hest
+library 1.1.1, mahmoodlab/HEST afd42c3, `iter_hest`, `read_HESTData` and `dump_patches`),
 one folder per kind of file, one file per sample id::
 
     <root>/st/<id>.h5ad          spots x genes counts; obsm["spatial"] = spot centres (x, y) in WSI level-0
