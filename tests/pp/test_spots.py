@@ -96,3 +96,30 @@ def test_anisotropic_affine_fit():
     A_fit, t = fit_array_affine(arr, pix)
     np.testing.assert_allclose(A_fit, A)
     np.testing.assert_allclose(t, [100, 200])
+
+
+def test_square_polygons_in_spots():
+    """Square polygons (any orientation) have diameter = side; other polygons keep the equal-area diameter."""
+    import geopandas as gpd
+    from shapely import affinity
+    from shapely.geometry import Polygon, box
+    from spatialdata.models import ShapesModel
+
+    img = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    counts = np.ones((2, 1), int)
+    sdata = stp.io.from_arrays(img, np.array([[30.0, 30.0], [70.0, 60.0]]), counts, 0.5, 10.0)
+    key = next(iter(sdata.shapes))
+    ts = dict(sdata.shapes[key].attrs["transform"])
+    rot = affinity.rotate(box(60, 50, 80, 70), 30)
+    sq = gpd.GeoDataFrame(geometry=[box(20, 20, 40, 40), rot], index=sdata.shapes[key].index)
+    sdata.shapes[key] = ShapesModel.parse(sq, transformations=ts)
+    geo = stp.pp.spots(sdata)
+    assert geo.kind == "square" and geo.diameter == pytest.approx(20.0)
+    np.testing.assert_allclose(geo.centers, [[30, 30], [70, 60]], atol=1e-9)
+    tri = Polygon([(20, 20), (40, 20), (30, 40)])
+    sdata.shapes[key] = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=[tri, box(60, 50, 80, 70)], index=sq.index), transformations=ts
+    )
+    geo = stp.pp.spots(sdata)
+    assert geo.kind == "polygon"
+    assert geo.diameter == pytest.approx(np.median(2 * np.sqrt(np.array([200.0, 400.0]) / np.pi)))

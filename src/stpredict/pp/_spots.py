@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from .._image import check_rgb, image_levels
 from .._keys import MICRONS_CS
 from .._logging import get_logger
 from .._validate import pick_key, table_region
+from ._regions import shape_centers, shape_kind
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -22,6 +24,7 @@ __all__ = ["SpotGeometry", "image_microns_per_pixel", "spots"]
 logger = get_logger(__name__)
 
 VISIUM_SPOT_UM = 55.0
+_HD_BARCODE = re.compile(r"^s_\d{3}um_\d+_\d+")
 
 
 @dataclass
@@ -54,6 +57,10 @@ class SpotGeometry:
         3x3 affine from the spots' intrinsic coordinates to level-0 pixels.
     mpp_source
         Where the pixel size came from: ``"explicit"``, ``"micrometers"`` or ``"visium"``.
+    kind
+        Shape of the measured regions: ``"circle"`` (``diameter`` is the circles'), ``"square"`` (square
+        polygons in any orientation, e.g. Visium HD bins: ``diameter`` is the side) or ``"polygon"`` (any other
+        polygon: ``diameter`` is that of the circle of equal area). Centres of polygons are their centroids.
     """
 
     centers: np.ndarray
@@ -70,6 +77,7 @@ class SpotGeometry:
     coordinate_system: str
     shapes_to_image: np.ndarray
     mpp_source: str
+    kind: str = "circle"
     shapes_transformations: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -115,18 +123,10 @@ def _coordinate_systems(element: Any) -> list[str]:
     return list(get_transformation(element, get_all=True))
 
 
-def shape_centers(gdf: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Centres ``(n, 2)`` and diameters ``(n,)`` of circles or polygons, in the shapes' own coordinates."""
-    geom = gdf.geometry
-    if "radius" in gdf.columns:
-        xy = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()]).astype(float)
-        return xy, 2.0 * gdf["radius"].to_numpy(dtype=float)
-    cent = geom.centroid
-    xy = np.column_stack([cent.x.to_numpy(), cent.y.to_numpy()]).astype(float)
-    return xy, 2.0 * np.sqrt(geom.area.to_numpy(dtype=float) / np.pi)
-
-
 def _is_visium(table: Any) -> bool:
+    """Visium spots (55 µm circles); Visium HD bins (barcodes ``s_008um_…``) are not."""
+    if table is not None and table.n_obs and _HD_BARCODE.match(str(table.obs_names[0])):
+        return False
     spatial = table.uns.get("spatial", {}) if table is not None else {}
     for lib in spatial.values() if isinstance(spatial, dict) else []:
         meta = lib.get("metadata", {}) if isinstance(lib, dict) else {}
@@ -233,6 +233,12 @@ def spots(
 ) -> SpotGeometry:
     """Resolve the spots' geometry in the pixels of the H&E image's level 0.
 
+    The measured regions may be circles (Visium, ST), square polygons (Visium HD bins) or other polygons. A
+    polygon's centre is its centroid; its ``diameter`` is a square's side, or else that of the circle of equal
+    area. The verbs read every measured region as the disk of that diameter around its centre — for a square
+    bin its inscribed disk, which never reaches into the neighbouring bins of a contiguous grid — and cut
+    image windows of ``patch_size_um`` around the centre, whatever the region's size.
+
     Parameters
     ----------
     {sdata}
@@ -274,6 +280,7 @@ def spots(
     shapes_to_image = np.linalg.inv(a_image) @ a_shapes
 
     xy, diam = shape_centers(shapes)
+    kind = shape_kind(shapes)
     index = shapes.index.to_numpy()
     table = sdata.tables[table_key] if table_key is not None else None
     if table is not None:
@@ -326,6 +333,7 @@ def spots(
         a_image=a_image,
         a_shapes=a_shapes,
         diameter_px=diameter,
+        circles=kind == "circle",
         explicit=microns_per_pixel,
         image_key=image_key,
     )
@@ -346,6 +354,7 @@ def spots(
         coordinate_system=coordinate_system,
         shapes_to_image=shapes_to_image,
         mpp_source=source,
+        kind=kind,
         shapes_transformations=dict(get_transformation(shapes, get_all=True)),
     )
 
@@ -392,7 +401,7 @@ def image_microns_per_pixel(
 
 
 def _resolve_mpp(
-    sdata, image, shapes, table, cs, *, a_image, a_shapes, diameter_px, explicit, image_key
+    sdata, image, shapes, table, cs, *, a_image, a_shapes, diameter_px, circles, explicit, image_key
 ) -> tuple[tuple[float, float], str]:
     if explicit is not None:
         return _explicit_mpp(explicit)
@@ -407,7 +416,7 @@ def _resolve_mpp(
         lin = m[:2, :2]
         mpp = (float(np.linalg.norm(lin[:, 0])), float(np.linalg.norm(lin[:, 1])))
         return mpp, "micrometers"
-    if _is_visium(table):
+    if circles and _is_visium(table):
         value = VISIUM_SPOT_UM / diameter_px
         return (value, value), "visium"
     raise _no_mpp_error(image_key)
