@@ -9,6 +9,7 @@ from ._st import read_st
 from ._txn import StoreLockedError, recover
 from ._utils import set_microns_per_pixel, to_rgb
 from ._visium import read_visium
+from ._visium_hd import read_visium_hd
 from ._write import write_back
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "read_hest",
     "read_st",
     "read_visium",
+    "read_visium_hd",
     "recover",
     "set_microns_per_pixel",
     "to_hest",
