@@ -37,7 +37,8 @@ def test_bins_are_squares_at_the_true_centres(hd, bin_size):
     assert list(sdata.tables) == [key] and list(sdata.shapes) == [f"fx_{key}"]
     table = sdata.tables[key]
     attrs = table.uns["spatialdata_attrs"]
-    assert attrs["region"] == f"fx_{key}" and attrs["instance_key"] == "location_id"
+    assert attrs["region"] == f"fx_{key}" and attrs["region_key"] == "region"
+    assert attrs["instance_key"] == "location_id"
     assert table.X.dtype == np.int32
     truth_counts = hd.counts[bin_size]
     np.testing.assert_array_equal(table.X.toarray(), truth_counts.loc[table.obs_names].to_numpy())
@@ -163,12 +164,17 @@ def test_inconsistent_scalefactors_and_missing_files(hd, tmp_path):
         stp.io.read_visium_hd(outs, bin_size=8)
 
 
-def test_spatialdata_io_bins_without_micrometers_are_not_visium_spots(hd):
+@pytest.mark.parametrize("squares", [True, False])
+def test_spatialdata_io_bins_without_micrometers_are_not_visium_spots(hd, squares):
     """Read straight with spatialdata-io, HD bins have Visium's obs columns but are not 55 µm spots."""
-    from spatialdata.transformations import remove_transformation
+    import spatialdata_io
 
-    sdata = _read(hd)
-    for el in [*sdata.images.values(), *sdata.shapes.values()]:
-        remove_transformation(el, "micrometers")
+    sdata = spatialdata_io.visium_hd(
+        hd.outs, dataset_id="fx", bin_size=[8], bins_as_squares=squares, load_segmentations_only=False,
+        fullres_image_file=hd.fullres,
+    )  # fmt: skip
+    assert ("radius" in sdata.shapes["fx_square_008um"].columns) is not squares
     with pytest.raises(ValueError, match="No physical pixel size"):
         stp.pp.spots(sdata)
+    geo = stp.pp.spots(sdata, microns_per_pixel=0.5)
+    assert geo.kind == ("square" if squares else "circle") and geo.diameter_um == pytest.approx(8.0)
