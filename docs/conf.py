@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # -- Project information -----------------------------------------------------------------------------------
 
-_meta = metadata("stpredict")
-project = _meta["Name"]
+_meta = metadata("stpredict-he")  # the distribution; the import is stpredict
+project = "stpredict"
 author = _meta["Author"] or "stpredict developers"
 copyright = f"{datetime.now(tz=UTC):%Y}, {author}"
 release = version = _meta["Version"]

@@ -376,7 +376,10 @@ def _fold_inputs(
 
     def emb_of(j: int) -> Any:
         if j not in done:
+            before = cache.seconds if cache is not None else 0.0
             done[j] = inputs.slide_embeddings(j, slides[j], run, cache=cache)
+            if cache is not None and inputs.cache is not None:  # the call's embedding time counts them
+                inputs.cache.seconds += cache.seconds - before
         return done[j]
 
     return slides.__getitem__, emb_of
