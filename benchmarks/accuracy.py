@@ -11,11 +11,11 @@ Writes ``benchmarks/results/accuracy.md`` (one table: task Ã— method: mean PCC Â
 quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the table into ``docs/benchmarks.md``.
 
     python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,lopo,hide50,pool2] [--methods ridge,mean,...]
-                                  [--stain none,macenko,reinhard] [--feature-norm none,slide]
+                                  [--stain none,macenko,reinhard] [--feature-norm none,slide] [--stain-augment 0,2]
                                   [--max-epochs N] [--time-budget SECONDS] [--out DIR]
 
-``--stain`` and ``--feature-norm`` run every method once per option (cross-slide tasks only: within one slide
-the stain reference is the slide itself); rows name the variant, e.g. ``ridge [macenko]``.
+``--stain``, ``--feature-norm`` and ``--stain-augment`` run every method once per combination of options (cross-slide tasks only: within one slide
+the stain reference is the slide itself); rows name the variant, e.g. ``ridge [macenko+aug2]``.
     python benchmarks/accuracy.py --merge DIR1,DIR2,...   # one table from runs split across processes
 """
 
@@ -67,6 +67,7 @@ def main() -> None:
     )
     p.add_argument("--stain", default="none", help="comma-separated stain options to run (none,macenko,reinhard)")
     p.add_argument("--feature-norm", default="none", help="comma-separated feature_norm options (none,slide)")
+    p.add_argument("--stain-augment", default="0", help="comma-separated re-stained copies per training slide (0,2)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument(
@@ -85,7 +86,12 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
     loaders = {"her2st": her2st, "mob": mob}
     groups = {"mob": mob_individuals}
-    variants = [(st, fn) for st in args.stain.split(",") for fn in args.feature_norm.split(",")]
+    variants = [
+        (st, fn, int(k))
+        for st in args.stain.split(",")
+        for fn in args.feature_norm.split(",")
+        for k in args.stain_augment.split(",")
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     rows, skipped, embed_s = [], {}, {}
     for ds in args.datasets.split(","):
@@ -106,16 +112,17 @@ def main() -> None:
                     continue
                 kw = {"groups": groups[ds]()}
             cross = protocol in ("leave_one_section_out", "leave_one_patient_out")
-            for m, (stain, fnorm) in [(m, v) for m in methods for v in variants]:
+            for m, (stain, fnorm, aug) in [(m, v) for m in methods for v in variants]:
                 cls = stp.models.get_predictor_class(m)
                 if cross and cls.uses_slide_targets:
                     continue
                 if m == "copy" and protocol != "pool":
                     continue
-                plain = (stain, fnorm) == ("none", "none")
+                plain = (stain, fnorm, aug) == ("none", "none", 0)
                 if not plain and (not cross or m in ("mean", "neighbors", "copy")):
                     continue  # the options change what is read from the image, and only across slides
-                label = m if plain else f"{m} [{'+'.join(v for v in (stain, fnorm) if v != 'none')}]"
+                opts = [v for v in (stain, fnorm) if v != "none"] + ([f"aug{aug}"] if aug else [])
+                label = m if plain else f"{m} [{'+'.join(opts)}]"
                 if label in skipped:
                     continue
                 t1 = time.perf_counter()
@@ -131,6 +138,7 @@ def main() -> None:
                         dense=dense,
                         stain=stain,
                         feature_norm=fnorm,
+                        stain_augment=aug,
                         **kw,
                     )
                 except Exception as e:  # noqa: BLE001 - report and go on

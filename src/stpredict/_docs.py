@@ -54,6 +54,12 @@ feature_norm
     ``"slide"``: standardise each slide's embeddings with the mean and sd of its own spots' embeddings (its grid
     regions with the same statistics), a correction for shifts between slides that uses no expression.
     ``"none"`` (or ``None``, the default): as computed. A fitted model applies what it was fitted with.""",
+    "augment": """\
+stain_augment
+    Train also on this many copies of each training slide re-stained by a random HED jitter of the whole slide
+    (hematoxylin and eosin concentrations scaled by U(0.85, 1.15) and shifted by U(-0.05, 0.05) optical density,
+    one draw per copy, the same in every fold), with the slide's targets: the model sees the stain vary while
+    expression does not. Costs one embedding of each copy; training only (0: none).""",
     "seed": """\
 seed
     Seed of every random step (splits, initialisation, sampling). ``None`` draws fresh entropy.""",

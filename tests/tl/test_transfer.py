@@ -149,3 +149,55 @@ def test_cross_validate_fits_each_fold_reference_on_its_training_slides(monkeypa
     for test_name, train_names in zip(names, seen, strict=True):
         assert test_name not in train_names and len(train_names) == 2
     assert np.isfinite(res.summary()["pcc_mean"])
+
+
+def test_hed_jitter_map_identity_and_augmented_copies_are_reproducible():
+    from stpredict.pp._stain_slide import hed_jitter_map
+    from stpredict.tl._transfer import augment_slide
+
+    levels, _ = _levels(_slide(size=512))
+    same = normalized_levels(levels, hed_jitter_map(np.ones(3), np.zeros(3)))
+    a, b = np.asarray(same[0].array.compute()).astype(int), np.asarray(levels[0].array.compute()).astype(int)
+    assert np.abs(a - b).max() <= 1
+    slide = stp.get.slide_data(_slide(size=512), "ridge", n_genes=4, progress=False)
+    c1, c2, other = augment_slide(slide, 0, 0), augment_slide(slide, 0, 0), augment_slide(slide, 0, 1)
+    x1, x2, x3 = (np.asarray(c.image_levels[0].array.compute()) for c in (c1, c2, other))
+    np.testing.assert_array_equal(x1, x2)
+    assert np.abs(x1.astype(int) - x3.astype(int)).mean() > 0.5  # another draw, another stain
+    assert np.abs(x1.astype(int) - b).mean() > 0.5
+    assert c1.meta["stain"]["augment"] != other.meta["stain"]["augment"]
+
+
+def test_stain_augment_trains_on_restained_copies_with_the_slide_targets(monkeypatch):
+    from stpredict.models.ridge import RidgePredictor
+
+    seen = {}
+    orig = RidgePredictor.fit
+
+    def spy(self, slides, **kw):
+        seen["slides"] = list(slides)
+        return orig(self, slides, **kw)
+
+    monkeypatch.setattr(RidgePredictor, "fit", spy)
+    sdata = _slide()
+    pred = stp.tl.fit(sdata, "ridge", n_genes=4, stain_augment=2, progress=False)
+    slides = seen["slides"]
+    assert [s.name for s in slides][1:] == [f"{slides[0].name}~stain1", f"{slides[0].name}~stain2"]
+    for copy in slides[1:]:
+        np.testing.assert_array_equal(copy.y, slides[0].y)
+        assert copy.embeddings.shape == slides[0].embeddings.shape
+        assert not np.allclose(copy.embeddings, slides[0].embeddings)
+    assert pred.training["stain_augment"] == 2 and pred.training["n_spots"] == 3 * slides[0].n  # rows fitted
+    # raw embeddings, not the copies', are what the table caches
+    np.testing.assert_allclose(
+        sdata.tables["table"].obsm["X_handcrafted"][stp.pp.spots(sdata).rows], slides[0].embeddings
+    )
+    with pytest.raises(ValueError, match="already fitted"):
+        stp.tl.predict(sdata, pred, stain_augment=1)
+    with pytest.raises(ValueError, match="stain_augment must be"):
+        stp.tl.fit(sdata, "ridge", stain_augment=-1)
+    # out-of-fold predict: copies of each fold's training spots only
+    stp.tl.predict(sdata, "ridge", n_genes=4, stain_augment=1, oof_folds=2, progress=False)
+    names = [s.name for s in seen["slides"]]
+    assert len(names) == 2 and names[1].endswith("~stain1")
+    assert seen["slides"][1].n == seen["slides"][0].n < slides[0].n

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .._image import ImageLevel
     from ._stain import StainNormalizer
 
-__all__ = ["SlideStainMap", "normalized_levels", "slide_stain_map", "tissue_pixels"]
+__all__ = ["SlideStainMap", "hed_jitter_map", "normalized_levels", "slide_stain_map", "tissue_pixels"]
 
 #: pixel size (µm) the stain statistics are estimated at: the same physical resolution on every slide
 STAIN_MPP = 2.0
@@ -93,15 +93,18 @@ class SlideStainMap:
     stain vectors) are rescaled so that the slide's 99th percentiles match the reference's and re-expressed with
     the reference's vectors; the part of the optical density the two stains do not explain is kept as it is,
     so normalising a slide to its own statistics is the identity. As one matrix: ``od' = od @ matrix``.
+    ``"hed_jitter"`` (stain augmentation): ``od' = od @ matrix + offset``, from :func:`hed_jitter_map`.
     ``"reinhard"``: each CIELAB channel's mean and sd over the slide's tissue are matched to the reference's.
     Channels past the third (alpha) pass through.
 
     Attributes
     ----------
     method
-        ``"macenko"`` or ``"reinhard"``.
+        ``"macenko"``, ``"hed_jitter"`` or ``"reinhard"``.
     matrix
-        ``(3, 3)`` optical-density map (Macenko).
+        ``(3, 3)`` optical-density map (Macenko, HED jitter).
+    offset
+        ``(3,)`` optical density added after ``matrix`` (HED jitter).
     lab_from, lab_to
         ``(2, 3)`` mean and sd of the slide and of the reference in CIELAB (Reinhard).
     record
@@ -110,6 +113,7 @@ class SlideStainMap:
 
     method: str
     matrix: np.ndarray | None = None
+    offset: np.ndarray | None = None
     lab_from: np.ndarray | None = None
     lab_to: np.ndarray | None = None
     record: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -121,10 +125,12 @@ class SlideStainMap:
             return block
         out = block.copy()
         rgb = block[:3]
-        if self.method == "macenko":
+        if self.matrix is not None:
             lut = -np.log((np.arange(256, dtype=np.float32) + 1.0) / np.float32(I0 + 1.0))
             od = lut[rgb]  # (3, h, w)
             od2 = np.einsum("chw,cd->dhw", od, self.matrix.astype(np.float32), optimize=True)
+            if self.offset is not None:
+                od2 += np.asarray(self.offset, dtype=np.float32)[:, None, None]
             x = (np.float32(I0 + 1.0)) * np.exp(-od2) - 1.0
         else:
             from skimage.color import lab2rgb, rgb2lab
@@ -153,6 +159,30 @@ def slide_stain_map(reference: StainNormalizer, own: StainNormalizer) -> SlideSt
     lab_to = np.stack([reference.lab_mean, reference.lab_std]).astype(float)
     rec = {"method": "reinhard", "slide_lab": lab_from}
     return SlideStainMap("reinhard", lab_from=lab_from, lab_to=lab_to, record=_rounded(rec))
+
+
+def hed_jitter_map(alpha: np.ndarray, beta: np.ndarray) -> SlideStainMap:
+    """A slide re-stained in the hematoxylin–eosin–DAB basis: each concentration ``c`` becomes ``alpha · c + beta``.
+
+    The HED jitter of Tellez et al. (2018), applied to a whole slide (one draw per slide): the optical density is
+    decomposed on the Ruifrok–Johnston vectors (:data:`~stpredict.pp.RUIFROK_HED`, a basis of the three colour
+    channels, so nothing is lost), each concentration scaled by ``alpha`` and shifted by ``beta`` (optical-density
+    units), and recomposed.
+
+    Parameters
+    ----------
+    alpha
+        ``(3,)`` factors of the H, E and DAB concentrations.
+    beta
+        ``(3,)`` shifts of the concentrations.
+    """
+    from ._stain import RUIFROK_HED
+
+    hed = np.asarray(RUIFROK_HED, dtype=float)
+    alpha, beta = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
+    matrix = np.linalg.inv(hed) @ np.diag(alpha) @ hed  # row vectors: c = od @ inv(hed), od = c @ hed
+    rec = {"method": "hed_jitter", "alpha": alpha, "beta": beta}
+    return SlideStainMap("hed_jitter", matrix=matrix, offset=beta @ hed, record=_rounded(rec))
 
 
 def normalized_levels(levels: Sequence[ImageLevel], stain_map: SlideStainMap) -> list[ImageLevel]:

@@ -127,6 +127,7 @@ def cross_validate(
     dense: bool | None = None,
     stain: str | None = None,
     feature_norm: str | None = None,
+    stain_augment: int = 0,
     names: Sequence[str] | None = None,
     **model_kwargs: Any,
 ) -> CVResult:
@@ -194,6 +195,9 @@ def cross_validate(
     feature_norm
         ``"slide"``: each slide's embeddings standardised with its own spots' statistics (see
         :func:`stpredict.tl.fit`).
+    stain_augment
+        Re-stained copies of each training slide per fold (see :func:`stpredict.tl.fit`); not with ``"pool"``,
+        whose pooled pseudo-spots are not spots of the slide.
     names
         Slide names for the tables (default: library ids). Repeated names get ``#i`` (the slide's position)
         appended, as in :func:`stpredict.tl.fit`.
@@ -226,11 +230,11 @@ def cross_validate(
         msg = "leave_one_patient_out needs groups=... with one patient id per slide."
         raise ValueError(msg)
     run = Compute(device, batch_size, num_workers, progress, dense)
-    transfer = Transfer(stain, feature_norm)
+    transfer = Transfer(stain, feature_norm, stain_augment)
     cross = protocol in ("leave_one_section_out", "leave_one_patient_out")
     if transfer.stain != "none" and not cross:
         logger.info("cv %s: stain=%r is the identity within one slide; skipped.", protocol, transfer.stain)
-        transfer = Transfer("none", transfer.feature_norm)
+        transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
     # validate and resolve every slide before any heavy work
     inputs = prepare_slides(
         sdatas, proto_pred, backbone=backbone, weights=weights, patch_size_um=patch_size_um, names=names,
@@ -283,7 +287,7 @@ def cross_validate(
             t0 = time.perf_counter()
             train(
                 pred, inputs, run, slides=train_slides, genes=panel, preprocessing=preprocessing_record(panel, how),
-                max_epochs=max_epochs, seed=seed,
+                max_epochs=max_epochs, seed=seed, full={base[j][0].name: (j, slide_of(j)) for j in train_is},
             )  # fmt: skip
             t_fit = time.perf_counter() - t0
             y_true, _, _ = targets(table_test, geo_test.rows[test_idx], panel, None)
@@ -351,6 +355,7 @@ def cross_validate(
         "groups": list(groups) if groups is not None else None,
         "stain": transfer.stain,
         "feature_norm": transfer.feature_norm,
+        "stain_augment": transfer.stain_augment,
         "backbone": inputs.backbone_params or None,
         "max_epochs": max_epochs,
         "embed_seconds": round(inputs.cache.seconds if inputs.cache is not None else 0.0, 3),

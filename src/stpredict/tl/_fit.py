@@ -128,6 +128,7 @@ def fit(
     dense: bool | None = None,
     stain: str | None = None,
     feature_norm: str | None = None,
+    stain_augment: int = 0,
     cache_embeddings: bool = True,
     **model_kwargs: Any,
 ) -> Predictor:
@@ -164,6 +165,7 @@ def fit(
     {progress}
     {dense}
     {transfer}
+    {augment}
     cache_embeddings
         Store the spots' embeddings in ``obsm`` for reuse (the only change made to ``sdata``).
     **model_kwargs
@@ -199,7 +201,7 @@ def fit(
         patch_size_um=patch_size_um,
         elements=Elements(image_key, spots_key, table_key, microns_per_pixel),
         layer=layer,
-        transfer=Transfer(stain, feature_norm),
+        transfer=Transfer(stain, feature_norm, stain_augment),
     )
     logger.info(
         "fit: %s on %d spots of %d slide(s), %d genes.",

@@ -74,15 +74,23 @@ def train(
     preprocessing: dict[str, Any] | None = None,
     max_epochs: int | None,
     seed: int | None,
+    full: dict[str, tuple[int, SlideData]] | None = None,
 ) -> Predictor:
-    """Fit ``predictor`` on ``slides`` (default: all of ``inputs``) through :meth:`Predictor.train`."""
+    """Fit ``predictor`` on ``slides`` (default: all of ``inputs``) through :meth:`Predictor.train`.
+
+    With ``stain_augment``, the re-stained copies of the slides are trained on beside them
+    (:meth:`Inputs.augmented`; ``full`` names the whole slides that ``slides`` are spots of).
+    """
     genes = list(inputs.genes if genes is None else genes)
+    record = inputs.data_record() if slides is None else None
+    slides = list(inputs.slides if slides is None else slides)
+    slides += inputs.augmented(slides, run, full)
     return predictor.train(
-        list(inputs.slides if slides is None else slides),
+        slides,
         genes=genes,
         preprocessing=preprocessing if preprocessing is not None else inputs.preprocessing,
         backbone=inputs.backbone_params,
-        record=inputs.data_record() if slides is None else None,
+        record=record,
         max_epochs=max_epochs,
         seed=seed,
         device=run.device,

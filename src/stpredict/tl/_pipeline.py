@@ -31,7 +31,7 @@ from ..pp._spots import spots as resolve_spots
 from ._embeddings import EmbeddingCache
 from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._targets import preprocessing_record, select_genes, targets
-from ._transfer import SlideStains, Transfer, fitted_transfer, standardize
+from ._transfer import SlideStains, Transfer, augment_slide, fitted_transfer, standardize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -206,6 +206,7 @@ class Inputs:
     stain_reference: StainNormalizer | None = None
     stains: SlideStains | None = field(default=None, repr=False)
     cache: EmbeddingCache | None = field(default=None, repr=False)
+    _augmented: dict[tuple[int, int], tuple[SlideData, SlideData]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.backbone is not None and self.cache is None:
@@ -244,7 +245,51 @@ class Inputs:
             "slides": [sl.name for sl in self.slides],
             "fingerprints": [slide_fingerprint(sl) for sl in self.slides],
             "n_spots": int(sum(sl.n for sl in self.slides)),
+            **({"stain_augment": self.transfer.stain_augment} if self.transfer.stain_augment else {}),
         }
+
+    def augmented(
+        self, slides: Sequence[SlideData], run: Compute, full: dict[str, tuple[int, SlideData]] | None = None
+    ) -> list[SlideData]:
+        """``stain_augment`` re-stained copies of each training slide: the slide's spots and targets, the copy's features.
+
+        ``slides`` may be subsets of whole slides (a fold's training spots): ``full`` maps each name to the
+        position and whole slide it comes from (default: :attr:`slides`). A copy of a whole slide is embedded
+        once (all its spots, no expression involved) and shared by every subset and fold; slides that are not
+        spots of a whole slide (pooled pseudo-spots) get none.
+        """
+        k = self.transfer.stain_augment
+        if k == 0:
+            return []
+        full = full if full is not None else {sl.name: (i, sl) for i, sl in enumerate(self.slides)}
+        out = []
+        for sub in slides:
+            if sub.name not in full:
+                continue
+            i, src = full[sub.name]
+            pos = src.obs_names.get_indexer(sub.obs_names)
+            if (pos < 0).any():
+                continue
+            for c in range(k):
+                aug = self._augmented_slide(i, src, c, run).subset(pos)
+                aug.genes, aug.y, aug.y_linear, aug.library_size = sub.genes, sub.y, sub.y_linear, sub.library_size
+                out.append(aug)
+        return out
+
+    def _augmented_slide(self, i: int, src: SlideData, c: int, run: Compute) -> SlideData:
+        key = (id(src), c)
+        if key not in self._augmented:
+            slide = augment_slide(src, i, c)
+            if self.backbone is not None:
+                cache = EmbeddingCache(self.backbone, self.patch_size_um)  # its map is dropped with it
+                emb = cache.spots(None, self.geos[i], slide.image_levels, run, stain=slide.meta["stain"])
+                if self.transfer.feature_norm == "slide":
+                    emb, slide.meta["feature_stats"] = standardize(emb)
+                slide.embeddings = emb
+                if self.cache is not None:
+                    self.cache.seconds += cache.seconds
+            self._augmented[key] = (src, slide)  # src held: its id stays its own
+        return self._augmented[key][1]
 
     def spot_embeddings(self, i: int, run: Compute) -> np.ndarray | None:
         """Slide ``i``'s spot embeddings (reused or computed; ``None`` without a backbone)."""
@@ -336,12 +381,17 @@ def prepare_prediction(
     layer: str | None,
     stain: str | None = None,
     feature_norm: str | None = None,
+    stain_augment: int = 0,
 ) -> Inputs:
     """Inputs for a fitted ``predictor`` on one slide: its own panel, backbone, window and stain reference.
 
-    ``stain``/``feature_norm`` may only repeat what the model was fitted with (``None``: the model's).
+    ``stain``/``feature_norm`` may only repeat what the model was fitted with (``None``: the model's);
+    ``stain_augment`` (training only) is refused.
     """
     check_fitted_backbone(predictor, backbone, patch_size_um)
+    if stain_augment:
+        msg = f"stain_augment={stain_augment!r} re-stains training slides, and this model is already fitted: omit it."
+        raise ValueError(msg)
     transfer, reference = fitted_transfer(predictor, stain, feature_norm)
     geo = spot_geometry(sdata, elements, need_targets=False, layer=layer)
     slide = slide_data(sdata, geo, genes=predictor.genes, layer=layer)

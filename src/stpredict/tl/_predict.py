@@ -58,6 +58,7 @@ def predict(
     dense: bool | None = None,
     stain: str | None = None,
     feature_norm: str | None = None,
+    stain_augment: int = 0,
     key_added: str = LAYER_PREDICTED,
     inplace: bool = True,
     **model_kwargs: Any,
@@ -100,6 +101,7 @@ def predict(
     {progress}
     {dense}
     {transfer}
+    {augment}
     key_added
         Name of the layers: ``layers[key_added]`` and ``layers[f"{key_added}_std"]``.
     {inplace}
@@ -139,7 +141,8 @@ def predict(
             raise ValueError(msg)
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
-            patch_size_um=patch_size_um, elements=elements, layer=layer, transfer=Transfer(stain, feature_norm),
+            patch_size_um=patch_size_um, elements=elements, layer=layer,
+            transfer=Transfer(stain, feature_norm, stain_augment),
         )  # fmt: skip
         slide = inputs.slides[0]
         if slide.n < 2 * oof_folds:
@@ -187,7 +190,7 @@ def predict(
     else:
         inputs = prepare_prediction(
             sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um,
-            elements=elements, layer=layer, stain=stain, feature_norm=feature_norm,
+            elements=elements, layer=layer, stain=stain, feature_norm=feature_norm, stain_augment=stain_augment,
         )  # fmt: skip
         slide = inputs.slides[0]
         # context for predictors that attend over the measured spots

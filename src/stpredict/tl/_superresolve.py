@@ -62,6 +62,7 @@ def superresolve(
     dense: bool | None = None,
     stain: str | None = None,
     feature_norm: str | None = None,
+    stain_augment: int = 0,
     key_added: str | None = None,
     map_key: str | bool | None = None,
     inplace: bool = True,
@@ -116,6 +117,7 @@ def superresolve(
     {progress}
     {dense}
     {transfer}
+    {augment}
     key_added
         Table name; default ``f"<model>_<spots_key>_<grid>"``.
     map_key
@@ -166,12 +168,13 @@ def superresolve(
     if not fitted:
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
-            patch_size_um=patch_size_um, elements=elements, layer=layer, transfer=Transfer(stain, feature_norm),
+            patch_size_um=patch_size_um, elements=elements, layer=layer,
+            transfer=Transfer(stain, feature_norm, stain_augment),
         )  # fmt: skip
     else:
         inputs = prepare_prediction(
             sdata, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um,
-            elements=elements, layer=layer, stain=stain, feature_norm=feature_norm,
+            elements=elements, layer=layer, stain=stain, feature_norm=feature_norm, stain_augment=stain_augment,
         )  # fmt: skip
     slide, geo, bb = inputs.slides[0], inputs.geos[0], inputs.backbone
     condition = resolve_condition(condition, slide, inputs.genes)

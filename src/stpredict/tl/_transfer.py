@@ -9,6 +9,9 @@ Both are steps of the one input path (:mod:`stpredict.tl._pipeline`), the same f
 - ``feature_norm="slide"``: each slide's embeddings are standardised with the mean and sd of its own spots'
   embeddings (grid regions of the slide with the same statistics) — a common correction for batch shifts
   between slides; it uses no expression, so a new slide's statistics come from its own image.
+- ``stain_augment=k``: training sees, beside each slide, ``k`` copies of it re-stained by a random HED jitter
+  of the whole slide (:func:`augment_slide`), with the slide's targets — so the model learns expression that
+  does not move with the stain. Training only; nothing is saved with the model but the count.
 """
 
 from __future__ import annotations
@@ -28,7 +31,17 @@ if TYPE_CHECKING:
 
     from ..models._base import Predictor, SlideData
 
-__all__ = ["FEATURE_NORMS", "STAIN_METHODS", "SlideStains", "Transfer", "fitted_transfer", "standardize"]
+__all__ = [
+    "AUGMENT_ALPHA",
+    "AUGMENT_BETA",
+    "FEATURE_NORMS",
+    "STAIN_METHODS",
+    "SlideStains",
+    "Transfer",
+    "augment_slide",
+    "fitted_transfer",
+    "standardize",
+]
 
 logger = get_logger(__name__)
 
@@ -36,6 +49,12 @@ STAIN_METHODS = ("none", "macenko", "reinhard")
 FEATURE_NORMS = ("none", "slide")
 #: fewest tissue pixels a slide must give for its stain statistics
 _MIN_TISSUE = 1000
+#: HED jitter of a re-stained copy: H and E concentrations scaled by U(1 - a, 1 + a) and shifted by U(-b, b)
+#: (optical density); DAB untouched (an H&E has none). Slide-level variation, larger than Tellez et al.'s
+#: per-patch "HED-light" (0.05, 0.05).
+AUGMENT_ALPHA = 0.15
+AUGMENT_BETA = 0.05
+_MAX_AUGMENT = 16
 
 
 @dataclass(frozen=True)
@@ -48,10 +67,13 @@ class Transfer:
         ``"none"``, ``"macenko"`` or ``"reinhard"`` (``None``: ``"none"``).
     feature_norm
         ``"none"`` or ``"slide"`` (``None``: ``"none"``).
+    stain_augment
+        Re-stained copies of each training slide (0: none).
     """
 
     stain: str | None = "none"
     feature_norm: str | None = "none"
+    stain_augment: int = 0
 
     def __post_init__(self) -> None:
         stain = "none" if self.stain is None else self.stain
@@ -62,13 +84,13 @@ class Transfer:
         if norm not in FEATURE_NORMS:
             msg = f"feature_norm must be one of {FEATURE_NORMS} (None: 'none'), got {self.feature_norm!r}."
             raise ValueError(msg)
+        k = self.stain_augment
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= _MAX_AUGMENT:
+            msg = f"stain_augment must be an integer from 0 to {_MAX_AUGMENT} (re-stained copies per slide), got {k!r}."
+            raise ValueError(msg)
         object.__setattr__(self, "stain", stain)
         object.__setattr__(self, "feature_norm", norm)
-
-    @property
-    def active(self) -> bool:
-        """Whether anything is done."""
-        return self.stain != "none" or self.feature_norm != "none"
+        object.__setattr__(self, "stain_augment", int(k))
 
 
 def fitted_transfer(predictor: Predictor, stain: str | None, feature_norm: str | None) -> tuple[Transfer, Any]:
@@ -144,6 +166,24 @@ class SlideStains:
         rec = {"method": self.method, "reference": _digest(reference.to_record()), "slide": _digest(smap.record)}
         meta = dict(slide.meta, stain=rec)
         return dataclasses.replace(slide, image_levels=normalized_levels(slide.image_levels, smap), meta=meta)
+
+
+def augment_slide(slide: SlideData, index: int, copy: int) -> SlideData:
+    """Copy ``copy`` of training slide ``index``, re-stained by a random HED jitter of the whole slide.
+
+    The draw depends only on ``(index, copy)``, so a copy is the same in every fold and call.
+    """
+    from ..pp._stain_slide import hed_jitter_map
+
+    rng = np.random.default_rng([20211, int(index), int(copy)])
+    alpha = np.r_[rng.uniform(1 - AUGMENT_ALPHA, 1 + AUGMENT_ALPHA, 2), 1.0]
+    beta = np.r_[rng.uniform(-AUGMENT_BETA, AUGMENT_BETA, 2), 0.0]
+    smap = hed_jitter_map(alpha, beta)
+    meta = dict(slide.meta, stain=dict(slide.meta.get("stain") or {}, augment=_digest(smap.record)))
+    meta.pop("feature_stats", None)
+    return dataclasses.replace(
+        slide, name=f"{slide.name}~stain{copy + 1}", image_levels=normalized_levels(slide.image_levels, smap), meta=meta
+    )
 
 
 def standardize(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, tuple]:
