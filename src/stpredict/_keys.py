@@ -60,12 +60,14 @@ def parse_grid_name(grid: str) -> tuple[str, float]:
     m = re.fullmatch(r"bin(\d+(?:\.\d+)?)(?:um)?", g)
     if m:
         return "bin", float(m.group(1))
-    msg = f"Unknown grid {grid!r}: use 'ps4' (alias 'pseudospot4'), 'ps16' ('pseudospot16') or 'bin<N>um' / bin_size=N."
+    msg = f"Unknown grid {grid!r}: use 'ps4' (alias 'pseudospot4'), 'ps16' ('pseudospot16') or 'bin<N>um' / bin_size=N (superresolve also takes grid='cells' with shapes_key=...)."
     raise ValueError(msg)
 
 
 def canonical_grid_name(grid: str) -> str:
-    """The canonical name of a grid (``pseudospot4`` -> ``ps4``, ``bin8`` -> ``bin8um``)."""
+    """The canonical name of a grid (``pseudospot4`` -> ``ps4``, ``bin8`` -> ``bin8um``; ``cells`` stays)."""
+    if grid == "cells":
+        return "cells"
     kind, value = parse_grid_name(grid)
     if kind == "ps":
         return "ps4" if value == 2.0 else "ps16"

@@ -154,24 +154,41 @@ class Regions:
     Attributes
     ----------
     centers_px
-        ``(n, 2)`` centres (x, y).
+        ``(n, 2)`` centres (x, y); the centroids of polygons.
     kind
-        ``"circle"`` or ``"square"``.
+        ``"circle"``, ``"square"`` or ``"polygon"`` (cells of a shapes element: their geometry is in
+        ``polygons_px``).
     size_um
-        Diameter (circles) or side (squares) in µm.
+        Diameter (circles) or side (squares) in µm; polygons: the median diameter of the circle of equal area.
     name
-        ``"spots"``, a grid name (``ps4``, ``bin16um``) or a shapes key.
+        ``"spots"``, a grid name (``ps4``, ``bin16um``, ``cells``) or a shapes key.
     embeddings
         ``(n, d)`` features of windows around the centres (same backbone and window as training), if the
-        predictor consumes embeddings.
+        predictor consumes embeddings. Polygons are read like pseudo-spots: one window at the centroid.
+    meta
+        Free-form options (e.g. ``"seed"``).
+    polygons_px
+        ``(n,)`` shapely polygons (or multipolygons) in level-0 pixels when ``kind == "polygon"``, else
+        ``None``. Predictors that aggregate a dense map (``pixnet``) average it over these polygons
+        (:meth:`polygons_um`); the others read the centres.
     """
 
     centers_px: np.ndarray
-    kind: Literal["circle", "square"] = "circle"
+    kind: Literal["circle", "square", "polygon"] = "circle"
     size_um: float = 55.0
     name: str = "spots"
     embeddings: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    polygons_px: Any = None
+
+    def polygons_um(self, slide: SlideData) -> Any:
+        """``polygons_px`` scaled to µm by the slide's pixel size (x and y apart), or ``None``."""
+        if self.polygons_px is None:
+            return None
+        import shapely
+
+        s = np.asarray(slide.microns_per_pixel_xy, dtype=float)
+        return shapely.transform(np.asarray(self.polygons_px), lambda xy: xy * s)
 
     @property
     def n(self) -> int:

@@ -369,7 +369,9 @@ class CrossModalDiffusion(Predictor):
         """Per-sample region values (:func:`~stpredict.pp._lattice.read_regions`), then their mean and sd over samples."""
         mpp = np.asarray(slide.microns_per_pixel_xy)
         size_px = regions.size_um / float(np.sqrt(mpp[0] * mpp[1]))
-        vals = read_regions(fine, maps, regions.centers_px, size_px, regions.kind)  # (n, m, G)
+        # polygons (cells) are read as the disk of equal area at their centroid
+        kind = "circle" if regions.kind == "polygon" else regions.kind
+        vals = read_regions(fine, maps, regions.centers_px, size_px, kind)  # (n, m, G)
         return vals.mean(0).astype(np.float32), vals.std(0).astype(np.float32)
 
     def get_state(self) -> dict[str, np.ndarray]:

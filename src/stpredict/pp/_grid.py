@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -39,26 +39,31 @@ class GridPoints:
     name
         Canonical grid name (``ps4``, ``ps16``, ``bin8um``...).
     kind
-        ``"circle"`` (pseudo-spots) or ``"square"`` (bins).
+        ``"circle"`` (pseudo-spots), ``"square"`` (bins) or ``"polygon"`` (cells of a shapes element, see
+        :func:`stpredict.pp._cells.cells_grid`).
     centers
-        ``(n, 2)`` centres (x, y) in level-0 px.
+        ``(n, 2)`` centres (x, y) in level-0 px (centroids of polygons).
     size_px
-        ``(2,)`` diameter (circles) or side (squares) along x and y in px.
+        ``(2,)`` diameter (circles) or side (squares) along x and y in px; polygons: the median diameter of
+        the circle of equal area.
     size_um
-        Diameter or side in µm.
+        Diameter or side in µm (polygons: the median equal-area diameter).
     nearest_spot
         Index (into the measured spots) of the nearest measured spot.
     measured
         True where the region coincides with a measured spot (ps grids).
+    polygons
+        ``(n,)`` shapely polygons in level-0 px when ``kind == "polygon"``, else ``None``.
     """
 
     name: str
-    kind: Literal["circle", "square"]
+    kind: Literal["circle", "square", "polygon"]
     centers: np.ndarray
     size_px: np.ndarray
     size_um: float
     nearest_spot: np.ndarray
     measured: np.ndarray
+    polygons: Any = None
 
     @property
     def n(self) -> int:

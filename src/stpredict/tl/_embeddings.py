@@ -131,9 +131,13 @@ def _same_record(a: dict, b: dict) -> bool:
 
 
 def _grid_uses_map(slide: SlideData, points: GridPoints, cache: EmbeddingCache, run: Compute) -> bool:
-    """Bins: the map unless ``dense=False`` asks for the reference (windows); pseudo-spots: as ``run.dense`` says."""
+    """Whether the grid is read from the dense map.
+
+    Bins: the map unless ``dense=False`` asks for the reference (windows); pseudo-spots and cells (polygons,
+    read at their centroid): as ``run.dense`` says.
+    """
     check_dense(cache.backbone, dense=run.dense)
-    want = True if points.kind != "circle" and run.dense is not False else run.dense
+    want = True if points.kind == "square" and run.dense is not False else run.dense
     centers_um = points.centers * np.asarray(slide.microns_per_pixel_xy)
     read_px = cache.backbone.input_spec(cache.patch_size_um)[1]
     return cache.maps.use(slide.image_levels, centers_um, read_px, dense=want)
@@ -183,7 +187,7 @@ def _region_features(
     default, when that is cheaper than a window per region; bins use it unless ``dense=False``. Bins of any
     other backbone (and of ``handcrafted`` with ``dense=False``) are read from a lattice of windows with a
     stride of a quarter window (or the bin size, if larger), interpolated bilinearly at the bin centres;
-    pseudo-spots without the map are one window each.
+    pseudo-spots and cells (polygons, at their centroid) without the map are one window each.
     """
     backbone, patch_size_um = cache.backbone, cache.patch_size_um
     mpp = np.asarray(slide.microns_per_pixel_xy)
@@ -191,7 +195,7 @@ def _region_features(
     if _grid_uses_map(slide, points, cache, run):
         emb = cache.maps.features(slide.image_levels, slide.microns_per_pixel_xy, centers_um, patch_size_um, run)
         return emb, DenseMaps.record()
-    if points.kind == "circle":
+    if points.kind in ("circle", "polygon"):
         emb = compute_embeddings(
             slide.image_levels,
             points.centers,

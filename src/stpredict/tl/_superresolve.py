@@ -14,7 +14,9 @@ from .._logging import get_logger
 from .._records import StepTimes, uns_safe
 from .._version import __version__
 from ..models._base import Regions
+from ..pp._cells import CELLS_GRID, cells_grid, describe_cells, resolve_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
+from ..pp._spots import resolve_elements
 from ._condition import apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
 from ._models import resolve_model, train
@@ -41,6 +43,7 @@ def superresolve(
     *,
     grid: str = "ps4",
     bin_size: float | None = None,
+    shapes_key: str | None = None,
     genes: Sequence[str] | int | None = None,
     n_genes: int = 50,
     backbone: Any = None,
@@ -68,12 +71,12 @@ def superresolve(
     inplace: bool = True,
     **model_kwargs: Any,
 ) -> SpatialData | None:
-    """Predict expression on a grid denser than the spots: pseudo-spots or square µm bins.
+    """Predict expression on a grid denser than the spots: pseudo-spots, square µm bins or segmented cells.
 
     The grid is built by :func:`stpredict.pp.grid` (``ps4``: half the spot spacing, 4× the density; ``ps16``;
-    or ``bin_size`` µm squares inside the tissue), the model (fitted here on all measured spots when given by
-    name) predicts every grid region, and the result is written as new elements that squidpy, scanpy and
-    spatialdata-plot use unchanged.
+    or ``bin_size`` µm squares inside the tissue) or is the polygons of a shapes element (``grid="cells"``, a
+    cell segmentation), the model (fitted here on all measured spots when given by name) predicts every
+    region, and the result is written as new elements that squidpy, scanpy and spatialdata-plot use unchanged.
 
     Parameters
     ----------
@@ -81,9 +84,23 @@ def superresolve(
     model
         Registered name (fitted on all measured spots of ``sdata``), fitted predictor, or checkpoint path.
     grid
-        ``"ps4"`` (alias ``"pseudospot4"``), ``"ps16"`` (``"pseudospot16"``) or ``"bin<N>um"``.
+        ``"ps4"`` (alias ``"pseudospot4"``), ``"ps16"`` (``"pseudospot16"``), ``"bin<N>um"``, or ``"cells"``:
+        one region per geometry of ``sdata.shapes[shapes_key]`` — polygons or multipolygons (Xenium cell
+        boundaries, Visium HD's segmentation read as polygons, any shapes element) or circles (turned into
+        64-gons), in the element's own order and coordinates, mapped onto the image through a coordinate
+        system they share with it. Each cell is a region of kind ``"polygon"``: embedding-based predictors
+        read one backbone window at its centroid (like a pseudo-spot; from the dense map when ``dense`` asks),
+        dense-map predictors (``pixnet``) average their map over the polygon itself (linear space, then
+        log1p), neighbour baselines interpolate at the centroid. No tissue mask applies: every cell is kept
+        (cells whose centroid is off the image are read from white padding, with a warning). With
+        ``condition="measured"`` a cell's weight in a spot is the area of polygon ∩ spot disk (shapely, µm²),
+        the rule used for bins; cells outside every spot are gaps, reached by the smooth correction.
     bin_size
         Square bins of this side in µm (overrides ``grid``). Bins under ~2 image pixels are refused.
+    shapes_key
+        With ``grid="cells"`` (required then, refused otherwise): the shapes element of the cells. Refused
+        before any work if it is missing, is a points element or holds points without radius, shares no
+        coordinate system with the image, or has no centroid inside the image.
     genes
         Panel of a model fitted here (as in :func:`fit`).
     n_genes
@@ -119,7 +136,7 @@ def superresolve(
     {transfer}
     {augment}
     key_added
-        Table name; default ``f"<model>_<spots_key>_<grid>"``.
+        Table name; default ``f"<model>_<spots_key>_<grid>"`` (``grid="cells"``: ``f"<model>_<spots_key>_cells"``).
     map_key
         Also write the model's dense expression map (models that make one: ``pixnet``) as an image element with
         one channel per gene, for napari or spatialdata-plot: ``True`` names it ``f"<model>_<spots_key>_map"``.
@@ -145,7 +162,16 @@ def superresolve(
       ``uns["stpredict"]["superresolve"]`` with every parameter (``["condition"]``: the mode, the per-gene
       image weights and the achieved consistency error).
 
-    With ``inplace=False``, a new SpatialData holding only those two elements.
+    With ``grid="cells"`` no shapes element is written: ``sdata.tables[f"<model>_<spots_key>_cells"]`` (or
+    ``key_added``) annotates ``sdata.shapes[shapes_key]`` itself, one row per cell in the element's order
+    (``n_obs`` = number of cells; ``obs_names`` = the shapes' index as str, ``obs["instance_id"]`` = the index
+    values, ``obs["region"]`` = ``shapes_key``), ``obsm["spatial"]`` the cells' centroids in the image's
+    full-resolution pixels (what ``squidpy.gr.spatial_neighbors(table, coord_type="generic")`` takes),
+    ``obs["area_um2"]``, ``obs["measured"]`` all ``False``, ``obs["nearest_spot"]`` by centroid, and
+    ``uns["stpredict"]["superresolve"]["cells"]`` (shapes key, coordinate system, median area).
+
+    With ``inplace=False``, a new SpatialData holding only those two elements (cells: the table and the
+    user's shapes element, not copied).
 
     Examples
     --------
@@ -164,7 +190,20 @@ def superresolve(
     run = Compute(device, batch_size, num_workers, progress, dense)
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
-    grid_name = canonical_grid_name(f"bin{float(bin_size):g}um") if bin_size is not None else canonical_grid_name(grid)
+    cells = None
+    if grid == CELLS_GRID or shapes_key is not None:
+        if grid != CELLS_GRID or bin_size is not None:
+            msg = f"shapes_key goes with grid='cells' only (got grid={grid!r}, bin_size={bin_size!r})."
+            raise ValueError(msg)
+        # the cells are checked before any work (elements, geometry, transformations, overlap with the image)
+        image_k, _, _ = resolve_elements(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
+        cells = resolve_cells(sdata, shapes_key, image_key=image_k)
+    if cells is not None:
+        grid_name = CELLS_GRID
+    elif bin_size is not None:
+        grid_name = canonical_grid_name(f"bin{float(bin_size):g}um")
+    else:
+        grid_name = canonical_grid_name(grid)
     if not fitted:
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
@@ -180,11 +219,16 @@ def superresolve(
     condition = resolve_condition(condition, slide, inputs.genes)
     steps = StepTimes()
     # grid first: it validates bin size and lattice before any training
-    with steps("tissue"):
-        mask = resolve_tissue(sdata, geo, tissue)
-    with steps("grid"):
-        points = make_grid(geo, grid_name, mask=mask)
-    shapes_key = grid_shapes_key(geo.spots_key, grid_name)
+    if cells is None:
+        with steps("tissue"):
+            mask = resolve_tissue(sdata, geo, tissue)
+        with steps("grid"):
+            points = make_grid(geo, grid_name, mask=mask)
+        out_shapes = grid_shapes_key(geo.spots_key, grid_name)
+    else:
+        with steps("grid"):
+            points = cells_grid(cells, geo)
+        out_shapes = cells.shapes_key  # the table annotates the user's segmentation itself
     table_name = key_added or grid_table_key(predictor.name, geo.spots_key, grid_name)
     image_name = (f"{predictor.name}_{geo.spots_key}_map" if map_key is True else map_key) or None
     if image_name is not None and image_name in sdata.images and image_name == geo.image_key:
@@ -209,7 +253,7 @@ def superresolve(
     if bb is not None:
         with steps("grid_features"):
             emb, emb_info = region_embeddings(slide, points, inputs.cache, run=run)
-    regions = Regions(points.centers, points.kind, points.size_um, points.name, emb)
+    regions = Regions(points.centers, points.kind, points.size_um, points.name, emb, polygons_px=points.polygons)
     regions.meta["seed"] = seed
     with steps("predict"):
         mean, std = predictor.predict(slide, regions)
@@ -228,12 +272,22 @@ def superresolve(
     from spatialdata.models import TableModel
 
     t_out = time.perf_counter()
-    shapes = grid_to_shapes(geo, points)
-    obs = pd.DataFrame(index=pd.Index([f"{grid_name}_{i}" for i in range(points.n)]))
-    obs["region"] = pd.Categorical([shapes_key] * points.n)
-    obs["instance_id"] = np.arange(points.n)
+    if cells is None:
+        shapes = grid_to_shapes(geo, points)
+        obs = pd.DataFrame(index=pd.Index([f"{grid_name}_{i}" for i in range(points.n)]))
+        instance_id = np.arange(points.n)
+    else:
+        shapes = sdata.shapes[out_shapes]
+        obs = pd.DataFrame(index=pd.Index(cells.index.astype(str)))
+        instance_id = cells.index
+    obs["region"] = pd.Categorical([out_shapes] * points.n)
+    obs["instance_id"] = instance_id
     obs["nearest_spot"] = np.asarray(geo.obs_names)[points.nearest_spot].astype(str)
     obs["measured"] = points.measured
+    if cells is not None:
+        import shapely
+
+        obs["area_um2"] = shapely.area(points.polygons) * float(np.prod(geo.microns_per_pixel_xy))
     adata = ad.AnnData(X=np.asarray(mean, dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes_out)))
     if std is not None:
         adata.layers[LAYER_STD] = np.asarray(std, dtype=np.float32)
@@ -257,7 +311,9 @@ def superresolve(
         "backbone": predictor.backbone,
         "embeddings": emb_info,
         "condition": cond_record,
-        "tissue_mask": "detected" if tissue is None else ("none" if tissue is False else "given"),
+        "tissue_mask": "not used (cells)"
+        if cells is not None
+        else ("detected" if tissue is None else ("none" if tissue is False else "given")),
         "seed": seed,
         "device": str(device or "settings"),
         "stpredict_version": __version__,
@@ -265,17 +321,19 @@ def superresolve(
         "step_seconds": steps.seconds,
         **{k: v for k, v in predictor.training.items() if k in ("n_samples",)},
     }
+    if cells is not None:
+        record["cells"] = describe_cells(cells, geo)
     map_image = None
     if image_name is not None:
         map_image, map_info = _map_image(sdata, predictor, slide, geo)
         record["map"] = {"key": image_name, **map_info}
     adata.uns[UNS_KEY] = {"superresolve": uns_safe(record)}
-    adata = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="instance_id")
+    adata = TableModel.parse(adata, region=out_shapes, region_key="region", instance_key="instance_id")
     if not inplace:
         images = {image_name: map_image} if map_image is not None else {}
-        return SpatialData(images=images, shapes={shapes_key: shapes}, tables={table_name: adata})
-    for key, kind in ((shapes_key, "shapes"), (table_name, "tables"), (image_name, "images")):
-        if key is None:
+        return SpatialData(images=images, shapes={out_shapes: shapes}, tables={table_name: adata})
+    for key, kind in ((out_shapes, "shapes"), (table_name, "tables"), (image_name, "images")):
+        if key is None or (cells is not None and kind == "shapes"):
             continue
         other = [
             k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
@@ -286,13 +344,13 @@ def superresolve(
     if table_name in sdata.tables:
         logger.info("Replacing table %r.", table_name)
         del sdata.tables[table_name]
-    if shapes_key in sdata.shapes and not _same_geometry(sdata.shapes[shapes_key], shapes):
+    if cells is None and out_shapes in sdata.shapes and not _same_geometry(sdata.shapes[out_shapes], shapes):
         logger.warning(
-            "Replacing shapes %r with a different grid; tables annotating the old one are now stale.", shapes_key
+            "Replacing shapes %r with a different grid; tables annotating the old one are now stale.", out_shapes
         )
-        del sdata.shapes[shapes_key]
-    if shapes_key not in sdata.shapes:
-        sdata.shapes[shapes_key] = shapes
+        del sdata.shapes[out_shapes]
+    if out_shapes not in sdata.shapes:
+        sdata.shapes[out_shapes] = shapes
     sdata.tables[table_name] = adata
     if map_image is not None:
         if image_name in sdata.images:
@@ -300,7 +358,7 @@ def superresolve(
         sdata.images[image_name] = map_image
     logger.info(
         "Added shapes %r and table %r (%d regions × %d genes) in %.1f s.",
-        shapes_key, table_name, points.n, len(genes_out), time.perf_counter() - t0,
+        out_shapes, table_name, points.n, len(genes_out), time.perf_counter() - t0,
     )  # fmt: skip
     return None
 
