@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ._grid import GridPoints
     from ._spots import SpotGeometry
 
-__all__ = ["CELLS_GRID", "CellShapes", "cells_grid", "polygon_disk_overlap", "resolve_cells"]
+__all__ = ["CELLS_GRID", "CellShapes", "cells_grid", "check_cells_touch_spots", "polygon_disk_overlap", "resolve_cells"]
 
 logger = get_logger(__name__)
 
@@ -246,6 +246,20 @@ def polygon_disk_overlap(
     smallest = np.minimum(shapely.area(polygons[cols]), np.pi * spot_diameter**2 / 4)
     keep = area > 1e-9 * smallest
     return sp.csr_matrix((area[keep], (rows[keep], cols[keep])), shape=(len(disks), len(polygons)))
+
+
+def check_cells_touch_spots(points: GridPoints, geo: SpotGeometry) -> None:
+    """Raise before any work if ``condition="measured"`` cannot hold: no cell overlaps any measured spot disk."""
+    area = polygon_disk_overlap(
+        geo.centers_um, geo.diameter_um, polygons_to_um(points.polygons, geo.microns_per_pixel_xy)
+    )
+    if area.nnz == 0:
+        msg = (
+            f"condition='measured': none of the {points.n} cells overlaps any of the {geo.n_spots} measured spots "
+            f"of {geo.spots_key!r}, so there is nothing to condition them on; pass condition='none' for the "
+            "image-only prediction."
+        )
+        raise ValueError(msg)
 
 
 def describe_cells(cells: CellShapes, geo: SpotGeometry) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from .._logging import get_logger
 from .._records import StepTimes, uns_safe
 from .._version import __version__
 from ..models._base import Regions
-from ..pp._cells import CELLS_GRID, cells_grid, describe_cells, resolve_cells
+from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells, resolve_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ..pp._spots import resolve_elements
 from ._condition import apply_condition, resolve_condition
@@ -228,6 +228,8 @@ def superresolve(
     else:
         with steps("grid"):
             points = cells_grid(cells, geo)
+            if condition == "measured":
+                check_cells_touch_spots(points, geo)
         out_shapes = cells.shapes_key  # the table annotates the user's segmentation itself
     table_name = key_added or grid_table_key(predictor.name, geo.spots_key, grid_name)
     image_name = (f"{predictor.name}_{geo.spots_key}_map" if map_key is True else map_key) or None
