@@ -14,9 +14,9 @@ from .._logging import get_logger
 from .._records import StepTimes, uns_safe
 from .._version import __version__
 from ..models._base import Regions
-from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells, resolve_cells
+from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
-from ..pp._spots import resolve_elements
+from ._cells import cells_argument
 from ._condition import apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
 from ._models import resolve_model, train
@@ -190,14 +190,8 @@ def superresolve(
     run = Compute(device, batch_size, num_workers, progress, dense)
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
-    cells = None
-    if grid == CELLS_GRID or shapes_key is not None:
-        if grid != CELLS_GRID or bin_size is not None:
-            msg = f"shapes_key goes with grid='cells' only (got grid={grid!r}, bin_size={bin_size!r})."
-            raise ValueError(msg)
-        # the cells are checked before any work (elements, geometry, transformations, overlap with the image)
-        image_k, _, _ = resolve_elements(sdata, image_key=image_key, spots_key=spots_key, table_key=table_key)
-        cells = resolve_cells(sdata, shapes_key, image_key=image_k)
+    # cells are checked before any work (elements, geometry, transformations, overlap with the image)
+    cells = cells_argument(sdata, grid, bin_size, shapes_key, elements)
     if cells is not None:
         grid_name = CELLS_GRID
     elif bin_size is not None:
