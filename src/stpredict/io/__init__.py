@@ -11,14 +11,17 @@ from ._utils import set_microns_per_pixel, to_rgb
 from ._visium import read_visium
 from ._visium_hd import read_visium_hd
 from ._write import write_back
+from ._xenium import read_alignment, read_xenium
 
 __all__ = [
     "StoreLockedError",
     "from_arrays",
+    "read_alignment",
     "read_hest",
     "read_st",
     "read_visium",
     "read_visium_hd",
+    "read_xenium",
     "recover",
     "set_microns_per_pixel",
     "to_hest",
