@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ..pp._cells import CellShapes
-    from ._pipeline import Elements
+    from ._options import Elements
 
 __all__ = ["cells_argument"]
 

@@ -19,7 +19,7 @@ from .._settings import settings
 if TYPE_CHECKING:
     from ..models.backbones import Backbone
     from ..models.backbones._cellmap import CellMap
-    from ._pipeline import Compute
+    from ._options import Compute
 
 __all__ = ["CELL_UM", "DenseMaps"]
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..models.backbones import Backbone
     from ..pp._grid import GridPoints
     from ..pp._spots import SpotGeometry
-    from ._pipeline import Compute
+    from ._options import Compute
 
 __all__ = ["EmbeddingCache", "backbone_record", "plan_regions", "region_embeddings"]
 

@@ -7,7 +7,8 @@ fitted or loaded alike:
 2. :func:`prepare_training` (a model to fit), :func:`prepare_prediction` (a fitted model) or
    :func:`prepare_slides` (cross-validation, panels chosen per fold) resolve every slide's elements and
    geometry once, choose the gene panel, build the :class:`~stpredict.models.SlideData` and the backbone,
-   all before any heavy work;
+   and normalise the slides' stains onto their reference when asked (:mod:`stpredict.tl._transfer`), all
+   before any heavy work;
 3. :meth:`Inputs.embed` computes or reuses the spots' embeddings through one
    :class:`~stpredict.tl._embeddings.EmbeddingCache`, which alone writes ``obsm``/``uns`` — at
    :meth:`Inputs.commit`, once the verb's work has succeeded.
@@ -15,12 +16,9 @@ fitted or loaded alike:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from .._image import image_levels
 from .._logging import get_logger
@@ -30,12 +28,14 @@ from ..pp._spots import resolve_elements
 from ..pp._spots import spots as resolve_spots
 from ._embeddings import EmbeddingCache
 from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
+from ._options import Compute, Elements
 from ._targets import preprocessing_record, select_genes, targets
-from ._transfer import SlideStains, Transfer, augment_slide, fitted_transfer, standardize
+from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, standardize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -56,58 +56,6 @@ __all__ = [
 ]
 
 logger = get_logger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------------
-# options shared by the verbs
-# ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Elements:
-    """Which elements of a SpatialData hold the image, the spots and the counts (``None``: the only one)."""
-
-    image_key: str | None = None
-    spots_key: str | None = None
-    table_key: str | None = None
-    microns_per_pixel: float | None = None
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where and how heavy work runs: device, batch size, DataLoader workers, progress bars, dense maps.
-
-    Checked when built, so a bad value is refused before any work.
-    """
-
-    device: Any = None
-    batch_size: int | None = None
-    num_workers: int | None = None
-    progress: bool | None = None
-    dense: bool | None = None
-
-    def loop_kwargs(self) -> dict[str, Any]:
-        """The keywords of :func:`~stpredict.tl._embedding_loop.compute_embeddings` these options set."""
-        return {
-            "device": self.device,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "progress": self.progress,
-        }
-
-    def __post_init__(self) -> None:
-        bs, nw = self.batch_size, self.num_workers
-        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int | np.integer) or bs < 1):
-            msg = f"batch_size must be a positive integer (patches per batch) or None for the setting, got {bs!r}."
-            raise ValueError(msg)
-        most = max(64, 4 * (os.cpu_count() or 1))
-        if nw is not None and (isinstance(nw, bool) or not isinstance(nw, int | np.integer) or not 0 <= nw <= most):
-            msg = (
-                f"num_workers must be an integer from 0 (read in the main process) to {most} DataLoader worker "
-                f"processes, got {nw!r}."
-            )
-            raise ValueError(msg)
-        if self.dense is not None and not isinstance(self.dense, bool | np.bool_):
-            msg = f"dense must be True, False or None (the cheaper path), got {self.dense!r}."
-            raise ValueError(msg)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -206,7 +154,7 @@ class Inputs:
     stain_reference: StainNormalizer | None = None
     stains: SlideStains | None = field(default=None, repr=False)
     cache: EmbeddingCache | None = field(default=None, repr=False)
-    _augmented: dict[tuple[int, int], tuple[SlideData, SlideData]] = field(default_factory=dict, repr=False)
+    _copies: StainCopies | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.backbone is not None and self.cache is None:
@@ -251,45 +199,16 @@ class Inputs:
     def augmented(
         self, slides: Sequence[SlideData], run: Compute, full: dict[str, tuple[int, SlideData]] | None = None
     ) -> list[SlideData]:
-        """``stain_augment`` re-stained copies of each training slide: the slide's spots and targets, the copy's features.
+        """``stain_augment`` re-stained copies of each training slide (see :class:`~stpredict.tl._transfer.StainCopies`).
 
-        ``slides`` may be subsets of whole slides (a fold's training spots): ``full`` maps each name to the
-        position and whole slide it comes from (default: :attr:`slides`). A copy of a whole slide is embedded
-        once (all its spots, no expression involved) and shared by every subset and fold; slides that are not
-        spots of a whole slide (pooled pseudo-spots) get none.
+        ``full`` maps each name in ``slides`` to the position and whole slide it is spots of (default: :attr:`slides`).
         """
-        k = self.transfer.stain_augment
-        if k == 0:
+        if self.transfer.stain_augment == 0:
             return []
+        if self._copies is None:
+            self._copies = StainCopies(self.transfer, self.backbone, self.patch_size_um, self.geos, self.cache)
         full = full if full is not None else {sl.name: (i, sl) for i, sl in enumerate(self.slides)}
-        out = []
-        for sub in slides:
-            if sub.name not in full:
-                continue
-            i, src = full[sub.name]
-            pos = src.obs_names.get_indexer(sub.obs_names)
-            if (pos < 0).any():
-                continue
-            for c in range(k):
-                aug = self._augmented_slide(i, src, c, run).subset(pos)
-                aug.genes, aug.y, aug.y_linear, aug.library_size = sub.genes, sub.y, sub.y_linear, sub.library_size
-                out.append(aug)
-        return out
-
-    def _augmented_slide(self, i: int, src: SlideData, c: int, run: Compute) -> SlideData:
-        key = (id(src), c)
-        if key not in self._augmented:
-            slide = augment_slide(src, i, c)
-            if self.backbone is not None:
-                cache = EmbeddingCache(self.backbone, self.patch_size_um)  # its map is dropped with it
-                emb = cache.spots(None, self.geos[i], slide.image_levels, run, stain=slide.meta["stain"])
-                if self.transfer.feature_norm == "slide":
-                    emb, slide.meta["feature_stats"] = standardize(emb)
-                slide.embeddings = emb
-                if self.cache is not None:
-                    self.cache.seconds += cache.seconds
-            self._augmented[key] = (src, slide)  # src held: its id stays its own
-        return self._augmented[key][1]
+        return self._copies.of(slides, full, run)
 
     def spot_embeddings(self, i: int, run: Compute) -> np.ndarray | None:
         """Slide ``i``'s spot embeddings (reused or computed; ``None`` without a backbone)."""

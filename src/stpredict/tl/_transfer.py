@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..models._base import Predictor, SlideData
+    from ..models.backbones import Backbone
+    from ..pp._spots import SpotGeometry
+    from ._embeddings import EmbeddingCache
+    from ._options import Compute
 
 __all__ = [
     "AUGMENT_ALPHA",
@@ -37,6 +41,7 @@ __all__ = [
     "FEATURE_NORMS",
     "STAIN_METHODS",
     "SlideStains",
+    "StainCopies",
     "Transfer",
     "augment_slide",
     "fitted_transfer",
@@ -184,6 +189,70 @@ def augment_slide(slide: SlideData, index: int, copy: int) -> SlideData:
     return dataclasses.replace(
         slide, name=f"{slide.name}~stain{copy + 1}", image_levels=normalized_levels(slide.image_levels, smap), meta=meta
     )
+
+
+class StainCopies:
+    """The re-stained copies of a call's training slides (``stain_augment``), each embedded once.
+
+    A copy of a whole slide (:func:`augment_slide`) is embedded over all its spots — no expression is involved —
+    and shared by every subset of it (a fold's training spots) and every fold; its targets are the subset's.
+
+    Parameters
+    ----------
+    transfer
+        The options (``stain_augment`` copies per slide; ``feature_norm`` applied to each copy on its own).
+    backbone, patch_size_um
+        The embeddings' backbone and window (``backbone=None``: predictors that read pixels, no embeddings).
+    geos
+        Spot geometry of each slide, by position.
+    cache
+        The call's embedding cache, whose ``seconds`` count the copies' embedding time.
+    """
+
+    def __init__(
+        self,
+        transfer: Transfer,
+        backbone: Backbone | None,
+        patch_size_um: float,
+        geos: Sequence[SpotGeometry],
+        cache: EmbeddingCache | None,
+    ) -> None:
+        self.transfer, self.backbone, self.patch_size_um = transfer, backbone, float(patch_size_um)
+        self.geos, self.cache = list(geos), cache
+        self._whole: dict[tuple[int, int], tuple[SlideData, SlideData]] = {}
+
+    def of(self, slides: Sequence[SlideData], full: dict[str, tuple[int, SlideData]], run: Compute) -> list[SlideData]:
+        """The copies of ``slides`` (spots of the whole slides ``full`` names; others, e.g. pooled pseudo-spots, get none)."""
+        out = []
+        for sub in slides:
+            if sub.name not in full:
+                continue
+            i, src = full[sub.name]
+            pos = src.obs_names.get_indexer(sub.obs_names)
+            if (pos < 0).any():
+                continue
+            for c in range(self.transfer.stain_augment):
+                aug = self._whole_copy(i, src, c, run).subset(pos)
+                aug.genes, aug.y, aug.y_linear, aug.library_size = sub.genes, sub.y, sub.y_linear, sub.library_size
+                out.append(aug)
+        return out
+
+    def _whole_copy(self, i: int, src: SlideData, c: int, run: Compute) -> SlideData:
+        from ._embeddings import EmbeddingCache
+
+        key = (id(src), c)
+        if key not in self._whole:
+            slide = augment_slide(src, i, c)
+            if self.backbone is not None:
+                cache = EmbeddingCache(self.backbone, self.patch_size_um)  # its dense map is dropped with it
+                emb = cache.spots(None, self.geos[i], slide.image_levels, run, stain=slide.meta["stain"])
+                if self.transfer.feature_norm == "slide":
+                    emb, slide.meta["feature_stats"] = standardize(emb)
+                slide.embeddings = emb
+                if self.cache is not None:
+                    self.cache.seconds += cache.seconds
+            self._whole[key] = (src, slide)  # src held: its id stays its own
+        return self._whole[key][1]
 
 
 def standardize(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, tuple]:
