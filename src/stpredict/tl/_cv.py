@@ -15,7 +15,7 @@ from ..models._base import Regions
 from ._cv_folds import no_genes_error, plan_folds, pool_fold
 from ._embeddings import EmbeddingCache
 from ._models import fresh_copy, resolve_model, train
-from ._pipeline import Compute, prepare_slides
+from ._pipeline import Compute, prepare_slides, spot_kind
 from ._targets import NoGenesError, preprocessing_record, select_genes, targets
 from ._transfer import Transfer
 
@@ -300,7 +300,7 @@ def cross_validate(
             emb_t = emb_of(test_i)
             regions = Regions(
                 sl_test.centers_px[test_idx],
-                "circle",
+                spot_kind(sl_test),
                 sl_test.spot_diameter_um,
                 "spots",
                 None if emb_t is None else emb_t[test_idx],

@@ -11,6 +11,7 @@ import pandas as pd
 from ..models._base import Regions, SlideData
 from ._embedding_loop import compute_embeddings
 from ._models import fresh_copy, train
+from ._pipeline import spot_kind
 from ._targets import NoGenesError, preprocessing_record, select_genes, targets
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ def pool_fold(
         max_epochs=max_epochs, seed=seed,
     )  # fmt: skip
     t_fit = time.perf_counter() - t0
-    regions = Regions(geo.centers, "circle", sl.spot_diameter_um, "spots", context)
+    regions = Regions(geo.centers, spot_kind(sl), sl.spot_diameter_um, "spots", context)
     t0 = time.perf_counter()
     mean, _ = pred.predict(pooled_slide, regions)
     if condition == "measured":

@@ -53,6 +53,7 @@ __all__ = [
     "prepare_training",
     "slide_data",
     "spot_geometry",
+    "spot_kind",
 ]
 
 logger = get_logger(__name__)
@@ -83,6 +84,14 @@ def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool,
     return geo
 
 
+def spot_kind(slide: SlideData) -> str:
+    """How predictors see a slide's measured regions: ``"square"`` (Visium HD bins) or ``"circle"``.
+
+    Polygons (cells) are measured regions as the disk of their equal-area diameter.
+    """
+    return str(slide.meta.get("spot_kind", "circle"))
+
+
 def slide_data(
     sdata: SpatialData, geo: SpotGeometry, *, genes: Sequence[str] | None, layer: str | None, name: str | None = None
 ) -> SlideData:
@@ -105,7 +114,12 @@ def slide_data(
         y=y,
         y_linear=y_lin,
         library_size=lib,
-        meta={"image_key": geo.image_key, "spots_key": geo.spots_key, "table_key": geo.table_key},
+        meta={
+            "image_key": geo.image_key,
+            "spots_key": geo.spots_key,
+            "table_key": geo.table_key,
+            "spot_kind": "square" if geo.kind == "square" else "circle",
+        },
     )
 
 

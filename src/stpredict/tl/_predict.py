@@ -16,7 +16,7 @@ from .._version import __version__
 from ..models._base import Regions
 from ..pp._folds import spatial_folds
 from ._models import fresh_copy, resolve_model, slide_fingerprint, train
-from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
+from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, spot_kind
 from ._targets import OUTPUT_SPACE
 from ._transfer import Transfer
 
@@ -169,7 +169,7 @@ def predict(
             ctx = slide.subset(train_idx)
             train(p, inputs, run, slides=[ctx], max_epochs=max_epochs, seed=seed)
             held = slide.subset(test)
-            regions = Regions(held.centers_px, "circle", slide.spot_diameter_um, "spots", held.embeddings)
+            regions = Regions(held.centers_px, spot_kind(slide), slide.spot_diameter_um, "spots", held.embeddings)
             m, s = p.predict(ctx, regions)
             mean[test] = m
             if s is not None:
@@ -195,7 +195,7 @@ def predict(
         slide = inputs.slides[0]
         # context for predictors that attend over the measured spots
         slide.embeddings = inputs.spot_embeddings(0, run)
-        regions = Regions(slide.centers_px, "circle", slide.spot_diameter_um, "spots", slide.embeddings)
+        regions = Regions(slide.centers_px, spot_kind(slide), slide.spot_diameter_um, "spots", slide.embeddings)
         predictor.device, predictor.progress = run.device, run.progress
         mean, std = predictor.predict(slide, regions)
         has_std = std is not None
