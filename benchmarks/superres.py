@@ -17,6 +17,11 @@ markdown table (mean ± sd over seeds) and written to ``benchmarks/results/super
 
     python benchmarks/superres.py [--seeds 0,1,2] [--methods neighbors,ridge,pixnet,diffusion]
                                   [--bins 25,50] [--image-size 1200] [--n-genes 8] [--max-epochs N]
+
+With ``--real <Visium HD outs folder>`` (``[--fullres-image tissue.tif] [--methods neighbors,copy,ridge]
+[--n-genes 50]``) the truth is real instead: the 8 µm bins are pooled into Visium-like spots, the methods
+super-resolve those onto 8/16/32 µm bins, and each bin is scored against the measured bins it covers; see
+``benchmarks/_superres_real.py`` and ``benchmarks/results/superres_real.{csv,md}``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def score(stp, centers_um, pitch_um, truth, pred, ok) -> tuple[float, float]:
     return pcc, ssim
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (``argv``: the command line, default ``sys.argv[1:]``)."""
     warnings.filterwarnings("ignore")
     import pandas as pd
 
@@ -58,15 +64,32 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="neighbors,ridge,histosge,pixnet,diffusion")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="default neighbors,ridge,histosge,pixnet,diffusion (with --real: neighbors,copy,ridge)",
+    )
     p.add_argument("--bins", default="25,50")
     p.add_argument("--image-size", type=int, default=1200)
-    p.add_argument("--n-genes", type=int, default=8)
+    p.add_argument("--n-genes", type=int, default=None, help="default 8 (with --real: 50)")
     p.add_argument("--max-epochs", type=int, default=None, help="training budget of every iterative method")
     p.add_argument("--out", type=Path, default=HERE / "results")
-    args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    p.add_argument("--real", type=Path, default=None, help="Visium HD outs folder: score against its 8 µm bins")
+    p.add_argument("--fullres-image", type=Path, default=None, help="with --real: the full-resolution H&E")
+    args = p.parse_args(argv)
     stp.settings.progress = False
+    if args.real is not None:
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
+        from _superres_real import run_real
+
+        methods = (args.methods or "neighbors,copy,ridge").split(",")
+        run_real(args.real, methods=methods, fullres_image=args.fullres_image, n_genes=args.n_genes or 50,
+                 max_epochs=args.max_epochs, out=args.out, argv=argv)  # fmt: skip
+        return
+    args.methods = args.methods or "neighbors,ridge,histosge,pixnet,diffusion"
+    args.n_genes = args.n_genes or 8
+    args.out.mkdir(parents=True, exist_ok=True)
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
