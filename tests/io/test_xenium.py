@@ -214,12 +214,8 @@ def test_morphology_and_labels_on_request(bundle):
     assert geo.image_key == "he"
 
 
-@pytest.mark.xfail(
-    reason="pp/_spots.py resolve_elements picks the finest image sharing a coordinate system with the spots, "
-    "here the uint16 morphology image, not the RGB H&E (reported; pp/_spots.py is not this reader's to change)",
-    strict=True,
-)
 def test_verbs_pick_the_he_beside_morphology(bundle):
+    # an 8-bit RGB image is the H&E: preferred over the finer uint16 morphology image
     sdata = _read(bundle, morphology=True, transcripts=False)
     assert stp.pp.spots(sdata).image_key == "he"
 

@@ -194,6 +194,10 @@ def resolve_elements(
     spots_cs = set(_coordinate_systems(sdata.shapes[spots_key]))
     if image_key is None:
         candidates = [k for k, im in sdata.images.items() if spots_cs & set(_coordinate_systems(im))]
+        rgb = [k for k in candidates if _looks_rgb(sdata.images[k])]
+        if rgb and len(rgb) < len(candidates):  # an H&E beside fluorescence (Xenium's DAPI): the H&E
+            logger.info("Using the 8-bit RGB image(s) %s, not %s.", rgb, sorted(set(candidates) - set(rgb)))
+            candidates = rgb
         if len(candidates) > 1:
             # several resolutions of one slide (e.g. Visium hires + lowres): take the finest
             res = {}
@@ -218,6 +222,12 @@ def resolve_elements(
             )
             raise ValueError(msg)
     return image_key, spots_key, table_key
+
+
+def _looks_rgb(image: Any) -> bool:
+    """An 8-bit image of 3 or 4 channels (an H&E), not fluorescence (one channel or 16 bit)."""
+    arr = image_levels(image)[0].array
+    return arr.dtype == np.uint8 and int(arr.shape[0]) in (3, 4)
 
 
 @doc_params()
