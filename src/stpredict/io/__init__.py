@@ -11,7 +11,8 @@ from ._utils import set_microns_per_pixel, to_rgb
 from ._visium import read_visium
 from ._visium_hd import read_visium_hd
 from ._write import write_back
-from ._xenium import read_alignment, read_xenium
+from ._xenium import read_xenium
+from ._xenium_alignment import read_alignment
 
 __all__ = [
     "StoreLockedError",

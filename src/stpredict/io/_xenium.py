@@ -11,12 +11,14 @@ import numpy as np
 from .._image import to_multiscale
 from .._keys import DEFAULT_IMAGE, MICRONS_CS
 from .._logging import get_logger
+from ._xenium_alignment import alignment_hint, check_overlap, on_image, read_alignment
+from ._xenium_he import open_he
 
 if TYPE_CHECKING:
     import dask.array as da
     from spatialdata import SpatialData
 
-__all__ = ["read_alignment", "read_xenium"]
+__all__ = ["read_xenium"]
 
 logger = get_logger(__name__)
 
@@ -39,80 +41,6 @@ _MANAGED = {
     "cells_table",
     "gex_only",
 }
-_TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".svs"}
-
-
-def _alignment_hint() -> str:
-    return (
-        "Pass the matrix Xenium Explorer exports after aligning the H&E (the '<name>_imagealignment.csv' of "
-        "'Download alignment file', three lines of three numbers mapping H&E pixels to Xenium pixels), or "
-        "alignment=numpy.eye(3) if the H&E is already in Xenium morphology pixels."
-    )
-
-
-def read_alignment(alignment: str | Path | np.ndarray) -> np.ndarray:
-    """Read and check a Xenium Explorer image-alignment matrix.
-
-    Parameters
-    ----------
-    alignment
-        A CSV of three lines of three comma-separated numbers, no header (Xenium Explorer's
-        ``*_imagealignment.csv``), or a 3×3 array.
-
-    Returns
-    -------
-    The 3×3 affine from H&E pixels ``(x, y, 1)`` to Xenium morphology pixels, as floats.
-    """
-    source = "the alignment matrix"
-    if isinstance(alignment, str | Path):
-        path = Path(alignment)
-        source = f"alignment file {str(path)!r}"
-        if not path.is_file():
-            msg = f"Alignment file {str(path)!r} does not exist. {_alignment_hint()}"
-            raise FileNotFoundError(msg)
-        if path.suffix.lower() == ".zip":
-            msg = (
-                f"{source} is a zip archive (Xenium Explorer's keypoints + matrix export): unzip it and pass the "
-                "matrix CSV ('*_imagealignment.csv' / 'matrix.csv'), not the keypoints one."
-            )
-            raise ValueError(msg)
-        text = path.read_text(errors="replace")
-        rows = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        try:
-            values = [[float(v) for v in ln.replace(";", ",").replace(",", " ").split()] for ln in rows]
-        except ValueError:
-            head = rows[0][:80] if rows else ""
-            if "fixed" in head.lower() or "alignment" in head.lower():
-                msg = (
-                    f"{source} holds keypoints (header {head!r}), not the alignment matrix. "
-                    "Pass the matrix CSV that Xenium Explorer exports beside the keypoints ('*_imagealignment.csv')."
-                )
-            else:
-                msg = f"{source} is not a 3×3 matrix of numbers (first line {head!r}). {_alignment_hint()}"
-            raise ValueError(msg) from None
-        if len({len(v) for v in values}) > 1:
-            msg = f"{source} has rows of unequal length; expected 3 lines of 3 numbers. {_alignment_hint()}"
-            raise ValueError(msg)
-        matrix = np.array(values, dtype=float).reshape(len(values), -1)
-    else:
-        matrix = np.asarray(alignment, dtype=float)
-    if matrix.shape != (3, 3):
-        msg = f"{source} is not a 3×3 matrix (shape {matrix.shape}). {_alignment_hint()}"
-        raise ValueError(msg)
-    if not np.all(np.isfinite(matrix)):
-        msg = f"{source} has non-finite entries: {matrix.tolist()}."
-        raise ValueError(msg)
-    if not np.allclose(matrix[2], [0.0, 0.0, 1.0], atol=1e-9):
-        msg = (
-            f"{source} is not an affine matrix: its last row is {matrix[2].tolist()}, not [0, 0, 1] "
-            "(a projective matrix cannot be used)."
-        )
-        raise ValueError(msg)
-    det = float(np.linalg.det(matrix[:2, :2]))
-    if not abs(det) > 1e-12:
-        msg = f"{source} is singular (determinant {det:g}): it does not map the H&E onto the Xenium frame."
-        raise ValueError(msg)
-    return matrix
 
 
 def _spec(path: Path) -> dict:
@@ -147,110 +75,6 @@ def _discover_he(path: Path, he_image: Any, alignment: Any) -> tuple[Any, Any]:
             alignment = beside
     logger.info("Found the H&E %r in the bundle%s.", he_image.name, f" with {alignment}" if alignment else "")
     return he_image, alignment
-
-
-def _lazy_tiff(path: Path, chunks: int) -> da.Array:
-    """Level 0 of a (pyramidal, OME-)TIFF as a lazy ``(c, y, x)`` array; each block opens and closes the file."""
-    import dask.array as da
-    import tifffile
-
-    with tifffile.TiffFile(path) as tf:
-        level = tf.series[0].levels[0]
-        shape, dtype, axes = tuple(int(n) for n in level.shape), level.dtype, str(level.axes)
-    keep = [i for i, (a, n) in enumerate(zip(axes, shape, strict=True)) if n > 1 or a in "YX"]
-    kept_axes = "".join(axes[i] for i in keep)
-    if len(keep) not in (2, 3) or "Y" not in kept_axes or "X" not in kept_axes:
-        msg = f"TIFF {str(path)!r} has axes {axes!r} of shape {shape}; expected a 2-D (optionally multichannel) image."
-        raise ValueError(msg)
-    block_chunks = tuple(
-        tuple(min(chunks, shape[i] - s) for s in range(0, shape[i], chunks)) if axes[i] in "YX" else (shape[i],)
-        for i in keep
-    )
-
-    def read(block_info=None):
-        loc = block_info[None]["array-location"]
-        index = [0] * len(shape)
-        for j, i in enumerate(keep):
-            index[i] = slice(*loc[j])
-        with tifffile.TiffFile(path) as tf:
-            return _read_region(tf, index)
-
-    arr = da.map_blocks(read, dtype=dtype, chunks=block_chunks, meta=np.empty((0,) * len(keep), dtype))
-    if len(keep) == 2:
-        return arr[None]
-    c_axis = next(j for j, i in enumerate(keep) if axes[i] not in "YX")
-    return da.moveaxis(arr, c_axis, 0) if c_axis else arr
-
-
-def _read_region(tf: Any, index: list) -> np.ndarray:
-    import zarr
-
-    store = tf.series[0].aszarr(level=0)
-    try:
-        return np.asarray(zarr.open(store, mode="r")[tuple(index)])
-    finally:
-        store.close()
-
-
-def _open_he(he_image: Any, chunks: int) -> tuple[Any, tuple[int, int, int], np.dtype]:
-    """``(opener, (c, h, w), dtype)`` of the H&E without decoding it (opener returns a (c, y, x) array)."""
-    import dask.array as da
-
-    from ._build import _to_cyx, load_image
-
-    if isinstance(he_image, str | Path):
-        path = Path(he_image)
-        if not path.is_file():
-            msg = f"H&E image {str(path)!r} does not exist."
-            raise FileNotFoundError(msg)
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            arr = _lazy_tiff(path, chunks)
-            return (lambda: arr), tuple(int(s) for s in arr.shape), arr.dtype
-        from PIL import Image
-
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-                bands = len(im.getbands())
-                dtype = np.dtype(np.uint8) if im.mode in {"RGB", "RGBA", "L", "LA", "P"} else np.dtype(np.uint16)
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-        return (lambda: load_image(path)), (bands, h, w), dtype
-    arr = he_image if isinstance(he_image, da.Array) else np.asarray(he_image)
-    while arr.ndim > 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    arr = _to_cyx(arr, channel_axis=None)
-    return (lambda: arr), tuple(int(s) for s in arr.shape), arr.dtype
-
-
-def _on_image(xy: np.ndarray, to_image: np.ndarray, h: int, w: int) -> np.ndarray:
-    p = xy @ to_image[:2, :2].T + to_image[:2, 2]
-    return (p[:, 0] >= 0) & (p[:, 0] <= w) & (p[:, 1] >= 0) & (p[:, 1] <= h)
-
-
-def _check_overlap(cells_um: np.ndarray, M: np.ndarray, *, ps: float, h: int, w: int, he_name: str) -> None:
-    xen_px = cells_um / ps
-    n_on = int(_on_image(xen_px, np.linalg.inv(M), h, w).sum())
-    if n_on:
-        return
-    corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], dtype=float) @ M.T
-    lo, hi = corners[:, :2].min(0) * ps, corners[:, :2].max(0) * ps
-    c_lo, c_hi = cells_um.min(0), cells_um.max(0)
-    hint = ""
-    if _on_image(xen_px, M, h, w).any():
-        hint = (
-            " The inverse of this matrix would put cells on it: the matrix may map Xenium pixels to H&E pixels; "
-            "pass alignment=numpy.linalg.inv(matrix)."
-        )
-    msg = (
-        f"The H&E {he_name} ({w}×{h} px), registered through the alignment, covers x {lo[0]:.0f}–{hi[0]:.0f} µm, "
-        f"y {lo[1]:.0f}–{hi[1]:.0f} µm, while the cells lie at x {c_lo[0]:.0f}–{c_hi[0]:.0f} µm, "
-        f"y {c_lo[1]:.0f}–{c_hi[1]:.0f} µm: no cell is on the H&E. Check that the alignment file belongs to this "
-        f"H&E and this Xenium region (Xenium Explorer's H&E → Xenium pixel matrix).{hint}"
-    )
-    raise ValueError(msg)
 
 
 def _matrix(t: Any) -> np.ndarray:
@@ -386,11 +210,11 @@ def read_xenium(
         he_name = repr(he_source) if isinstance(he_image, str | Path) else "(array)"
         if alignment is None:
             msg = (
-                f"The H&E {he_name} was given without alignment=: it cannot be placed on the cells. {_alignment_hint()}"
+                f"The H&E {he_name} was given without alignment=: it cannot be placed on the cells. {alignment_hint()}"
             )
             raise ValueError(msg)
         M = read_alignment(alignment)
-        opener, (c, h, w), dtype = _open_he(he_image, chunks)
+        opener, (c, h, w), dtype = open_he(he_image, chunks)
         if dtype != np.uint8 or c not in (3, 4):
             msg = (
                 f"The H&E {he_name} has {c} channel(s) of {dtype}; read_xenium takes an 8-bit RGB (or RGBA) H&E. "
@@ -400,7 +224,7 @@ def read_xenium(
         cells_xy = pq.read_table(path / "cells.parquet", columns=["x_centroid", "y_centroid"])
         cells_um = np.column_stack([cells_xy.column(0).to_numpy(), cells_xy.column(1).to_numpy()]).astype(float)
         if len(cells_um):
-            _check_overlap(cells_um, M, ps=ps, h=h, w=w, he_name=he_name)
+            check_overlap(cells_um, M, ps=ps, h=h, w=w, he_name=he_name)
     elif alignment is not None:
         msg = "alignment= was given without he_image=: pass the H&E image it aligns."
         raise ValueError(msg)
@@ -456,7 +280,7 @@ def read_xenium(
         # cells off the H&E
         circles = sdata.shapes["cell_circles"]
         xy = np.column_stack([circles.geometry.x.to_numpy(), circles.geometry.y.to_numpy()])
-        off = ~_on_image(xy, np.linalg.inv(um), h, w)
+        off = ~on_image(xy, np.linalg.inv(um), h, w)
         if off.any():
             ids = circles.index[off]
             if drop_cells_outside_he:
