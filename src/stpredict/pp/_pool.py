@@ -13,19 +13,24 @@ from scipy.spatial import cKDTree
 from .._keys import MICRONS_CS, UNS_KEY
 from .._logging import get_logger
 from .._records import uns_safe
-from .._validate import check_counts, pick_key, table_region
+from .._validate import table_region
+from ._pool_args import (
+    LAYOUTS,
+    check_integer_counts,
+    check_new_names,
+    lattice_params,
+    micrometers_affine,
+    resolve_source,
+)
 from ._spots import shape_centers
 
 if TYPE_CHECKING:
-    from anndata import AnnData
     from spatialdata import SpatialData
 
 __all__ = ["pool_to_spots"]
 
 logger = get_logger(__name__)
 
-#: ``layout -> (lattice, spot diameter µm, centre-to-centre spacing µm)``.
-LAYOUTS = {"visium": ("hexagonal", 55.0, 100.0), "st": ("square", 100.0, 200.0)}
 MEMBERS_KEY = "members"
 
 
@@ -147,11 +152,11 @@ def pool_to_spots(
     (32, [[32, 32, 32]])
     """
     # -- validate everything before any work --------------------------------------------------------------
-    lattice, diameter, spacing = _lattice_params(layout, diameter_um, spacing_um)
+    lattice, diameter, spacing = lattice_params(layout, diameter_um, spacing_um)
     if isinstance(min_members, bool) or not isinstance(min_members, int | np.integer) or min_members < 1:
         msg = f"min_members must be a positive integer, got {min_members!r}."
         raise ValueError(msg)
-    table_key, shapes_key = _resolve_source(sdata, table_key, shapes_key)
+    table_key, shapes_key = resolve_source(sdata, table_key, shapes_key)
     table = sdata.tables[table_key]
     shapes = sdata.shapes[shapes_key]
     if layer is not None and layer not in table.layers:
@@ -159,14 +164,14 @@ def pool_to_spots(
             f"Table {table_key!r} has no layer {layer!r}; its layers are {list(table.layers)}. Pass layer=None for .X."
         )
         raise KeyError(msg)
-    _check_integer_counts(table, table_key, layer)
-    to_um = _micrometers_affine(shapes, shapes_key)
+    check_integer_counts(table, table_key, layer)
+    to_um = micrometers_affine(shapes, shapes_key)
     if key_added is None:
         key_added = f"{shapes_key}_pooled_{layout}"
         if (diameter, spacing) != LAYOUTS[layout][1:]:
             key_added += f"_d{diameter:g}_s{spacing:g}"
     new_table_key = f"{key_added}_table"
-    _check_new_names(sdata, key_added, new_table_key, shapes_key, table_key, overwrite=overwrite, inplace=inplace)
+    check_new_names(sdata, key_added, new_table_key, shapes_key, table_key, overwrite=overwrite, inplace=inplace)
     if offset_um is not None:
         offset_um = np.broadcast_to(np.asarray(offset_um, dtype=float), (2,))
         if not np.all(np.isfinite(offset_um)):
@@ -287,132 +292,6 @@ def pool_to_spots(
         mine[members.indices] = np.repeat(np.arange(n), np.diff(members.indptr))
         table.obs[column] = pd.Categorical.from_codes(mine, categories=obs_names)
     return None
-
-
-def _lattice_params(layout: str, diameter_um: float | None, spacing_um: float | None) -> tuple[str, float, float]:
-    if layout not in LAYOUTS:
-        msg = f"layout must be 'visium' (hexagonal, 55 µm / 100 µm) or 'st' (square, 100 µm / 200 µm), got {layout!r}."
-        raise ValueError(msg)
-    lattice, d, s = LAYOUTS[layout]
-    d = d if diameter_um is None else diameter_um
-    s = s if spacing_um is None else spacing_um
-    for name, v in (("diameter_um", d), ("spacing_um", s)):
-        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not np.isfinite(v) or v <= 0:
-            msg = f"{name} must be a positive number of µm, got {v!r}."
-            raise ValueError(msg)
-    return lattice, float(d), float(s)
-
-
-def _resolve_source(sdata: SpatialData, table_key: str | None, shapes_key: str | None) -> tuple[str, str]:
-    if shapes_key is not None:
-        pick_key(sdata, "shapes", shapes_key)
-    if table_key is None:
-        annotating = [
-            k
-            for k, t in sdata.tables.items()
-            if any(r in sdata.shapes and (shapes_key is None or r == shapes_key) for r in table_region(t)[0])
-        ]
-        if not annotating:
-            msg = (
-                f"No table annotates {'shapes ' + repr(shapes_key) if shapes_key else 'a shapes element'}; the "
-                f"SpatialData has tables {list(sdata.tables)}. Link the counts with TableModel.parse(..., region=...)."
-            )
-            raise KeyError(msg)
-        if len(annotating) > 1:  # tables pooled here annotate their own spots: not high-resolution sources
-            source = [k for k in annotating if "pool_to_spots" not in sdata.tables[k].uns.get(UNS_KEY, {})]
-            annotating = source or annotating
-        if len(annotating) > 1:
-            msg = f"Several tables annotate the regions ({', '.join(map(repr, annotating))}): pass table_key=..."
-            raise KeyError(msg)
-        table_key = annotating[0]
-    else:
-        pick_key(sdata, "tables", table_key)
-    regions, region_key, instance_key = table_region(sdata.tables[table_key])
-    if region_key is None or instance_key is None:
-        msg = f"Table {table_key!r} has no region/instance keys; parse it with TableModel.parse(region=..., region_key=..., instance_key=...)."
-        raise ValueError(msg)
-    shape_regions = [r for r in regions if r in sdata.shapes]
-    if shapes_key is None:
-        if len(shape_regions) != 1:
-            msg = f"Table {table_key!r} annotates {regions or 'no region'}; pass shapes_key=... naming the regions."
-            raise KeyError(msg)
-        shapes_key = shape_regions[0]
-    elif shapes_key not in regions:
-        msg = (
-            f"Table {table_key!r} does not annotate shapes {shapes_key!r} (it annotates {regions}): pass its table_key."
-        )
-        raise KeyError(msg)
-    return table_key, shapes_key
-
-
-def _check_integer_counts(table: AnnData, table_key: str, layer: str | None) -> None:
-    check_counts(table, table_key, layer=layer)
-    X = table.layers[layer] if layer is not None else table.X
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_):
-        return
-    bad = data != np.round(data)
-    if bad.any():
-        where = f"table {table_key!r} " + (f"layer {layer!r}" if layer else ".X")
-        msg = (
-            f"The {where} holds {int(bad.sum())} non-integer values (e.g. {data[bad].ravel()[0]:g}): pooling sums raw "
-            "counts. Pass the layer of raw counts (layer=...)."
-        )
-        raise ValueError(msg)
-
-
-def _micrometers_affine(shapes, shapes_key: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    ts = get_transformation(shapes, get_all=True)
-    if MICRONS_CS not in ts:
-        msg = (
-            f"Shapes {shapes_key!r} have no transformation to the {MICRONS_CS!r} coordinate system (they have "
-            f"{sorted(ts)}), so spot sizes in µm cannot be placed: record the pixel size with "
-            f"`stp.io.set_microns_per_pixel(sdata, value, image_key=...)` or set_transformation(..., {MICRONS_CS!r})."
-        )
-        raise ValueError(msg)
-    m = np.asarray(ts[MICRONS_CS].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
-    sx, sy = np.linalg.norm(m[:2, :2], axis=0)
-    if not np.isclose(sx, sy, rtol=1e-3):
-        logger.warning(
-            "Shapes %r have anisotropic µm units (%.4g vs %.4g µm per unit along x and y): circle radii use their "
-            "geometric mean.",
-            shapes_key,
-            sx,
-            sy,
-        )
-    return m
-
-
-def _check_new_names(
-    sdata: SpatialData, key: str, table_key_new: str, shapes_key: str, table_key: str, *, overwrite: bool, inplace: bool
-) -> None:
-    from spatialdata._core.validation import check_valid_name
-
-    for name in (key, table_key_new):
-        try:
-            check_valid_name(name)
-        except (TypeError, ValueError) as e:
-            msg = f"key_added={key!r} gives an invalid element name {name!r}: {e}"
-            raise ValueError(msg) from e
-    if {key.lower(), table_key_new.lower()} & {shapes_key.lower(), table_key.lower()}:
-        msg = f"key_added={key!r} would replace the source elements {shapes_key!r}/{table_key!r}: choose another name."
-        raise ValueError(msg)
-    if not inplace:
-        return
-    existing = {name.lower(): (kind, name) for kind, name, _ in sdata.gen_elements()}
-    for name, kind in ((key, "shapes"), (table_key_new, "tables")):
-        if name.lower() in existing:
-            found_kind, found = existing[name.lower()]
-            if not overwrite or found_kind != kind or found != name:
-                msg = f"The SpatialData already has a {found_kind[:-1]} element {found!r}: pass another key_added" + (
-                    " or overwrite=True." if found_kind == kind and found == name else "."
-                )
-                raise KeyError(msg)
-    if key in sdata.tables[table_key].obs.columns and not overwrite:
-        msg = f"Table {table_key!r} already has an obs column {key!r}: pass another key_added or overwrite=True."
-        raise KeyError(msg)
 
 
 def _lattice_points(

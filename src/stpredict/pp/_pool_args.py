@@ -1,0 +1,161 @@
+"""Arguments and source elements of :func:`~stpredict.pp.pool_to_spots`: resolved and checked before any work."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._keys import MICRONS_CS, UNS_KEY
+from .._logging import get_logger
+from .._validate import check_counts, pick_key, table_region
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+__all__ = [
+    "LAYOUTS",
+    "check_integer_counts",
+    "check_new_names",
+    "lattice_params",
+    "micrometers_affine",
+    "resolve_source",
+]
+
+logger = get_logger(__name__)
+
+#: ``layout -> (lattice, spot diameter µm, centre-to-centre spacing µm)``.
+LAYOUTS = {"visium": ("hexagonal", 55.0, 100.0), "st": ("square", 100.0, 200.0)}
+
+
+def lattice_params(layout: str, diameter_um: float | None, spacing_um: float | None) -> tuple[str, float, float]:
+    """``(lattice kind, diameter µm, spacing µm)`` of ``layout``, overridden by the given diameter and spacing."""
+    if layout not in LAYOUTS:
+        msg = f"layout must be 'visium' (hexagonal, 55 µm / 100 µm) or 'st' (square, 100 µm / 200 µm), got {layout!r}."
+        raise ValueError(msg)
+    lattice, d, s = LAYOUTS[layout]
+    d = d if diameter_um is None else diameter_um
+    s = s if spacing_um is None else spacing_um
+    for name, v in (("diameter_um", d), ("spacing_um", s)):
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not np.isfinite(v) or v <= 0:
+            msg = f"{name} must be a positive number of µm, got {v!r}."
+            raise ValueError(msg)
+    return lattice, float(d), float(s)
+
+
+def resolve_source(sdata: SpatialData, table_key: str | None, shapes_key: str | None) -> tuple[str, str]:
+    """``(table_key, shapes_key)`` of the source regions: the table of counts and the shapes it annotates."""
+    if shapes_key is not None:
+        pick_key(sdata, "shapes", shapes_key)
+    if table_key is None:
+        annotating = [
+            k
+            for k, t in sdata.tables.items()
+            if any(r in sdata.shapes and (shapes_key is None or r == shapes_key) for r in table_region(t)[0])
+        ]
+        if not annotating:
+            msg = (
+                f"No table annotates {'shapes ' + repr(shapes_key) if shapes_key else 'a shapes element'}; the "
+                f"SpatialData has tables {list(sdata.tables)}. Link the counts with TableModel.parse(..., region=...)."
+            )
+            raise KeyError(msg)
+        if len(annotating) > 1:  # tables pooled here annotate their own spots: not high-resolution sources
+            source = [k for k in annotating if "pool_to_spots" not in sdata.tables[k].uns.get(UNS_KEY, {})]
+            annotating = source or annotating
+        if len(annotating) > 1:
+            msg = f"Several tables annotate the regions ({', '.join(map(repr, annotating))}): pass table_key=..."
+            raise KeyError(msg)
+        table_key = annotating[0]
+    else:
+        pick_key(sdata, "tables", table_key)
+    regions, region_key, instance_key = table_region(sdata.tables[table_key])
+    if region_key is None or instance_key is None:
+        msg = f"Table {table_key!r} has no region/instance keys; parse it with TableModel.parse(region=..., region_key=..., instance_key=...)."
+        raise ValueError(msg)
+    shape_regions = [r for r in regions if r in sdata.shapes]
+    if shapes_key is None:
+        if len(shape_regions) != 1:
+            msg = f"Table {table_key!r} annotates {regions or 'no region'}; pass shapes_key=... naming the regions."
+            raise KeyError(msg)
+        shapes_key = shape_regions[0]
+    elif shapes_key not in regions:
+        msg = (
+            f"Table {table_key!r} does not annotate shapes {shapes_key!r} (it annotates {regions}): pass its table_key."
+        )
+        raise KeyError(msg)
+    return table_key, shapes_key
+
+
+def check_integer_counts(table: AnnData, table_key: str, layer: str | None) -> None:
+    """Raise unless the counts in ``layer`` (``.X`` when ``None``) of the table are non-negative integers."""
+    check_counts(table, table_key, layer=layer)
+    X = table.layers[layer] if layer is not None else table.X
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_):
+        return
+    bad = data != np.round(data)
+    if bad.any():
+        where = f"table {table_key!r} " + (f"layer {layer!r}" if layer else ".X")
+        msg = (
+            f"The {where} holds {int(bad.sum())} non-integer values (e.g. {data[bad].ravel()[0]:g}): pooling sums raw "
+            "counts. Pass the layer of raw counts (layer=...)."
+        )
+        raise ValueError(msg)
+
+
+def micrometers_affine(shapes, shapes_key: str) -> np.ndarray:
+    """The 3×3 affine from the shapes' intrinsic coordinates to ``"micrometers"``; raise without one."""
+    from spatialdata.transformations import get_transformation
+
+    ts = get_transformation(shapes, get_all=True)
+    if MICRONS_CS not in ts:
+        msg = (
+            f"Shapes {shapes_key!r} have no transformation to the {MICRONS_CS!r} coordinate system (they have "
+            f"{sorted(ts)}), so spot sizes in µm cannot be placed: record the pixel size with "
+            f"`stp.io.set_microns_per_pixel(sdata, value, image_key=...)` or set_transformation(..., {MICRONS_CS!r})."
+        )
+        raise ValueError(msg)
+    m = np.asarray(ts[MICRONS_CS].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+    sx, sy = np.linalg.norm(m[:2, :2], axis=0)
+    if not np.isclose(sx, sy, rtol=1e-3):
+        logger.warning(
+            "Shapes %r have anisotropic µm units (%.4g vs %.4g µm per unit along x and y): circle radii use their "
+            "geometric mean.",
+            shapes_key,
+            sx,
+            sy,
+        )
+    return m
+
+
+def check_new_names(
+    sdata: SpatialData, key: str, table_key_new: str, shapes_key: str, table_key: str, *, overwrite: bool, inplace: bool
+) -> None:
+    """Raise if the new element names are invalid, replace the sources, or exist (unless ``overwrite``)."""
+    from spatialdata._core.validation import check_valid_name
+
+    for name in (key, table_key_new):
+        try:
+            check_valid_name(name)
+        except (TypeError, ValueError) as e:
+            msg = f"key_added={key!r} gives an invalid element name {name!r}: {e}"
+            raise ValueError(msg) from e
+    if {key.lower(), table_key_new.lower()} & {shapes_key.lower(), table_key.lower()}:
+        msg = f"key_added={key!r} would replace the source elements {shapes_key!r}/{table_key!r}: choose another name."
+        raise ValueError(msg)
+    if not inplace:
+        return
+    existing = {name.lower(): (kind, name) for kind, name, _ in sdata.gen_elements()}
+    for name, kind in ((key, "shapes"), (table_key_new, "tables")):
+        if name.lower() in existing:
+            found_kind, found = existing[name.lower()]
+            if not overwrite or found_kind != kind or found != name:
+                msg = f"The SpatialData already has a {found_kind[:-1]} element {found!r}: pass another key_added" + (
+                    " or overwrite=True." if found_kind == kind and found == name else "."
+                )
+                raise KeyError(msg)
+    if key in sdata.tables[table_key].obs.columns and not overwrite:
+        msg = f"Table {table_key!r} already has an obs column {key!r}: pass another key_added or overwrite=True."
+        raise KeyError(msg)
