@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ._aggregate import RegionMasks, aggregate_map, region_masks
-from ._condition import ConditionResult, condition_grid, condition_on_spots
+from ._condition import ConditionResult, condition_on_spots
+from ._condition_grid import condition_grid
 from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches

@@ -25,6 +25,7 @@ __all__ = [
     "correction_kernel",
     "learn_gate",
     "overlap_matrix",
+    "rel_error",
     "solve_conditioned",
 ]
 

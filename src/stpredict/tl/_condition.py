@@ -83,7 +83,7 @@ def apply_condition(
     predictions when ``stp.tl.predict`` stored them, else from the grid pooled over the spots). The std is
     converted to linear units (``std · (1 + value)``), carried through the correction, and converted back.
     """
-    from ..pp._condition import condition_grid
+    from ..pp._condition_grid import condition_grid
 
     lin = np.clip(np.expm1(np.asarray(mean, dtype=float)), 0.0, None)
     std_lin = None if std is None else np.asarray(std, dtype=float) * (1.0 + lin)
