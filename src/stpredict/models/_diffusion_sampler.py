@@ -1,7 +1,7 @@
 """Conditions, noise schedule and DDIM sampling of the cross-modal diffusion, and its residual calibration.
 
 See :mod:`stpredict.models.diffusion` for the method. Maps are ``(G, H, W)`` arrays on a spot lattice
-(:class:`stpredict.pp._lattice.LatticeMap`).
+(:class:`stpredict.pp._lattice.LatticeMap`); :func:`region_samples` reads sampled maps at the requested regions.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..pp._lattice import fill, lattice_map, pool2
+from ..pp._lattice import fill, lattice_map, pool2, read_regions
 
 if TYPE_CHECKING:
     import torch
 
     from ..pp._lattice import LatticeMap
-    from ._base import SlideData
+    from ._base import Regions, SlideData
 
 __all__ = [
     "coarse_condition",
@@ -24,6 +24,7 @@ __all__ = [
     "ddim_sample",
     "gate_and_spread",
     "image_features",
+    "region_samples",
     "resample",
     "training_pair",
 ]
@@ -182,3 +183,18 @@ def gate_and_spread(
             lo, hi = (lo, f) if cover >= 0.9 else (f, hi)
         factors[g] = hi
     return gate, factors
+
+
+def region_samples(
+    slide: SlideData, fine: LatticeMap, maps: np.ndarray, regions: Regions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample region values (:func:`~stpredict.pp._lattice.read_regions`), then their mean and sd over samples.
+
+    ``maps`` are ``(n, G, H, W)`` samples on the lattice ``fine``; the result is two ``(m, G)`` float32 arrays.
+    """
+    mpp = np.asarray(slide.microns_per_pixel_xy)
+    size_px = regions.size_um / float(np.sqrt(mpp[0] * mpp[1]))
+    # polygons (cells) are read as the disk of equal area at their centroid
+    kind = "circle" if regions.kind == "polygon" else regions.kind
+    vals = read_regions(fine, maps, regions.centers_px, size_px, kind)  # (n, m, G)
+    return vals.mean(0).astype(np.float32), vals.std(0).astype(np.float32)

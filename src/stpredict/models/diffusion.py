@@ -47,8 +47,8 @@ training and ``guidance`` > 1 extrapolates at sampling)
 
 Values are log1p-normalised expression, standardised per gene for the network; each requested region gets
 the mean over ``n_samples`` samples (``training["n_samples"]`` and ``.uns`` record it) and their sd scaled by
-the calibrated spread factor of the gene. Code: the denoiser in ``_diffusion_net``, conditions, schedule, sampling and
-calibration in ``_diffusion_sampler``, lattice maps in :mod:`stpredict.pp._lattice`.
+the calibrated spread factor of the gene. Code: the denoiser in ``_diffusion_net``, conditions, schedule, sampling,
+calibration and reading samples at the regions in ``_diffusion_sampler``, lattice maps in :mod:`stpredict.pp._lattice`.
 """
 
 from __future__ import annotations
@@ -58,10 +58,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import get_logger
-from ..pp._lattice import LatticeMap, lattice_map, read_regions
+from ..pp._lattice import LatticeMap, lattice_map
 from ._base import Predictor, register_predictor
 from ._diffusion_net import build_denoiser, denoising_batches, denoising_loss, standardisation
-from ._diffusion_sampler import coarse_condition, ddim_sample, gate_and_spread, image_features, training_pair
+from ._diffusion_sampler import (
+    coarse_condition,
+    ddim_sample,
+    gate_and_spread,
+    image_features,
+    region_samples,
+    training_pair,
+)
 from ._torch import fit_module, load_module_state, module_state, seed_everything
 
 if TYPE_CHECKING:
@@ -321,8 +328,8 @@ class CrossModalDiffusion(Predictor):
         # the samples spread widely (an undertrained denoiser, a lowly expressed gene). The sd is the spread of
         # the samples' region values (not inflated), scaled by the gene's calibrated factor.
         raw, fine = self.sample_maps(slide, lm, seed=seed, calibrated_spread=False, clip=False)  # (n, G, H, W)
-        mean, _ = self._read_regions(slide, fine, np.maximum(raw.mean(0, keepdims=True), 0.0), regions)
-        _, sd = self._read_regions(slide, fine, np.maximum(raw, 0.0), regions)
+        mean, _ = region_samples(slide, fine, np.maximum(raw.mean(0, keepdims=True), 0.0), regions)
+        _, sd = region_samples(slide, fine, np.maximum(raw, 0.0), regions)
         if self._spread is not None:
             sd = sd * self._spread[None, :].astype(np.float32)
         return mean, sd
@@ -362,17 +369,6 @@ class CrossModalDiffusion(Predictor):
             cur_std, cur, cur_mask = np.concatenate(outs), fine, fine.mask
         out = cur_std * self._sd[None, :, None, None] + self._mu[None, :, None, None]
         return (np.maximum(out, 0.0) if clip else out), cur
-
-    def _read_regions(
-        self, slide: SlideData, fine: LatticeMap, maps: np.ndarray, regions: Regions
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample region values (:func:`~stpredict.pp._lattice.read_regions`), then their mean and sd over samples."""
-        mpp = np.asarray(slide.microns_per_pixel_xy)
-        size_px = regions.size_um / float(np.sqrt(mpp[0] * mpp[1]))
-        # polygons (cells) are read as the disk of equal area at their centroid
-        kind = "circle" if regions.kind == "polygon" else regions.kind
-        vals = read_regions(fine, maps, regions.centers_px, size_px, kind)  # (n, m, G)
-        return vals.mean(0).astype(np.float32), vals.std(0).astype(np.float32)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Denoiser weights, standardisation and the gene graph."""
