@@ -26,7 +26,6 @@ logger = get_logger(__name__)
 _REQUIRED = ("experiment.xenium", "cells.zarr.zip", "cells.parquet", "cell_feature_matrix.h5")
 #: spatialdata-io's names for a post-Xenium H&E and its alignment beside it in the bundle.
 _HE_SUFFIX = "he_image.ome.tif"
-_ALIGNMENT_SUFFIX = "he_imagealignment.csv"
 #: Arguments of spatialdata_io.xenium that read_xenium sets itself.
 _MANAGED = {
     "cells_as_circles",
@@ -122,7 +121,8 @@ def read_xenium(
       ``cell_id``, for per-cell aggregation;
     - stores the counts as int32 (floats are kept only when they are not integers, e.g. protein).
 
-    With the default ``morphology=False`` the H&E is the only image, so the verbs use it without ``image_key``.
+    The verbs take the H&E without ``image_key``: it is the only image with the default ``morphology=False``, and
+    the only 8-bit RGB one otherwise.
 
     Checked before anything is read (a clear error, nothing changed): an H&E without ``alignment``, an alignment
     that is not a 3×3 affine matrix, an H&E whose registered extent holds no cell.
@@ -153,8 +153,8 @@ def read_xenium(
     image_key
         Name of the H&E image element.
     morphology
-        Also read the morphology (DAPI and stain) images; they are large and not H&E, and with them the verbs
-        need ``image_key=`` to pick the H&E.
+        Also read the morphology (DAPI and stain) images; they are large and not H&E (the verbs still take the
+        8-bit RGB H&E by default).
     transcripts
         Read the transcripts (points, µm) when the bundle has them.
     labels
