@@ -185,10 +185,9 @@ class Regions:
         """``polygons_px`` scaled to µm by the slide's pixel size (x and y apart), or ``None``."""
         if self.polygons_px is None:
             return None
-        import shapely
+        from ..pp._cells import polygons_to_um
 
-        s = np.asarray(slide.microns_per_pixel_xy, dtype=float)
-        return shapely.transform(np.asarray(self.polygons_px), lambda xy: xy * s)
+        return polygons_to_um(self.polygons_px, slide.microns_per_pixel_xy)
 
     @property
     def n(self) -> int:

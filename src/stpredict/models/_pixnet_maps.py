@@ -91,8 +91,7 @@ def region_means(
 ) -> np.ndarray:
     """Linear means ``(n, G)`` of the stitched map over each region (circles, squares or polygons).
 
-    Polygons are ``regions.polygons_px`` (``kind="polygon"``; converted with :meth:`Regions.polygons_um`), or
-    shapely polygons in µm given as ``regions.meta["polygons_um"]``.
+    Polygons are ``regions.polygons_px`` (``kind="polygon"``; converted with :meth:`Regions.polygons_um`).
 
     Exact coverage of each region on every tile's map (:func:`~stpredict.pp.region_masks` in µm), weighted by the
     tile's window, summed over tiles (:class:`~stpredict.pp._aggregate.RegionSums`): the mean of the stitched map.
@@ -101,7 +100,7 @@ def region_means(
 
     map_um, n_map = geo["map_um"], geo["tile_map_px"]
     c_um = regions.centers_um(slide)
-    polys = regions.polygons_um(slide) if regions.polygons_px is not None else regions.meta.get("polygons_um")
+    polys = regions.polygons_um(slide)
     half_ext = (
         regions.size_um / 2
         if polys is None

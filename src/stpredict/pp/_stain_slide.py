@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import numpy as np
 
-from ._stain import I0
+from ._stain import I0, rgb_to_od
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,6 +33,8 @@ __all__ = ["SlideStainMap", "hed_jitter_map", "normalized_levels", "slide_stain_
 STAIN_MPP = 2.0
 #: at most this many pixels of a level are read to estimate the statistics
 _MAX_READ = 16_000_000
+#: optical density of every uint8 level (:func:`~stpredict.pp.rgb_to_od`), looked up per pixel
+_OD_LUT = rgb_to_od(np.arange(256, dtype=np.uint8))
 
 
 def tissue_pixels(
@@ -78,7 +80,7 @@ def tissue_pixels(
     h, w = levels[i].shape_yx
     step = max(1, int(np.ceil(np.sqrt(h * w / _MAX_READ))))
     rgb = np.asarray(arr[:, ::step, ::step].compute(), dtype=np.uint8).reshape(3, -1)
-    od = -np.log((rgb.astype(np.float32) + 1.0) / (I0 + 1.0))
+    od = rgb_to_od(rgb)
     tissue = np.flatnonzero((od > beta).all(axis=0))
     if len(tissue) > max_pixels:
         tissue = np.sort(np.random.default_rng(seed).choice(tissue, max_pixels, replace=False))
@@ -126,8 +128,7 @@ class SlideStainMap:
         out = block.copy()
         rgb = block[:3]
         if self.matrix is not None:
-            lut = -np.log((np.arange(256, dtype=np.float32) + 1.0) / np.float32(I0 + 1.0))
-            od = lut[rgb]  # (3, h, w)
+            od = _OD_LUT[rgb]  # (3, h, w)
             od2 = np.einsum("chw,cd->dhw", od, self.matrix.astype(np.float32), optimize=True)
             if self.offset is not None:
                 od2 += np.asarray(self.offset, dtype=np.float32)[:, None, None]
