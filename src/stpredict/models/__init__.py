@@ -13,7 +13,7 @@ from ._base import (
     predictors_table,
     register_predictor,
 )
-from ._checkpoint import CheckpointError, load, read_header
+from ._checkpoint import CheckpointError, digest, load, read_header
 from .backbones import Backbone, HandcraftedBackbone, TorchBackbone, get_backbone, list_backbones
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline, RidgeNeighborsBaseline
 from .diffusion import CrossModalDiffusion
@@ -48,6 +48,7 @@ __all__ = [
     "TorchBackbone",
     "baselines",
     "create_predictor",
+    "digest",
     "get_backbone",
     "get_predictor_class",
     "list_backbones",

@@ -7,6 +7,7 @@ shapes and dtypes in the header; ``read_header`` and ``load`` refuse anything el
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import uuid
@@ -21,7 +22,7 @@ from .._version import __version__
 if TYPE_CHECKING:
     from ._base import Predictor
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "read_header", "save"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "digest", "load", "read_header", "save"]
 
 #: the checkpoint format this stpredict writes
 FORMAT_VERSION = 1
@@ -180,6 +181,29 @@ def read_header(path: str | Path) -> dict[str, Any]:
         msg = f"{str(path)!r}: the stpredict header is not JSON ({e})."
         raise CheckpointError(msg) from e
     return _check_header(path, header)
+
+
+def digest(predictor: Predictor) -> str:
+    """SHA-256 of what a fitted predictor computes.
+
+    It covers the class name, configuration, panel, preprocessing, backbone and fitted arrays, not the training
+    log: a saved and reloaded predictor has the digest it had.
+    """
+    predictor._check_fitted()
+    h = hashlib.sha256()
+    head = {
+        "predictor": predictor.name,
+        "config": predictor.config,
+        "genes": list(predictor.genes or []),
+        "preprocessing": predictor.preprocessing,
+        "backbone": predictor.backbone,
+    }
+    h.update(json.dumps(jsonable(head), sort_keys=True).encode())
+    for k, v in sorted(predictor.get_state().items()):
+        a = np.ascontiguousarray(v)
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save(predictor: Predictor, path: str | Path) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 from .._keys import UNS_KEY, embedding_key
 from .._logging import get_logger
 from .._records import uns_safe
+from .._version import __version__
 from ._dense import DenseMaps, check_dense
 from ._embedding_loop import compute_embeddings
 
@@ -28,13 +29,14 @@ logger = get_logger(__name__)
 
 
 def backbone_record(backbone: Backbone, patch_size_um: float, geo: SpotGeometry) -> dict[str, Any]:
-    """Parameters that identify cached embeddings."""
+    """Parameters that identify cached embeddings (a new stpredict version recomputes them)."""
     rec = dict(backbone.params())
     rec.update(
         {
             "patch_size_um": float(patch_size_um),
             "image_key": geo.image_key,
             "microns_per_pixel": round(float(geo.microns_per_pixel), 6),
+            "stpredict_version": __version__,
         }
     )
     return rec
@@ -107,14 +109,25 @@ class EmbeddingCache:
             self._pending.append((table, geo, emb, rec))
         return emb
 
-    def commit(self) -> None:
-        """Write the computed embeddings into their tables (NaN for rows that do not annotate the spots)."""
+    @property
+    def computed(self) -> bool:
+        """Whether :meth:`spots` computed features (pending until :meth:`commit`) rather than reusing them."""
+        return bool(self._pending)
+
+    def commit(self) -> list[AnnData]:
+        """Write the computed embeddings into their tables (NaN for rows that do not annotate the spots).
+
+        Returns the tables written.
+        """
+        written = []
         for table, geo, emb, rec in self._pending:
             full = np.full((table.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
             full[geo.rows] = emb
             table.obsm[self.key] = full
             table.uns.setdefault(UNS_KEY, {}).setdefault("embeddings", {})[self.key] = uns_safe(rec)
+            written.append(table)
         self._pending.clear()
+        return written
 
 
 def _same_record(a: dict, b: dict) -> bool:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._docs import doc_params
 from .._logging import get_logger
-from ._embeddings import EmbeddingCache
+from ._cohort_run import check_slides, open_store, persist
 from ._models import resolve_model, train
-from ._pipeline import Compute, Elements, prepare_training, spot_geometry
+from ._pipeline import Compute, Elements, embed_slide, prepare_training
 from ._transfer import Transfer
 
 if TYPE_CHECKING:
@@ -80,23 +80,13 @@ def embed(
     >>> sdata.tables["table"].obsm["X_handcrafted"].shape[1]
     54
     """
-    from .._image import image_levels
     from ..models.backbones import get_backbone
 
     run = Compute(device, batch_size, num_workers, progress, dense)
-    geo = spot_geometry(
-        sdata, Elements(image_key, spots_key, table_key, microns_per_pixel), need_targets=False, layer=None
-    )
+    elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     bb = get_backbone(backbone, weights=weights)
-    patch_um = float(patch_size_um if patch_size_um is not None else bb.default_patch_um)
-    table = sdata.tables[geo.table_key] if geo.table_key else None
-    if inplace and table is None:
-        msg = "There is no table to write embeddings into; use inplace=False to get the array."
-        raise ValueError(msg)
-    cache = EmbeddingCache(bb, patch_um, key=key_added)
     t0 = time.perf_counter()
-    logger.info("embed: %d spots, backbone %s, %g µm windows.", geo.n_spots, bb.name, patch_um)
-    emb = cache.spots(table, geo, image_levels(sdata.images[geo.image_key]), run)
+    emb, cache, geo = embed_slide(sdata, bb, patch_size_um, elements, run, key_added=key_added, inplace=inplace)
     if not inplace:
         return emb
     cache.commit()
@@ -130,6 +120,7 @@ def fit(
     feature_norm: str | None = None,
     stain_augment: int = 0,
     cache_embeddings: bool = True,
+    client: Any = None,
     **model_kwargs: Any,
 ) -> Predictor:
     """Fit a predictor on the measured spots of one or more slides.
@@ -139,7 +130,9 @@ def fit(
     Parameters
     ----------
     {sdata}
-        Or a list of them (one predictor fitted on all their spots).
+        Or a list of them (one predictor fitted on all their spots), or paths of SpatialData zarr stores: a store
+        is read lazily (the images stay on disk, read as windows are cut) and the embeddings computed for it are
+        written back into it (:func:`stpredict.io.write_back`), so the next fit on the same stores reads them.
     model
         A registered name (see :func:`stpredict.models.list_predictors`) or an unfitted predictor.
     genes
@@ -167,7 +160,13 @@ def fit(
     {transfer}
     {augment}
     cache_embeddings
-        Store the spots' embeddings in ``obsm`` for reuse (the only change made to ``sdata``).
+        Store the spots' embeddings in ``obsm`` for reuse (the only change made to ``sdata``; for a store, in
+        the store).
+    client
+        A ``dask.distributed.Client``: for stores and an embedding-based predictor, embed the stores on its
+        workers first (:func:`~stpredict.tl.embed_cohort`, one task per store, features cached in each store),
+        then train here on the cached features. Ignored with ``stain`` or ``stain_augment`` (the embeddings are
+        of the normalised slides, whose reference needs all of them).
     **model_kwargs
         Options of the predictor (see its class).
 
@@ -184,13 +183,21 @@ def fit(
     >>> len(pred.genes)
     5
     """
-    sdatas = list(sdata) if isinstance(sdata, list | tuple) else [sdata]
+    items = check_slides(sdata)
     predictor, fitted = resolve_model(model, model_kwargs)
     if fitted:
         msg = "fit() takes a model name or an unfitted predictor; this one is already fitted."
         raise ValueError(msg)
     run = Compute(device, batch_size, num_workers, progress, dense)
+    elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
+    stores = [it for it in items if isinstance(it, str)]
+    if client is not None and stores and stain in (None, "none") and not stain_augment:
+        _embed_on_client(
+            stores, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um, elements=elements,
+            run=run, client=client,
+        )  # fmt: skip
+    sdatas = [open_store(it) if isinstance(it, str) else it for it in items]
     inputs = prepare_training(
         sdatas,
         predictor,
@@ -199,7 +206,7 @@ def fit(
         backbone=backbone,
         weights=weights,
         patch_size_um=patch_size_um,
-        elements=Elements(image_key, spots_key, table_key, microns_per_pixel),
+        elements=elements,
         layer=layer,
         transfer=Transfer(stain, feature_norm, stain_augment),
     )
@@ -215,6 +222,44 @@ def fit(
     predictor.training.update({"seed": seed, "max_epochs": max_epochs})
     predictor.training["fit_seconds"] = round(time.perf_counter() - t0, 3)
     if cache_embeddings:
-        inputs.commit()
+        for i in inputs.commit():
+            if isinstance(items[i], str):
+                persist(sdatas[i], [inputs.geos[i].table_key])
     logger.info("fit: done in %.1f s.", time.perf_counter() - t0)
     return predictor
+
+
+def _embed_on_client(
+    stores: list[str],
+    predictor: Predictor,
+    *,
+    backbone: Any,
+    weights: Any,
+    patch_size_um: float | None,
+    elements: Elements,
+    run: Compute,
+    client: Any,
+) -> None:
+    """Embed the stores on the client's workers, caching the features where ``fit`` will look for them."""
+    from ._cohort import embed_cohort
+    from ._models import resolve_backbone
+
+    bb = resolve_backbone(predictor, backbone, weights)
+    if bb is None:
+        logger.info("fit: %s reads pixels, not embeddings: nothing to embed on the client.", predictor.name)
+        return
+    embed_cohort(
+        stores,
+        bb,
+        patch_size_um=patch_size_um,
+        image_key=elements.image_key,
+        spots_key=elements.spots_key,
+        table_key=elements.table_key,
+        microns_per_pixel=elements.microns_per_pixel,
+        device=run.device,
+        batch_size=run.batch_size,
+        dense=run.dense,
+        client=client,
+        progress=run.progress,
+        raise_on_error=True,
+    )

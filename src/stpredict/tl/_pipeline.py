@@ -48,6 +48,7 @@ __all__ = [
     "Compute",
     "Elements",
     "Inputs",
+    "embed_slide",
     "prepare_prediction",
     "prepare_slides",
     "prepare_training",
@@ -249,10 +250,13 @@ class Inputs:
         for i, slide in enumerate(self.slides):
             slide.embeddings = self.spot_embeddings(i, run)
 
-    def commit(self) -> None:
-        """Write the computed embeddings into the tables (call once the verb's work has succeeded)."""
-        if self.cache is not None:
-            self.cache.commit()
+    def commit(self) -> list[int]:
+        """Write the computed embeddings into the tables (call once the verb's work has succeeded).
+
+        Returns the positions of the slides whose tables were written.
+        """
+        written = self.cache.commit() if self.cache is not None else []
+        return [i for i in range(len(self.sdatas)) if any(self.table(i) is t for t in written)]
 
 
 def _distinct_names(slides: Sequence[SlideData]) -> None:
@@ -367,3 +371,29 @@ def prepare_slides(
     transfer = transfer or Transfer()
     stains = SlideStains(transfer.stain) if transfer.stain != "none" else None
     return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None, transfer, None, stains)
+
+
+def embed_slide(
+    sdata: SpatialData,
+    backbone: Backbone,
+    patch_size_um: float | None,
+    elements: Elements,
+    run: Compute,
+    *,
+    key_added: str | None,
+    inplace: bool = True,
+) -> tuple[np.ndarray, EmbeddingCache, SpotGeometry]:
+    """The spots' embeddings of one slide, with the cache holding them (uncommitted) and the spots' geometry.
+
+    ``cache.computed`` says whether they were computed rather than reused; the caller commits.
+    """
+    geo = spot_geometry(sdata, elements, need_targets=False, layer=None)
+    patch_um = float(patch_size_um if patch_size_um is not None else backbone.default_patch_um)
+    table = sdata.tables[geo.table_key] if geo.table_key else None
+    if inplace and table is None:
+        msg = "There is no table to write embeddings into; use inplace=False to get the array."
+        raise ValueError(msg)
+    cache = EmbeddingCache(backbone, patch_um, key=key_added)
+    logger.info("embed: %d spots, backbone %s, %g µm windows.", geo.n_spots, backbone.name, patch_um)
+    emb = cache.spots(table, geo, image_levels(sdata.images[geo.image_key]), run)
+    return emb, cache, geo

@@ -14,6 +14,7 @@ from .._logging import get_logger
 from .._records import uns_safe
 from .._version import __version__
 from ..models._base import Regions
+from ..models._checkpoint import digest
 from ..pp._folds import spatial_folds
 from ._models import fresh_copy, resolve_model, slide_fingerprint, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, spot_kind
@@ -206,7 +207,14 @@ def predict(
                 "The model was trained on this slide: its predictions of the measured spots are in-sample. "
                 "Use stp.tl.predict(sdata, model=<name>) for out-of-fold predictions."
             )
-        record.update({"mode": "fitted model", "in_sample": bool(in_sample), "backbone": predictor.backbone})
+        record.update(
+            {
+                "mode": "fitted model",
+                "in_sample": bool(in_sample),
+                "backbone": predictor.backbone,
+                "model_sha256": digest(predictor),
+            }
+        )
         preprocessing = predictor.preprocessing
     record.update(
         {
