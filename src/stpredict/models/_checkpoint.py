@@ -183,22 +183,35 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return _check_header(path, header)
 
 
-def digest(predictor: Predictor) -> str:
-    """SHA-256 of what a fitted predictor computes.
-
-    It covers the class name, configuration, panel, preprocessing, backbone and fitted arrays, not the training
-    log: a saved and reloaded predictor has the digest it had.
-    """
-    predictor._check_fitted()
-    h = hashlib.sha256()
-    head = {
+def _identity(predictor: Predictor) -> dict[str, Any]:
+    """What a predictor is, besides its arrays: class name, configuration, panel, preprocessing, backbone."""
+    return {
         "predictor": predictor.name,
         "config": predictor.config,
         "genes": list(predictor.genes or []),
         "preprocessing": predictor.preprocessing,
         "backbone": predictor.backbone,
     }
-    h.update(json.dumps(jsonable(head), sort_keys=True).encode())
+
+
+def digest(predictor: Predictor) -> str:
+    """SHA-256 of what a fitted predictor computes.
+
+    It covers the class name, configuration, panel, preprocessing, backbone and fitted arrays, not the training
+    log: a saved and reloaded predictor has the digest it had.
+
+    Parameters
+    ----------
+    predictor
+        A fitted predictor.
+
+    Returns
+    -------
+    The hex digest (64 characters).
+    """
+    predictor._check_fitted()
+    h = hashlib.sha256()
+    h.update(json.dumps(jsonable(_identity(predictor)), sort_keys=True).encode())
     for k, v in sorted(predictor.get_state().items()):
         a = np.ascontiguousarray(v)
         h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
@@ -218,11 +231,7 @@ def save(predictor: Predictor, path: str | Path) -> Path:
     path = checkpoint_path(path)
     state = {k: np.ascontiguousarray(v) for k, v in predictor.get_state().items()}
     header = {
-        "predictor": predictor.name,
-        "config": predictor.config,
-        "genes": list(predictor.genes or []),
-        "preprocessing": predictor.preprocessing,
-        "backbone": predictor.backbone,
+        **_identity(predictor),
         "training": predictor.training,
         "format_version": FORMAT_VERSION,
         "stpredict_version": __version__,

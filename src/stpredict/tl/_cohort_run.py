@@ -37,7 +37,10 @@ COLUMNS = ["slide", "status", "seconds", "n_spots", "worker", "error"]
 class CohortError(RuntimeError):
     """Raised at the end of a cohort run with ``raise_on_error=True`` when some slides failed.
 
-    ``status`` holds the whole per-slide table (the other slides' results were written).
+    Parameters
+    ----------
+    status
+        The whole per-slide status table (the other slides' results were written); kept as ``.status``.
     """
 
     def __init__(self, status: pd.DataFrame) -> None:
