@@ -190,3 +190,16 @@ def test_a_killed_worker_does_not_lose_the_run(stores, tmp_path):
     assert set(rerun["status"]) <= {"cached", "done"}
     missing = set(status.index[status["status"] != "done"])
     assert set(rerun.index[rerun["status"] == "done"]) <= missing
+
+
+def test_fit_on_a_store_that_refuses_the_cache_still_fits(stores, caplog):
+    import json
+    import socket
+
+    lock = stores[0] / ".stpredict-write" / "lock"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "someone else"}))
+    pred = stp.tl.fit(stores[:1], "ridge", progress=False)
+    assert pred.is_fitted
+    assert "were not cached in the store" in caplog.text
+    assert "X_handcrafted" not in sd.read_zarr(stores[0]).tables["table"].obsm

@@ -224,9 +224,19 @@ def fit(
     if cache_embeddings:
         for i in inputs.commit():
             if isinstance(items[i], str):
-                persist(sdatas[i], [inputs.geos[i].table_key])
+                _cache_in_store(sdatas[i], inputs.geos[i].table_key, items[i])
     logger.info("fit: done in %.1f s.", time.perf_counter() - t0)
     return predictor
+
+
+def _cache_in_store(sdata: SpatialData, table_key: str, path: str) -> None:
+    """Write a store's new features into it; a store that refuses (read-only, locked) costs the cache, not the fit."""
+    from ..io import StoreLockedError
+
+    try:
+        persist(sdata, [table_key])
+    except (OSError, StoreLockedError) as e:
+        logger.warning("fit: the features of %s were not cached in the store (%s); the fit is unaffected.", path, e)
 
 
 def _embed_on_client(
