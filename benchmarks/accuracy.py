@@ -12,10 +12,12 @@ quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the tabl
 
     python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,lopo,hide50,pool2] [--methods ridge,mean,...]
                                   [--stain none,macenko,reinhard] [--feature-norm none,slide] [--stain-augment 0,2]
-                                  [--max-epochs N] [--time-budget SECONDS] [--out DIR]
+                                  [--condition none,measured] [--max-epochs N] [--time-budget SECONDS] [--out DIR]
 
 ``--stain``, ``--feature-norm`` and ``--stain-augment`` run every method once per combination of options (cross-slide tasks only: within one slide
 the stain reference is the slide itself); rows name the variant, e.g. ``ridge [macenko+aug2]``.
+``--condition`` runs the pool2 task once per option; conditioned rows read e.g. ``ridge [conditioned]`` (the mean
+and the copy are skipped there: conditioned on the pools, both are the copy).
     python benchmarks/accuracy.py --merge DIR1,DIR2,...   # one table from runs split across processes
 """
 
@@ -68,6 +70,12 @@ def main() -> None:
     p.add_argument("--stain", default="none", help="comma-separated stain options to run (none,macenko,reinhard)")
     p.add_argument("--feature-norm", default="none", help="comma-separated feature_norm options (none,slide)")
     p.add_argument("--stain-augment", default="0", help="comma-separated re-stained copies per training slide (0,2)")
+    p.add_argument(
+        "--condition",
+        default="none",
+        help="comma-separated pool2 options (none,measured): 'measured' conditions each method's predictions on the "
+        "pooled pseudo-spots, as superresolve conditions a grid on measured spots",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument(
@@ -112,7 +120,9 @@ def main() -> None:
                     continue
                 kw = {"groups": groups[ds]()}
             cross = protocol in ("leave_one_section_out", "leave_one_patient_out")
-            for m, (stain, fnorm, aug) in [(m, v) for m in methods for v in variants]:
+            conds = args.condition.split(",") if protocol == "pool" else ["none"]
+            runs = [(m, v, c) for m in methods for c in conds for v in variants]
+            for m, (stain, fnorm, aug), cond in runs:
                 cls = stp.models.get_predictor_class(m)
                 if cross and cls.uses_slide_targets:
                     continue
@@ -121,8 +131,11 @@ def main() -> None:
                 plain = (stain, fnorm, aug) == ("none", "none", 0)
                 if not plain and (not cross or m in ("mean", "neighbors", "copy")):
                     continue  # the options change what is read from the image, and only across slides
+                if cond != "none" and m in ("mean", "copy"):
+                    continue  # conditioned on the pools, both are the copy itself
                 opts = [v for v in (stain, fnorm) if v != "none"] + ([f"aug{aug}"] if aug else [])
-                label = m if plain else f"{m} [{'+'.join(opts)}]"
+                opts += ["conditioned"] if cond != "none" else []
+                label = m if not opts else f"{m} [{'+'.join(opts)}]"
                 if label in skipped:
                     continue
                 t1 = time.perf_counter()
@@ -139,6 +152,7 @@ def main() -> None:
                         stain=stain,
                         feature_norm=fnorm,
                         stain_augment=aug,
+                        **({"condition": cond} if protocol == "pool" else {}),
                         **kw,
                     )
                 except Exception as e:  # noqa: BLE001 - report and go on
