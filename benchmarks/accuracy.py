@@ -12,11 +12,12 @@ quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the tabl
 
     python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,lopo,hide50,pool2] [--methods ridge,mean,...]
                                   [--stain none,macenko,reinhard] [--feature-norm none,slide] [--stain-augment 0,2]
-                                  [--condition none,measured] [--max-epochs N] [--time-budget SECONDS] [--out DIR]
+                                  [--condition none,measured,denoised] [--max-epochs N] [--time-budget SECONDS] [--out DIR]
 
 ``--stain``, ``--feature-norm`` and ``--stain-augment`` run every method once per combination of options (cross-slide tasks only: within one slide
 the stain reference is the slide itself); rows name the variant, e.g. ``ridge [macenko+aug2]``.
-``--condition`` runs the pool2 task once per option; conditioned rows read e.g. ``ridge [conditioned]`` (the mean
+``--condition`` runs the pool2 task once per option; conditioned rows read e.g. ``ridge [conditioned]`` or
+``ridge [denoised]`` (the mean
 and the copy are skipped there: conditioned on the pools, both are the copy).
     python benchmarks/accuracy.py --merge DIR1,DIR2,...   # one table from runs split across processes
 """
@@ -73,8 +74,9 @@ def main() -> None:
     p.add_argument(
         "--condition",
         default="none",
-        help="comma-separated pool2 options (none,measured): 'measured' conditions each method's predictions on the "
-        "pooled pseudo-spots, as superresolve conditions a grid on measured spots",
+        help="comma-separated pool2 options (none,measured,denoised): 'measured' conditions each method's predictions "
+        "on the pooled pseudo-spots, as superresolve conditions a grid on measured spots; 'denoised' on the pools "
+        "denoised toward the prediction by their count noise",
     )
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--no-docs", action="store_true")
@@ -134,7 +136,7 @@ def main() -> None:
                 if cond != "none" and m in ("mean", "copy"):
                     continue  # conditioned on the pools, both are the copy itself
                 opts = [v for v in (stain, fnorm) if v != "none"] + ([f"aug{aug}"] if aug else [])
-                opts += ["conditioned"] if cond != "none" else []
+                opts += {"none": [], "measured": ["conditioned"], "denoised": ["denoised"]}[cond]
                 label = m if not opts else f"{m} [{'+'.join(opts)}]"
                 if label in skipped:
                     continue

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+TAGS = {"image-only": "*", "denoised": "~"}  # marks of the variants in the progress lines
 BASELINES = ("neighbors", "copy", "ridge", "ridge [image-only]", "neighbors [image-only]", "copy [image-only]")
 
 
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=1200)
     p.add_argument("--n-genes", type=int, default=None, help="default 8 (with --real: 50)")
     p.add_argument("--max-epochs", type=int, default=None, help="training budget of every iterative method")
+    p.add_argument(
+        "--denoised",
+        action="store_true",
+        help="also score condition='denoised' (the measured spots denoised toward the prediction), rows '[denoised]'",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--real", type=Path, default=None, help="Visium HD outs folder: score against its 8 µm bins")
     p.add_argument("--fullres-image", type=Path, default=None, help="with --real: the full-resolution H&E")
@@ -140,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                 variants = [(method, pred)]
                 if "image_only" in t.layers:
                     variants.append((f"{method} [image-only]", np.asarray(t[:, genes].layers["image_only"])))
+                if args.denoised:
+                    stp.tl.superresolve(sdata, model, genes=genes, seed=0, condition="denoised", **kw)
+                    variants.append((f"{method} [denoised]", np.asarray(sdata.tables[key][:, genes].X)))
                 for label, values in variants:
                     pcc, ssim = score(stp, c_um, pitch, tt, values, ok)
                     rows.append({"seed": seed, "method": label, "regions": name, "pcc": pcc, "ssim": ssim,
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"  {method:10s} fit {fit_s:5.0f} s  "
                 + "  ".join(
-                    f"{r['regions']}{'*' if 'image-only' in r['method'] else ''} {r['pcc']:.3f}/{r['ssim']:.3f}"
+                    f"{r['regions']}{TAGS.get(r['method'][len(method) + 2 : -1], '')} {r['pcc']:.3f}/{r['ssim']:.3f}"
                     for r in done
                 ),
                 flush=True,

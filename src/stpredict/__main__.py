@@ -45,6 +45,7 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
     zarr_path = out / "mob_stpredict.zarr"
     sdata.write(zarr_path, overwrite=True)
     s = scores.attrs["summary"]
+    cond = g.uns["stpredict"]["superresolve"]["condition"]
     lines = [
         f"stpredict {stp.__version__} demo: mouse olfactory bulb (MOB1), model {model!r}, grid {grid!r}",
         f"spots {sdata.tables['table'].n_obs}, genes {len(scores)} ({sdata.tables['table'].uns['stpredict']['predicted']['gene_selection']})",
@@ -52,6 +53,9 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
         f"IQR {s['q25']:.3f}-{s['q75']:.3f} over {s['n_genes']} genes",
         "best genes: " + ", ".join(f"{gname} {r:.2f}" for gname, r in scores["pearson"].nlargest(5).items()),
         f"{grid}: {g.n_obs} regions, {g.obs['leiden'].nunique()} leiden domains",
+        f"{grid} conditioned on the measured spots: pooled back over each spot it gives the spot (max relative "
+        f"error {cond['max_rel_error']:.1e}); median per-gene image weight {cond['weight_median']:.2f} "
+        "(layers['image_only']: the unconditioned prediction, beside it in the PNG)",
         f"wrote {zarr_path}, {out / 'marker_measured_vs_predicted.png'}, {out / 'domains.png'}",
         f"time {time.perf_counter() - t0:.1f} s",
     ]

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._genes import display_names, resolve_genes
 from .._image import image_levels
-from .._keys import LAYER_PREDICTED
+from .._keys import LAYER_IMAGE_ONLY, LAYER_PREDICTED
 from ..pp._spots import spots as resolve_spots
 
 if TYPE_CHECKING:
@@ -152,13 +152,16 @@ def predicted_vs_measured(
     spots_key: str | None = None,
     table_key: str | None = None,
     grid_table: str | None = None,
+    image_only: bool | None = None,
     gene_symbols_key: str | None = None,
     figsize_per_panel: float = 3.2,
 ) -> Figure:
     """Measured vs predicted expression of chosen genes, side by side over the H&E.
 
-    Measured values are log1p of counts normalised to 1e4 (the prediction scale); both panels of a gene share
-    a colour scale. With ``grid_table``, a third panel shows the super-resolved grid. Axes are in µm.
+    Measured values are log1p of counts normalised to 1e4 (the prediction scale); every panel of a gene shares
+    a colour scale. With ``grid_table``, a third panel shows the super-resolved grid (conditioned on the
+    measured spots, :func:`stpredict.tl.superresolve`'s default) and a fourth the same grid's image-only
+    prediction before that step (``layers["image_only"]``). Axes are in µm.
 
     Parameters
     ----------
@@ -173,6 +176,9 @@ def predicted_vs_measured(
         Elements (``None``: resolved as everywhere in stpredict).
     grid_table
         A table written by :func:`stpredict.tl.superresolve` to show as a third column.
+    image_only
+        With ``grid_table``: also show the grid's ``layers["image_only"]`` beside it (``None``: when the grid
+        has that layer, i.e. it was conditioned; ``True`` on a grid without it raises ``KeyError``).
     gene_symbols_key
         The ``var`` column of gene symbols (default ``gene_symbol``, then ``gene_symbols``, ``gene_ids``).
     figsize_per_panel
@@ -218,9 +224,17 @@ def predicted_vs_measured(
         if in_grid:
             msg = f"Genes {in_grid} are not in grid table {grid_table!r} (its genes: {len(grid.var_names)})."
             raise KeyError(msg)
+        has_layer = LAYER_IMAGE_ONLY in grid.layers
+        if image_only and not has_layer:
+            msg = (
+                f"Grid table {grid_table!r} has no layer {LAYER_IMAGE_ONLY!r}: it was not conditioned on the measured "
+                "spots (superresolve(condition='none') writes the image-only prediction as X). Pass image_only=False."
+            )
+            raise KeyError(msg)
+        image_only = has_layer if image_only is None else image_only
     y, _, _ = targets(table, geo.rows, names, None)
     img, fx, fy = _background(sdata, geo.image_key)
-    ncol = 3 if grid is not None else 2
+    ncol = 2 if grid is None else 3 + bool(image_only)
     fig, axes = plt.subplots(
         len(names),
         ncol,
@@ -237,7 +251,12 @@ def predicted_vs_measured(
         panels.append((geo.centers, pred[:, i], geo.diameter, f"{label} predicted{suffix}"))
         if grid is not None:
             size = float(grid.uns["stpredict"]["superresolve"]["region_size_um"]) / geo.microns_per_pixel
-            panels.append((np.asarray(grid.obsm["spatial"]), _column(grid, name), size, f"{label} {grid_table}"))
+            where = np.asarray(grid.obsm["spatial"])
+            tag = " (conditioned)" if LAYER_IMAGE_ONLY in grid.layers else ""
+            panels.append((where, _column(grid, name), size, f"{label} {grid_table}{tag}"))
+            if image_only:
+                col = np.asarray(grid[:, name].layers[LAYER_IMAGE_ONLY], dtype=float).ravel()
+                panels.append((where, col, size, f"{label} {grid_table} (image only)"))
         for j, (centers, values, size, title) in enumerate(panels):
             ax = axes[i, j]
             sc = _scatter(ax, img, fx, fy, centers, values=values, size_px=size, title=title, vmin=vmin, vmax=vmax)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._aggregate import RegionMasks, aggregate_map, region_masks
 from ._condition import ConditionResult, condition_on_spots
 from ._condition_grid import condition_grid
+from ._denoise import DenoiseResult, denoise_measured
 from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
 from ._patches import PatchDataset, PatchExtractor, choose_level, patches
@@ -16,6 +17,7 @@ from ._tissue import TissueMask, tissue_mask
 __all__ = [
     "aggregate_map",
     "ConditionResult",
+    "DenoiseResult",
     "GridPoints",
     "Lattice",
     "PatchDataset",
@@ -28,6 +30,7 @@ __all__ = [
     "choose_level",
     "condition_grid",
     "condition_on_spots",
+    "denoise_measured",
     "fit_lattice",
     "grid",
     "macenko_stains",

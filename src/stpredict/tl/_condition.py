@@ -18,28 +18,30 @@ if TYPE_CHECKING:
     from ..pp._grid import GridPoints
     from ..pp._spots import SpotGeometry
 
-__all__ = ["CONDITIONS", "apply_condition", "resolve_condition"]
+__all__ = ["CONDITIONED", "CONDITIONS", "apply_condition", "resolve_condition"]
 
 logger = get_logger(__name__)
 
-Condition = Literal["measured", "none"]
-CONDITIONS = ("measured", "none")
+Condition = Literal["measured", "denoised", "none"]
+CONDITIONS = ("measured", "denoised", "none")
+CONDITIONED = ("measured", "denoised")  # the modes that condition the grid on the measured spots
 
 
 def resolve_condition(condition: str | None, slide: SlideData, genes: Sequence[str]) -> Condition:
-    """``"measured"`` or ``"none"``; ``None`` → ``"measured"`` on a slide measuring the panel, else ``"none"``.
+    """``"measured"``, ``"denoised"`` or ``"none"``; ``None`` → ``"measured"`` on a slide measuring the panel,
+    else ``"none"``.
 
-    Raises before any work when ``"measured"`` is asked on a slide without counts for ``genes``.
+    Raises before any work when ``"measured"`` or ``"denoised"`` is asked on a slide without counts for ``genes``.
     """
     measured = slide.y_linear is not None and slide.genes is not None and list(slide.genes) == list(genes)
     if condition is None:
         return "measured" if measured else "none"
     if condition not in CONDITIONS:
-        msg = f"condition must be 'measured' or 'none', got {condition!r}."
+        msg = f"condition must be 'measured', 'denoised' or 'none', got {condition!r}."
         raise ValueError(msg)
-    if condition == "measured" and not measured:
+    if condition in CONDITIONED and not measured:
         msg = (
-            "condition='measured' needs the slide's counts for the model's genes, and this slide has none (an "
+            f"condition={condition!r} needs the slide's counts for the model's genes, and this slide has none (an "
             "H&E-only slide, or a table that does not annotate the spots or lacks the genes): pass "
             "condition='none' for the image-only prediction."
         )
@@ -73,6 +75,7 @@ def apply_condition(
     table: AnnData | None,
     model: str,
     genes: Sequence[str],
+    denoise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Condition a grid's log1p prediction on the measured spots: ``(mean, std, record)`` on the log1p scale.
 
@@ -82,24 +85,31 @@ def apply_condition(
     the gene (the weights are learned on the slide one pooling level up, from the model's out-of-fold spot
     predictions when ``stp.tl.predict`` stored them, else from the grid pooled over the spots). The std is
     converted to linear units (``std · (1 + value)``), carried through the correction, and converted back.
+    With ``denoise``, the level is the measured spots denoised toward the image-only prediction at the spots
+    by their count noise (:func:`stpredict.pp.denoise_measured`), not the raw measurement.
     """
     from ..pp._condition_grid import condition_grid
 
     lin = np.clip(np.expm1(np.asarray(mean, dtype=float)), 0.0, None)
     std_lin = None if std is None else np.asarray(std, dtype=float) * (1.0 + lin)
     pattern = _spot_pattern(table, geo, model, genes)
-    res = condition_grid(lin, points, geo, np.asarray(slide.y_linear, dtype=float), std=std_lin, spot_pattern=pattern)
+    lib = np.asarray(slide.library_size, dtype=float) if denoise else None
+    res = condition_grid(
+        lin, points, geo, np.asarray(slide.y_linear, dtype=float), std=std_lin, spot_pattern=pattern, library_size=lib
+    )
     out = np.log1p(res.values)
     out_std = None if res.std is None else res.std / (1.0 + res.values)
     record = {
         **res.summary(),
+        "condition": "denoised" if denoise else "measured",
         "gate_from": "out-of-fold spot predictions (stp.tl.predict)"
         if pattern is not None
         else "grid pooled over the spots",
         "std": "linear std · (1 + value), scaled by the correction and each region's share of its spots",
     }
     logger.info(
-        "condition='measured': consistency error max %.2g, median image weight %.2f.",
+        "condition=%r: consistency error max %.2g, median image weight %.2f.",
+        record["condition"],
         res.max_rel_error,
         record["weight_median"],
     )

@@ -177,7 +177,8 @@ def cross_validate(
     condition
         ``"pool"`` only: ``"none"`` scores the image-only predictions of the original spots; ``"measured"``
         conditions them on the pooled pseudo-spots first (the members of each pool average, in linear units,
-        to its measured value), as :func:`stpredict.tl.superresolve` conditions a grid on measured spots.
+        to its measured value), as :func:`stpredict.tl.superresolve` conditions a grid on measured spots;
+        ``"denoised"`` on the pools' values denoised toward the prediction by their count noise.
     groups
         Patient of each slide for ``"leave_one_patient_out"``.
     backbone, weights, patch_size_um
@@ -213,8 +214,11 @@ def cross_validate(
     if protocol not in ("leave_one_section_out", "leave_one_patient_out", "hide_spots", "pool"):
         msg = f"Unknown protocol {protocol!r}: use leave_one_section_out, leave_one_patient_out, hide_spots or pool."
         raise ValueError(msg)
-    if condition not in ("none", "measured") or (condition == "measured" and protocol != "pool"):
-        msg = f"condition={condition!r}: use 'none', or 'measured' with protocol='pool' (it conditions on the pools)."
+    if condition not in ("none", "measured", "denoised") or (condition != "none" and protocol != "pool"):
+        msg = (
+            f"condition={condition!r}: use 'none', or 'measured' or 'denoised' with protocol='pool' (they condition "
+            "on the pools)."
+        )
         raise ValueError(msg)
     proto_pred, fitted = resolve_model(model, model_kwargs)
     if fitted:

@@ -142,7 +142,7 @@ def pool_fold(
 ):
     """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``).
 
-    With ``condition="measured"`` the predictions are conditioned on the pooled values the way
+    With ``condition="measured"`` (or ``"denoised"``) the predictions are conditioned on the pooled values the way
     ``superresolve`` conditions a grid on measured spots: each pooled pseudo-spot's members (equal weights)
     average, in linear units, to its measured value (:func:`stpredict.pp.condition_on_spots` with the
     membership as the overlap).
@@ -204,15 +204,20 @@ def pool_fold(
     regions = Regions(geo.centers, spot_kind(sl), sl.spot_diameter_um, "spots", context)
     t0 = time.perf_counter()
     mean, _ = pred.predict(pooled_slide, regions)
-    if condition == "measured":
-        mean = _condition_on_pools(mean, pooled_slide, sl, member)
+    if condition in ("measured", "denoised"):
+        mean = _condition_on_pools(mean, pooled_slide, sl, member, denoise=condition == "denoised")
     t_pred = time.perf_counter() - t0
     y_true, _, _ = targets(table, geo.rows, panel, None)
     return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)
 
 
-def _condition_on_pools(mean: np.ndarray, pooled: SlideData, sl: SlideData, member: np.ndarray) -> np.ndarray:
-    """Condition log1p predictions of the member spots on their pooled pseudo-spots (equal member weights)."""
+def _condition_on_pools(
+    mean: np.ndarray, pooled: SlideData, sl: SlideData, member: np.ndarray, *, denoise: bool = False
+) -> np.ndarray:
+    """Condition log1p predictions of the member spots on their pooled pseudo-spots (equal member weights).
+
+    With ``denoise``, on the pooled values denoised toward the prediction by their count noise.
+    """
     import scipy.sparse as sp
 
     from ..pp._condition import condition_on_spots
@@ -225,5 +230,6 @@ def _condition_on_pools(mean: np.ndarray, pooled: SlideData, sl: SlideData, memb
     res = condition_on_spots(
         lin, spot_um, pool_um, np.asarray(pooled.y_linear, dtype=float), region_kind="circle",
         region_size_um=sl.spot_diameter_um, spot_diameter_um=pooled.spot_diameter_um, overlap=W,
+        library_size=np.asarray(pooled.library_size, dtype=float) if denoise else None,
     )  # fmt: skip
     return np.log1p(res.values).astype(np.float32)

@@ -17,7 +17,7 @@ from ..models._base import Regions
 from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._cells import cells_argument
-from ._condition import apply_condition, resolve_condition
+from ._condition import CONDITIONED, apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
@@ -123,7 +123,11 @@ def superresolve(
         gives the spot's measured value — while the predictor decides how expression is distributed inside
         and between spots, with a per-gene weight on the image's share learned on the slide (a gene the image
         does not explain falls back to a consistent interpolation); see
-        :func:`stpredict.pp.condition_on_spots`. ``"none"``: the image-only prediction (the only choice on an
+        :func:`stpredict.pp.condition_on_spots`. ``"denoised"``: the same, but the level is each spot's
+        measurement denoised toward the image-only prediction at the spot by its count noise (an empirical
+        Bayes Gamma–Poisson posterior mean, :func:`stpredict.pp.denoise_measured`): a gene the prediction
+        explains keeps its pattern where counts are few, instead of copying their Poisson noise; pooling the
+        grid back gives the denoised spot. ``"none"``: the image-only prediction (the only choice on an
         H&E-only slide).
     max_epochs
         Training budget of iterative predictors.
@@ -155,9 +159,9 @@ def superresolve(
     - with ``map_key``, ``sdata.images[map_key]`` (``c`` = genes), its parameters in the table's ``uns``;
     - ``sdata.tables[f"<model>_<spots_key>_<grid>"]`` annotating them: ``X`` the predicted expression on
       the scale recorded in ``uns`` (log1p of counts normalised to 1e4; aggregation, if any, done in linear
-      space before the log; with ``condition="measured"``, conditioned on the measured spots),
-      ``layers["predicted_std"]`` (carried through the conditioning), ``layers["image_only"]`` (the
-      unconditioned prediction, with ``condition="measured"``), ``obsm["spatial"]`` in the image's
+      space before the log; with ``condition="measured"``/``"denoised"``, conditioned on the measured
+      spots), ``layers["predicted_std"]`` (carried through the conditioning), ``layers["image_only"]`` (the
+      unconditioned prediction, when conditioned), ``obsm["spatial"]`` in the image's
       full-resolution pixels, ``obs["nearest_spot"]`` and ``obs["measured"]`` (the region is a measured spot), and
       ``uns["stpredict"]["superresolve"]`` with every parameter (``["condition"]``: the mode, the per-gene
       image weights and the achieved consistency error).
@@ -222,7 +226,7 @@ def superresolve(
     else:
         with steps("grid"):
             points = cells_grid(cells, geo)
-            if condition == "measured":
+            if condition in CONDITIONED:
                 check_cells_touch_spots(points, geo)
         out_shapes = cells.shapes_key  # the table annotates the user's segmentation itself
     table_name = key_added or grid_table_key(predictor.name, geo.spots_key, grid_name)
@@ -256,11 +260,11 @@ def superresolve(
     genes_out = list(predictor.genes)
     image_only = np.asarray(mean, dtype=np.float32)
     cond_record: dict[str, Any] = {"condition": "none"}
-    if condition == "measured":
+    if condition in CONDITIONED:
         with steps("condition"):
             mean, std, cond_record = apply_condition(
                 mean, std, slide=slide, geo=geo, points=points, table=inputs.table(0), model=predictor.name,
-                genes=genes_out,
+                genes=genes_out, denoise=condition == "denoised",
             )  # fmt: skip
 
     # build both elements, then write them together
@@ -287,7 +291,7 @@ def superresolve(
     adata = ad.AnnData(X=np.asarray(mean, dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(genes_out)))
     if std is not None:
         adata.layers[LAYER_STD] = np.asarray(std, dtype=np.float32)
-    if condition == "measured":
+    if condition in CONDITIONED:
         adata.layers[LAYER_IMAGE_ONLY] = image_only
     adata.obsm["spatial"] = points.centers.astype(np.float64)
     steps.seconds["output"] = round(time.perf_counter() - t_out, 3)
