@@ -241,12 +241,27 @@ def test_predicted_vs_measured(predicted):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:4] == ["gene_0 measured", "gene_0 predicted", "gene_2 measured", "gene_2 predicted"]
     np.testing.assert_allclose(_values(fig.axes[1]), predicted.tables["table"].layers["predicted"][:, 0], rtol=1e-6)
+    # a conditioned grid: its map and, beside it, the same call's image-only prediction, one colour scale
     fig = stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="ridge_spots_ps4")
-    assert len(fig.axes) == 3 + 1
-    assert fig.axes[2].get_title() == "gene_1 ridge_spots_ps4"
+    assert len(fig.axes) == 4 + 1
+    assert fig.axes[2].get_title() == "gene_1 ridge_spots_ps4 (conditioned)"
+    assert fig.axes[3].get_title() == "gene_1 ridge_spots_ps4 (image only)"
     grid = predicted.tables["ridge_spots_ps4"]
     np.testing.assert_allclose(_values(fig.axes[2]), np.asarray(grid[:, "gene_1"].X).ravel(), rtol=1e-6)
+    np.testing.assert_allclose(_values(fig.axes[3]), grid[:, "gene_1"].layers["image_only"].ravel(), rtol=1e-6)
+    assert fig.axes[2].collections[0].get_clim() == fig.axes[3].collections[0].get_clim()
     _inside_figure(fig)
+    fig = stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="ridge_spots_ps4", image_only=False)
+    assert len(fig.axes) == 3 + 1
+    plain = predicted.tables["ridge_spots_ps4"].copy()
+    del plain.layers["image_only"]
+    predicted.tables["plain_grid"] = plain
+    with pytest.raises(KeyError, match="image_only=False"):
+        stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="plain_grid", image_only=True)
+    fig = stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="plain_grid")
+    assert len(fig.axes) == 3 + 1
+    assert fig.axes[2].get_title() == "gene_1 plain_grid"
+    del predicted.tables["plain_grid"]
 
 
 @pytest.mark.slow

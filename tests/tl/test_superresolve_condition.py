@@ -73,7 +73,7 @@ def test_condition_measured_needs_counts(slide):
     stp.tl.superresolve(he_only, pred, grid="ps4", progress=False)  # default: image-only there
     rec = he_only.tables["ridge_spots_ps4"].uns["stpredict"]["superresolve"]
     assert rec["condition"]["condition"] == "none"
-    with pytest.raises(ValueError, match="'measured' or 'none'"):
+    with pytest.raises(ValueError, match="'denoised' or 'none'"):
         stp.tl.superresolve(slide, "ridge", grid="ps4", condition="exact", progress=False)
 
 
@@ -83,3 +83,40 @@ def test_cross_validate_pool_takes_the_condition(slide):
     assert np.isfinite(res.scores["pearson"]).any()
     with pytest.raises(ValueError, match="protocol='pool'"):
         stp.tl.cross_validate(slide, "ridge", protocol="hide", condition="measured", progress=False)
+
+
+def test_condition_denoised_pools_back_to_the_denoised_spots(slide):
+    stp.tl.superresolve(slide, "ridge", grid="bin16um", condition="denoised", key_added="den", progress=False)
+    stp.tl.superresolve(slide, "ridge", grid="bin16um", key_added="exact", progress=False)
+    den, exact = slide.tables["den"], slide.tables["exact"]
+    rec = den.uns["stpredict"]["superresolve"]["condition"]
+    assert rec["condition"] == "denoised"
+    assert len(rec["denoise"]["dispersion"]) == den.n_vars
+    assert 0.0 < rec["denoise"]["shrinkage_median"] < 1.0
+    # the same image-only prediction and gate; only the level differs, and it is the denoised spots exactly
+    np.testing.assert_allclose(den.layers["image_only"], exact.layers["image_only"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rec["weights"], exact.uns["stpredict"]["superresolve"]["condition"]["weights"])
+    geo, lin = _measured(slide, list(den.var_names))
+    _, _, lib = targets(slide.tables["table"], geo.rows, list(den.var_names), None)
+    pooled_den = _pooled(den, geo, "square", 16.0)
+    prior = _pooled(_with_x(den, den.layers["image_only"]), geo, "square", 16.0)
+    level = stp.pp.denoise_measured(lin, lib, prior).values
+    np.testing.assert_allclose(pooled_den, level, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(pooled_den, lin, rtol=1e-3)
+    # between the measurement and the prediction, gene by gene
+    pooled_exact = _pooled(exact, geo, "square", 16.0)
+    assert np.abs(pooled_den - prior).sum() < np.abs(pooled_exact - prior).sum()
+
+
+def _with_x(adata, x):
+    out = adata.copy()
+    out.X = np.asarray(x)
+    return out
+
+
+def test_cross_validate_pool_takes_denoised(slide):
+    res = stp.tl.cross_validate(slide, "ridge", protocol="pool", condition="denoised", progress=False)
+    assert res.params["condition"] == "denoised"
+    assert np.isfinite(res.scores["pearson"]).any()
+    with pytest.raises(ValueError, match="protocol='pool'"):
+        stp.tl.cross_validate(slide, "ridge", protocol="hide", condition="denoised", progress=False)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from .._logging import get_logger
-from ._condition_core import correction_kernel, learn_gate, overlap_matrix, rel_error, solve_conditioned
+from ._condition_core import correction_kernel, learn_degree, learn_gate, overlap_matrix, rel_error, solve_blended
 from ._denoise import denoise_measured
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ class ConditionResult:
     n_clipped, n_ipf
         Region × gene entries inside positive spots where the smooth field went negative and was clipped
         (the proportional fitting then restored exactness there, with a local seam), and the sweeps it took.
+    degree_weights
+        ``(n_genes,)`` share ``v`` of the linear correction kernel (1: seamless linear field; 0: Shepard,
+        flat inside each spot), learned or given (``degree``).
+    degree_info
+        Diagnostics of the learned ``v`` (``slope``: the unshrunk blend, ``t2``, ``n_blocks``); empty when given.
     denoise
         With ``library_size``: the record of :func:`denoise_measured` (per-gene dispersion, shrinkage), the
         level the grid agrees with; ``None`` when it agrees with the raw measurement.
@@ -80,6 +85,8 @@ class ConditionResult:
     n_clipped: int = 0
     n_ipf: int = 0
     denoise: dict[str, Any] | None = field(default=None, repr=False)
+    degree_weights: np.ndarray | None = field(default=None, repr=False)
+    degree_info: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable record for ``.uns["stpredict"]`` (weights, consistency, kernel)."""
@@ -97,6 +104,14 @@ class ConditionResult:
             "n_clipped": self.n_clipped,
             "n_ipf": self.n_ipf,
             **({"denoise": self.denoise} if self.denoise is not None else {}),
+            **(
+                {
+                    "degree_weights": self.degree_weights.astype(float).tolist(),
+                    "degree_weight_median": float(np.median(self.degree_weights)),
+                }
+                if self.degree_weights is not None and self.degree_weights.size
+                else {}
+            ),
         }
 
 
@@ -134,7 +149,7 @@ def condition_on_spots(
     pitch_um: float | None = None,
     tol: float = 1e-6,
     max_iter: int = 30,
-    degree: Literal[0, 1] = 1,
+    degree: Literal[0, 1, "learn"] | float | ArrayLike = "learn",
     overlap: sp.spmatrix | None = None,
     library_size: ArrayLike | None = None,
 ) -> ConditionResult:
@@ -213,7 +228,12 @@ def condition_on_spots(
         Rounds of the zero-spot update per gene (``max_iter // 6``, at least 2); the proportional fitting
         gets ``4 × max_iter`` sweeps.
     degree
-        ``1``: moving least squares (default); ``0``: Shepard weights, flatter inside each spot.
+        The correction kernel: ``1`` moving least squares (a linear field, seamless across spot borders);
+        ``0`` Shepard weights (flat inside each spot, the change between spots in the gaps and at the
+        borders); a number or ``(n_genes,)`` array in [0, 1] blends the two exact solutions (``v · g₁ +
+        (1 − v) · g₀``, exact too); ``"learn"`` (default) learns ``v`` per gene one pooling octave up
+        (:func:`~stpredict.pp._condition_core.learn_degree`), shrunk toward 1: expression that changes at the
+        spot scale gets the flatter interpolation.
     overlap
         Precomputed ``(n_spots, n_regions)`` non-negative overlap weights replacing the disk geometry (rows
         are normalised), e.g. the membership of original spots in pooled 2×2 blocks for the pooled protocol
@@ -317,12 +337,28 @@ def condition_on_spots(
         at_spots = w @ pred
     else:
         at_spots = _check("spot_pattern", spot_pattern, (n_spots, n_genes), nonneg=True)[idx]
+    degree_info: dict[str, Any] = {}
+    if isinstance(degree, str):
+        if degree != "learn":
+            msg = f"degree must be 0, 1, 'learn' or blend weights in [0, 1], got {degree!r}."
+            raise ValueError(msg)
+        if len(idx) >= 8:
+            blend, degree_info = learn_degree(sxy[idx], m, pitch=pitch_um, smoothing=smoothing, tol=tol)
+        else:
+            blend = np.ones(n_genes)
+    else:
+        blend = np.broadcast_to(np.asarray(degree, dtype=float), (n_genes,)).copy()
+        if not np.all((blend >= 0) & (blend <= 1)):
+            msg = "degree blend weights must lie in [0, 1]."
+            raise ValueError(msg)
     if isinstance(gate, str):
         if gate != "learn":
             msg = f"gate must be 'learn', a number or an array of weights, got {gate!r}."
             raise ValueError(msg)
         if len(idx) >= 8:
-            weights, gate_info = learn_gate(sxy[idx], m, at_spots, pitch=pitch_um, smoothing=smoothing, tol=tol)
+            weights, gate_info = learn_gate(
+                sxy[idx], m, at_spots, pitch=pitch_um, smoothing=smoothing, tol=tol, blend=blend
+            )
         else:
             logger.warning("condition: fewer than 8 constrained spots; the image share is set to 0.")
             weights = np.zeros(n_genes)
@@ -340,8 +376,12 @@ def condition_on_spots(
         lib = _check("library_size", library_size, (n_spots,), nonneg=True)[idx]
         den = denoise_measured(m, lib, at_spots)
         m, denoise = den.values, den.summary()
-    phi = correction_kernel(rxy, sxy[idx], sigma, degree=degree)
-    g, n_clipped, n_ipf = solve_conditioned(w, phi, q, m, tol=min(tol, 1e-6) * 0.1, max_iter=max_iter)
+    kernels = {
+        d: correction_kernel(rxy, sxy[idx], sigma, degree=d)
+        for d in (0, 1)
+        if ((blend > 0) if d == 1 else (blend < 1)).any()
+    }
+    g, n_clipped, n_ipf = solve_blended(w, kernels, q, m, blend, tol=min(tol, 1e-6) * 0.1, max_iter=max_iter)
     err = rel_error(w @ g, m)
     if err.max() > tol:
         logger.warning("condition: consistency error %.2g exceeds tol %.2g.", err.max(), tol)
@@ -373,4 +413,6 @@ def condition_on_spots(
         n_clipped=n_clipped,
         n_ipf=n_ipf,
         denoise=denoise,
+        degree_weights=blend,
+        degree_info=degree_info,
     )
