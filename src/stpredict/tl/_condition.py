@@ -28,10 +28,9 @@ CONDITIONED = ("measured", "denoised")  # the modes that condition the grid on t
 
 
 def resolve_condition(condition: str | None, slide: SlideData, genes: Sequence[str]) -> Condition:
-    """``"measured"``, ``"denoised"`` or ``"none"``; ``None`` → ``"measured"`` on a slide measuring the panel,
-    else ``"none"``.
+    """The condition mode: ``"measured"``, ``"denoised"`` or ``"none"``.
 
-    Raises before any work when ``"measured"`` or ``"denoised"`` is asked on a slide without counts for ``genes``.
+    ``None`` → ``"measured"`` on a slide measuring the panel, else ``"none"``. Raises before any work when ``"measured"`` or ``"denoised"`` is asked on a slide without counts for ``genes``.
     """
     measured = slide.y_linear is not None and slide.genes is not None and list(slide.genes) == list(genes)
     if condition is None:
