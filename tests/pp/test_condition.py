@@ -345,6 +345,47 @@ def test_bad_input_is_refused():
         condition_on_spots(pred, b, spots, m, gate=1.5, **kw)
     with pytest.raises(ValueError, match="region_kind"):
         condition_on_spots(pred, b, spots, m, region_kind="hexagon", region_size_um=25.0, spot_diameter_um=diam)
+    with pytest.raises(ValueError, match=r"degree weights must lie in \[0, 1\]"):
+        condition_on_spots(pred, b, spots, m, degree=-0.5, **kw)
+    with pytest.raises(ValueError, match="degree must be 'learn'"):
+        condition_on_spots(pred, b, spots, m, degree="cubic", **kw)
+
+
+# --- degree of the correction kernel ----------------------------------------------------------------------
+
+
+def test_degree_is_learned_from_how_smooth_the_slide_is():
+    """A field smooth across spots keeps the linear kernel; one that changes at the spot scale gets flatter."""
+    spots, diam, pitch, _ = lattice("visium", 1500.0)
+    b = bins_over(spots, 16.0, pitch, 1500.0)
+    n_genes = 6
+    kw = {"region_kind": "square", "region_size_um": 16.0, "spot_diameter_um": diam, "gate": 0.0}
+    flat = np.ones((len(b), n_genes))
+    w = condition_on_spots(flat, b, spots, np.ones((len(spots), n_genes)), degree=1, **kw).overlap
+    smooth_truth = smooth(b, n_genes)
+    res = condition_on_spots(flat, b, spots, w @ smooth_truth, **kw)
+    assert (res.degree_weights > 0.9).all()
+    # each spot its own level (independent between spots), constant over the regions it covers
+    _, near = cKDTree(spots).query(b)
+    levels = np.random.default_rng(3).gamma(2.0, 1.0, (len(spots), n_genes))
+    patchy = levels[near]
+    m = w @ patchy
+    learned = condition_on_spots(flat, b, spots, m, **kw)
+    linear = condition_on_spots(flat, b, spots, m, degree=1, **kw)
+    assert np.median(learned.degree_weights) < 0.5
+    assert learned.degree_info["n_blocks"] > 0
+    # both exact; the learned blend is nearer the truth
+    for r in (learned, linear):
+        np.testing.assert_allclose(r.overlap @ r.values, m, rtol=1e-4)
+    err = [np.abs(np.log1p(r.values) - np.log1p(patchy)).mean() for r in (learned, linear)]
+    assert err[0] < err[1]
+    rec = learned.summary()
+    assert len(rec["degree_weights"]) == n_genes
+    assert 0.0 <= rec["degree_weight_median"] <= 1.0
+    # a fixed blend is exact too, and 0/1 give the pure kernels
+    half = condition_on_spots(flat, b, spots, m, degree=0.5, **kw)
+    shepard = condition_on_spots(flat, b, spots, m, degree=0, **kw)
+    np.testing.assert_allclose(half.values, 0.5 * (linear.values + shepard.values), rtol=1e-6, atol=1e-9)
 
 
 def test_condition_grid_on_a_synthetic_slide():

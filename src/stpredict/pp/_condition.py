@@ -2,7 +2,7 @@
 
 A grid prediction ``p`` (image-only, linear normalised units) is turned into ``g = q ⊙ r``: ``q`` is the
 image pattern blended per gene with a flat one (weight ``w`` learned on the slide), ``r ≥ 0`` a smooth
-multiplicative correction field, solved so that every measured spot's overlap-area-weighted mean of ``g``
+multiplicative correction field (linear, Shepard, or a learned blend of both), solved so that every measured spot's overlap-area-weighted mean of ``g``
 equals its measured value. See :func:`condition_on_spots` for the math.
 """
 
@@ -16,7 +16,8 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from .._logging import get_logger
-from ._condition_core import correction_kernel, learn_degree, learn_gate, overlap_matrix, rel_error, solve_blended
+from ._condition_core import correction_kernel, overlap_matrix, rel_error, solve_blended
+from ._condition_gate import check_weights, resolve_weights
 from ._denoise import denoise_measured
 
 if TYPE_CHECKING:
@@ -171,7 +172,10 @@ def condition_on_spots(
        8 nearest spots, continuous taper, linear reproduction): the correction field ``r = Φλ`` is smooth,
        keeps its gradient across spot borders and reaches the gaps, which belong to no row of ``W``, so gap
        and constrained regions are continuous. ``λ`` solves the sparse ``n_spots × n_spots`` system
-       ``W diag(q) Φ λ = m`` (Jacobi-preconditioned BiCGSTAB, sparse LU as fallback).
+       ``W diag(q) Φ λ = m`` (Jacobi-preconditioned BiCGSTAB, sparse LU as fallback). The same system with
+       Shepard weights (``degree=0``: flat near each spot, the change concentrated in the gaps) gives a second
+       exact solution; per gene the result is ``v · g₁ + (1 − v) · g₀``, exact as well, with ``v`` learned one
+       octave up (:func:`learn_degree`, shrunk toward the seamless ``v = 1``) unless ``degree`` fixes it.
     3. **Zeros and non-negativity.** A spot measured at 0 forces every region it overlaps to 0 (the only
        non-negative solution); its ``λ`` is set, alternately with the solve of the other spots, to the largest
        value keeping ``Φλ ≤ 0`` on its regions, so the field leaves it continuously. Negative ``Φλ`` is
@@ -232,7 +236,7 @@ def condition_on_spots(
         ``0`` Shepard weights (flat inside each spot, the change between spots in the gaps and at the
         borders); a number or ``(n_genes,)`` array in [0, 1] blends the two exact solutions (``v · g₁ +
         (1 − v) · g₀``, exact too); ``"learn"`` (default) learns ``v`` per gene one pooling octave up
-        (:func:`~stpredict.pp._condition_core.learn_degree`), shrunk toward 1: expression that changes at the
+        (:func:`~stpredict.pp._condition_gate.learn_degree`), shrunk toward 1: expression that changes at the
         spot scale gets the flatter interpolation.
     overlap
         Precomputed ``(n_spots, n_regions)`` non-negative overlap weights replacing the disk geometry (rows
@@ -288,6 +292,7 @@ def condition_on_spots(
     if n_spots < 2:
         msg = f"At least 2 measured spots are needed, got {n_spots}."
         raise ValueError(msg)
+    gate_w, degree_w = check_weights(gate, "gate", n_genes), check_weights(degree, "degree", n_genes)
 
     if overlap is not None:
         area = sp.csr_matrix(overlap, dtype=float)
@@ -332,41 +337,13 @@ def condition_on_spots(
     scale = pred.mean(0)
     flat = scale <= 0
     scale = np.where(flat, 1.0, scale)
-    gate_info: dict[str, Any] = {}
     if spot_pattern is None:
         at_spots = w @ pred
     else:
         at_spots = _check("spot_pattern", spot_pattern, (n_spots, n_genes), nonneg=True)[idx]
-    degree_info: dict[str, Any] = {}
-    if isinstance(degree, str):
-        if degree != "learn":
-            msg = f"degree must be 0, 1, 'learn' or blend weights in [0, 1], got {degree!r}."
-            raise ValueError(msg)
-        if len(idx) >= 8:
-            blend, degree_info = learn_degree(sxy[idx], m, pitch=pitch_um, smoothing=smoothing, tol=tol)
-        else:
-            blend = np.ones(n_genes)
-    else:
-        blend = np.broadcast_to(np.asarray(degree, dtype=float), (n_genes,)).copy()
-        if not np.all((blend >= 0) & (blend <= 1)):
-            msg = "degree blend weights must lie in [0, 1]."
-            raise ValueError(msg)
-    if isinstance(gate, str):
-        if gate != "learn":
-            msg = f"gate must be 'learn', a number or an array of weights, got {gate!r}."
-            raise ValueError(msg)
-        if len(idx) >= 8:
-            weights, gate_info = learn_gate(
-                sxy[idx], m, at_spots, pitch=pitch_um, smoothing=smoothing, tol=tol, blend=blend
-            )
-        else:
-            logger.warning("condition: fewer than 8 constrained spots; the image share is set to 0.")
-            weights = np.zeros(n_genes)
-    else:
-        weights = np.broadcast_to(np.asarray(gate, dtype=float), (n_genes,)).copy()
-        if not np.all((weights >= 0) & (weights <= 1)):
-            msg = "gate weights must lie in [0, 1]."
-            raise ValueError(msg)
+    weights, blend, gate_info, degree_info = resolve_weights(
+        gate_w, degree_w, sxy[idx], m, at_spots, pitch=pitch_um, smoothing=smoothing, tol=tol
+    )
     weights[flat] = 0.0
     q = (1.0 - weights) * scale + weights * pred
     q = np.maximum(q, 1e-6 * scale)
