@@ -11,6 +11,7 @@ import pandas as pd
 from ..models._base import Regions, SlideData
 from ._embedding_loop import compute_embeddings
 from ._models import fresh_copy, train
+from ._oof import cross_fit
 from ._pipeline import spot_kind
 from ._targets import NoGenesError, preprocessing_record, select_genes, targets
 
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
     from ..models._base import Predictor
     from ._pipeline import Compute, Inputs
 
-__all__ = ["hide_spots_split", "no_genes_error", "plan_folds", "pool_fold", "pool_spots"]
+__all__ = ["GATE_FOLDS", "hide_spots_split", "no_genes_error", "plan_folds", "pool_fold", "pool_spots"]
+
+
+GATE_FOLDS = 5  # spatial folds of the out-of-fold pool predictions the conditioning's gate learns from
 
 
 def hide_spots_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +149,9 @@ def pool_fold(
     With ``condition="measured"`` (or ``"denoised"``) the predictions are conditioned on the pooled values the way
     ``superresolve`` conditions a grid on measured spots: each pooled pseudo-spot's members (equal weights)
     average, in linear units, to its measured value (:func:`stpredict.pp.condition_on_spots` with the
-    membership as the overlap).
+    membership as the overlap). The gate learns the image's share from out-of-fold predictions of the pools
+    (``GATE_FOLDS`` spatially blocked refits, counted in the fit time), as ``superresolve`` does from
+    ``stp.tl.predict``'s out-of-fold predictions.
     """
     import anndata as ad
 
@@ -200,23 +206,40 @@ def pool_fold(
         pred, inputs, run, slides=[pooled_slide], genes=panel, preprocessing=preprocessing_record(panel, how),
         max_epochs=max_epochs, seed=seed,
     )  # fmt: skip
+    pattern = None
+    if condition in ("measured", "denoised") and pooled_slide.n >= 2 * GATE_FOLDS:
+        # the gate learns the image's share from the pools: it must see the model's out-of-fold predictions
+        # of them, not its fit to them (an in-sample pattern of a flexible model looks right at every pool)
+        oof, *_ = cross_fit(
+            proto, inputs, run, pooled_slide, n_folds=GATE_FOLDS, max_epochs=max_epochs, seed=seed,
+            genes=panel, preprocessing=preprocessing_record(panel, how),
+        )  # fmt: skip
+        pattern = np.clip(np.expm1(np.asarray(oof, dtype=float)), 0.0, None)
     t_fit = time.perf_counter() - t0
     regions = Regions(geo.centers, spot_kind(sl), sl.spot_diameter_um, "spots", context)
     t0 = time.perf_counter()
     mean, _ = pred.predict(pooled_slide, regions)
     if condition in ("measured", "denoised"):
-        mean = _condition_on_pools(mean, pooled_slide, sl, member, denoise=condition == "denoised")
+        mean = _condition_on_pools(mean, pooled_slide, sl, member, denoise=condition == "denoised", pattern=pattern)
     t_pred = time.perf_counter() - t0
     y_true, _, _ = targets(table, geo.rows, panel, None)
     return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)
 
 
 def _condition_on_pools(
-    mean: np.ndarray, pooled: SlideData, sl: SlideData, member: np.ndarray, *, denoise: bool = False
+    mean: np.ndarray,
+    pooled: SlideData,
+    sl: SlideData,
+    member: np.ndarray,
+    *,
+    denoise: bool = False,
+    pattern: np.ndarray | None = None,
 ) -> np.ndarray:
     """Condition log1p predictions of the member spots on their pooled pseudo-spots (equal member weights).
 
-    With ``denoise``, on the pooled values denoised toward the prediction by their count noise.
+    With ``denoise``, on the pooled values denoised toward the prediction by their count noise. ``pattern``:
+    out-of-fold predictions of the pools (linear) for the gate and the denoising prior (``None``: the members'
+    predictions averaged over each pool, in-sample).
     """
     import scipy.sparse as sp
 
@@ -230,6 +253,6 @@ def _condition_on_pools(
     res = condition_on_spots(
         lin, spot_um, pool_um, np.asarray(pooled.y_linear, dtype=float), region_kind="circle",
         region_size_um=sl.spot_diameter_um, spot_diameter_um=pooled.spot_diameter_um, overlap=W,
-        library_size=np.asarray(pooled.library_size, dtype=float) if denoise else None,
+        library_size=np.asarray(pooled.library_size, dtype=float) if denoise else None, spot_pattern=pattern,
     )  # fmt: skip
     return np.log1p(res.values).astype(np.float32)

@@ -15,8 +15,8 @@ from .._records import uns_safe
 from .._version import __version__
 from ..models._base import Regions
 from ..models._checkpoint import digest
-from ..pp._folds import spatial_folds
-from ._models import fresh_copy, resolve_model, slide_fingerprint, train
+from ._models import resolve_model, slide_fingerprint
+from ._oof import cross_fit
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, spot_kind
 from ._targets import OUTPUT_SPACE
 from ._transfer import Transfer
@@ -157,25 +157,10 @@ def predict(
             oof_folds,
         )
         inputs.embed(run)
-        folds, block = spatial_folds(slide.centers_um, oof_folds, seed=seed)
-        mean = np.full((slide.n, len(inputs.genes)), np.nan, dtype=np.float32)
-        std = np.full_like(mean, np.nan)
-        has_std = False
-        for f in range(oof_folds):
-            test = np.flatnonzero(folds == f)
-            train_idx = np.flatnonzero(folds != f)
-            if len(test) == 0:
-                continue
-            p = fresh_copy(predictor)
-            ctx = slide.subset(train_idx)
-            train(p, inputs, run, slides=[ctx], max_epochs=max_epochs, seed=seed)
-            held = slide.subset(test)
-            regions = Regions(held.centers_px, spot_kind(slide), slide.spot_diameter_um, "spots", held.embeddings)
-            m, s = p.predict(ctx, regions)
-            mean[test] = m
-            if s is not None:
-                std[test] = s
-                has_std = True
+        mean, std, folds, block = cross_fit(
+            predictor, inputs, run, slide, n_folds=oof_folds, max_epochs=max_epochs, seed=seed
+        )
+        has_std = std is not None
         genes_out = inputs.genes
         record.update(
             {
