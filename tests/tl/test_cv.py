@@ -455,6 +455,30 @@ def test_pool_fit_sees_only_pseudo_spots(st_slide, spy):
     assert res.folds.loc[0, "n_train"] == len(pooled)
 
 
+def test_pool_gate_learns_from_out_of_fold_fits_of_the_pools(spy):
+    from stpredict.tl._cv_folds import GATE_FOLDS
+
+    slide = _synthetic(0, layout="st", size=2400)  # enough pools (>= 2 per gate fold) for the gate's folds
+    res = stp.tl.cross_validate(slide, SPY, protocol="pool", pool=2, condition="measured", progress=False)
+    pooled, _, _ = _pool_by_hand(slide, 2)
+    assert len(pooled) >= 2 * GATE_FOLDS
+    final, *gate = _fits(spy)
+    (seen,) = final["slides"]
+    assert len(seen["obs"]) == len(pooled)  # the scored model is fitted on every pool
+    assert len(gate) == GATE_FOLDS
+    held_out = []
+    for fit in gate:
+        (part,) = fit["slides"]
+        assert 0 < len(part["obs"]) < len(pooled)
+        assert set(part["obs"]) <= set(seen["obs"])  # pools only, never a measured spot
+        held = [o for o in seen["obs"] if o not in set(part["obs"])]
+        held_out += held
+        # each gate fit's held-out pools are predicted, with its training pools as context
+        assert any(p["obs"] == part["obs"] and len(p["regions_px"]) == len(held) for p in _predicts(spy))
+    assert sorted(held_out) == sorted(seen["obs"])  # every pool held out exactly once
+    assert np.isfinite(res.scores["pearson"]).any()
+
+
 def test_copy_baseline_pool_reproduces_by_hand(st_slide):
     slide = st_slide
     res = stp.tl.cross_validate(slide, "copy", protocol="pool", pool=2, progress=False)

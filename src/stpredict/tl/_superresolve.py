@@ -123,12 +123,12 @@ def superresolve(
         gives the spot's measured value — while the predictor decides how expression is distributed inside
         and between spots, with a per-gene weight on the image's share learned on the slide (a gene the image
         does not explain falls back to a consistent interpolation); see
-        :func:`stpredict.pp.condition_on_spots`. ``"denoised"``: the same, but the level is each spot's
-        measurement denoised toward the image-only prediction at the spot by its count noise (an empirical
-        Bayes Gamma–Poisson posterior mean, :func:`stpredict.pp.denoise_measured`): a gene the prediction
-        explains keeps its pattern where counts are few, instead of copying their Poisson noise; pooling the
-        grid back gives the denoised spot. ``"none"``: the image-only prediction (the only choice on an
-        H&E-only slide).
+        :func:`stpredict.pp.condition_on_spots`. ``"denoised"``: the level is each spot's measurement denoised
+        toward the image-only prediction by its count noise (:func:`stpredict.pp.denoise_measured`), so a gene
+        the image explains keeps its pattern where counts are few. ``"none"``: the image-only prediction (the
+        only choice on an H&E-only slide). The image weight is learned from the out-of-fold spot predictions
+        that ``stp.tl.predict(sdata, model, oof_folds=5)`` stores (recommended for flexible models such as
+        ``histosge``, whose in-sample fit over-trusts the image), else from the grid pooled over the spots.
     max_epochs
         Training budget of iterative predictors.
     {seed}
