@@ -55,6 +55,12 @@ def _inside_figure(fig) -> None:
         e = t.get_window_extent(renderer)
         assert fig.bbox.x0 - 1 <= e.x0 and e.x1 <= fig.bbox.x1 + 1, t.get_text()
         assert fig.bbox.y0 - 1 <= e.y0 and e.y1 <= fig.bbox.y1 + 1, t.get_text()
+    # no title runs into another panel's title
+    titles = [a.title for a in fig.axes if a.title.get_visible() and a.title.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (titles[i].get_text(), titles[j].get_text())
 
 
 def _has_zero_line(ax) -> bool:
@@ -244,8 +250,8 @@ def test_predicted_vs_measured(predicted):
     # a conditioned grid: its map and, beside it, the same call's image-only prediction, one colour scale
     fig = stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="ridge_spots_ps4")
     assert len(fig.axes) == 4 + 1
-    assert fig.axes[2].get_title() == "gene_1 ridge_spots_ps4 (conditioned)"
-    assert fig.axes[3].get_title() == "gene_1 ridge_spots_ps4 (image only)"
+    assert fig.axes[2].get_title() == "gene_1\nridge_spots_ps4 (conditioned)"
+    assert fig.axes[3].get_title() == "gene_1\nridge_spots_ps4 (image only)"
     grid = predicted.tables["ridge_spots_ps4"]
     np.testing.assert_allclose(_values(fig.axes[2]), np.asarray(grid[:, "gene_1"].X).ravel(), rtol=1e-6)
     np.testing.assert_allclose(_values(fig.axes[3]), grid[:, "gene_1"].layers["image_only"].ravel(), rtol=1e-6)
@@ -260,7 +266,7 @@ def test_predicted_vs_measured(predicted):
         stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="plain_grid", image_only=True)
     fig = stp.pl.predicted_vs_measured(predicted, ["gene_1"], grid_table="plain_grid")
     assert len(fig.axes) == 3 + 1
-    assert fig.axes[2].get_title() == "gene_1 plain_grid"
+    assert fig.axes[2].get_title() == "gene_1\nplain_grid"
     del predicted.tables["plain_grid"]
 
 

@@ -253,10 +253,11 @@ def predicted_vs_measured(
             size = float(grid.uns["stpredict"]["superresolve"]["region_size_um"]) / geo.microns_per_pixel
             where = np.asarray(grid.obsm["spatial"])
             tag = " (conditioned)" if LAYER_IMAGE_ONLY in grid.layers else ""
-            panels.append((where, _column(grid, name), size, f"{label} {grid_table}{tag}"))
+            # two lines: a gene and a grid name side by side overrun the neighbouring panel's title
+            panels.append((where, _column(grid, name), size, f"{label}\n{grid_table}{tag}"))
             if image_only:
                 col = np.asarray(grid[:, name].layers[LAYER_IMAGE_ONLY], dtype=float).ravel()
-                panels.append((where, col, size, f"{label} {grid_table} (image only)"))
+                panels.append((where, col, size, f"{label}\n{grid_table} (image only)"))
         for j, (centers, values, size, title) in enumerate(panels):
             ax = axes[i, j]
             sc = _scatter(ax, img, fx, fy, centers, values=values, size_px=size, title=title, vmin=vmin, vmax=vmax)
