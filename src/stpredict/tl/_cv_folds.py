@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..models._base import Regions, SlideData
+from ._condition import CONDITIONED
 from ._embedding_loop import compute_embeddings
 from ._models import fresh_copy, train
 from ._oof import cross_fit
@@ -207,7 +208,7 @@ def pool_fold(
         max_epochs=max_epochs, seed=seed,
     )  # fmt: skip
     pattern = None
-    if condition in ("measured", "denoised") and pooled_slide.n >= 2 * GATE_FOLDS:
+    if condition in CONDITIONED and pooled_slide.n >= 2 * GATE_FOLDS:
         # the gate learns the image's share from the pools: it must see the model's out-of-fold predictions
         # of them, not its fit to them (an in-sample pattern of a flexible model looks right at every pool)
         oof, *_ = cross_fit(
@@ -219,7 +220,7 @@ def pool_fold(
     regions = Regions(geo.centers, spot_kind(sl), sl.spot_diameter_um, "spots", context)
     t0 = time.perf_counter()
     mean, _ = pred.predict(pooled_slide, regions)
-    if condition in ("measured", "denoised"):
+    if condition in CONDITIONED:
         mean = _condition_on_pools(mean, pooled_slide, sl, member, denoise=condition == "denoised", pattern=pattern)
     t_pred = time.perf_counter() - t0
     y_true, _, _ = targets(table, geo.rows, panel, None)

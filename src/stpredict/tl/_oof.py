@@ -38,7 +38,6 @@ def cross_fit(
     """
     folds, block = spatial_folds(slide.centers_um, n_folds, seed=seed)
     mean = std = None
-    has_std = False
     for f in range(n_folds):
         test = np.flatnonzero(folds == f)
         train_idx = np.flatnonzero(folds != f)
@@ -52,9 +51,9 @@ def cross_fit(
         m, s = p.predict(ctx, regions)
         if mean is None:
             mean = np.full((slide.n, np.shape(m)[1]), np.nan, dtype=np.float32)
-            std = np.full_like(mean, np.nan)
         mean[test] = m
         if s is not None:
+            if std is None:
+                std = np.full_like(mean, np.nan)
             std[test] = s
-            has_std = True
-    return mean, std if has_std else None, folds, block
+    return mean, std, folds, block
