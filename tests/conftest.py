@@ -64,3 +64,13 @@ def sdata_mob(_mob_session):
     from spatialdata import deepcopy
 
     return deepcopy(_mob_session)
+
+
+@pytest.fixture(autouse=True)
+def _forget_kept_fits():
+    """Each test starts without fits kept by an earlier test's superresolve (tests of reuse make their own)."""
+    from stpredict.tl._reuse import clear_fits
+
+    clear_fits()
+    yield
+    clear_fits()

@@ -44,6 +44,9 @@ class Settings:
         Where converted images and cached features may be written; env ``STPREDICT_CACHE_DIR``.
     chunk_cache_mb
         Memory bound of the image-chunk cache used by the patch reader.
+    model_cache
+        Fits of a model given by name that ``stp.tl.superresolve`` keeps in memory for a later call asking
+        for the identical fit (same model, options, panel, inputs, spots, counts, features, seed); 0 keeps none.
     """
 
     verbosity: Literal["error", "warning", "info", "debug"] = "warning"
@@ -61,6 +64,7 @@ class Settings:
         default_factory=lambda: _env_path("STPREDICT_CACHE_DIR", Path.home() / ".cache" / "stpredict")
     )
     chunk_cache_mb: int = 512
+    model_cache: int = 2
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "verbosity":
@@ -69,6 +73,9 @@ class Settings:
                 msg = f"verbosity must be one of {sorted(levels)}, got {value!r}."
                 raise ValueError(msg)
             logging.getLogger("stpredict").setLevel(levels[value])
+        if name == "model_cache" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            msg = f"model_cache is a number of fits to keep (0 keeps none), got {value!r}."
+            raise ValueError(msg)
         if name in {"weights_dir", "cache_dir"} and value is not None:
             value = Path(value).expanduser()  # type: ignore[arg-type]
         super().__setattr__(name, value)

@@ -54,3 +54,26 @@ def test_ps4_tracks_high_resolution_truth_better_than_copying(slide):
     r_model = np.nanmean(stp.metrics.pearson_per_gene(t, pred))
     r_copy = np.nanmean(stp.metrics.pearson_per_gene(t, copy))
     assert r_model > r_copy
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_query_only_last_block_is_the_full_block(depth):
+    """The last block computes only the query token's output: the same function as running it on every token."""
+    import torch
+    import torch.nn.functional as F
+
+    from stpredict.models.histosge import _build_net
+
+    torch.manual_seed(0)
+    cfg = {"dim": 32, "heads": 2, "dim_head": 16, "head_hidden": 64, "dropout": 0.1, "depth": depth}
+    net = _build_net(7, 5, cfg).eval()
+    feats, offs = torch.randn(6, 9, 7), torch.randn(6, 9, 2) * 100
+    mask = torch.ones(6, 9, dtype=torch.bool)
+    mask[:, 5:] = False
+    ang = offs[..., None] * net.omega
+    x = net.inp(feats) + net.pos(torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(-2))
+    x = torch.cat([x[:, :1] + net.query, x[:, 1:]], dim=1)
+    for blk in net.blocks:  # every token through every block
+        x = blk(x, mask)
+    full = F.softplus(net.head(x[:, 0]))
+    torch.testing.assert_close(net(feats, offs, mask), full, rtol=1e-5, atol=1e-6)

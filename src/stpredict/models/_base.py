@@ -470,6 +470,8 @@ def predictors_table() -> pd.DataFrame:
 def get_predictor_class(name: str) -> type[Predictor]:
     """The class registered under ``name``; a KeyError lists the registered names and close matches.
 
+    Names match case-insensitively when that is unambiguous (``"HisToSGE"`` is ``"histosge"``).
+
     Parameters
     ----------
     name
@@ -485,8 +487,13 @@ def get_predictor_class(name: str) -> type[Predictor]:
         If no predictor is registered under ``name``; the message suggests close matches.
     """
     _load_entry_points()
+    if name not in _REGISTRY and isinstance(name, str):
+        folded = [k for k in _REGISTRY if k.casefold() == name.casefold()]
+        if len(folded) == 1:  # "HisToSGE", the method's own spelling, is "histosge"
+            return _REGISTRY[folded[0]]
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        lower = {k.casefold(): k for k in _REGISTRY}
+        close = [lower[c] for c in difflib.get_close_matches(str(name).casefold(), list(lower), n=3)]
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         msg = f"Unknown model {name!r}.{hint} Registered predictors: {', '.join(sorted(_REGISTRY))}."
         raise KeyError(msg)

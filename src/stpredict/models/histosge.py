@@ -77,11 +77,18 @@ def _build_net(d_in: int, n_genes: int, cfg: dict[str, Any]) -> torch.nn.Module:
             self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
             self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(cfg["dropout"]))
 
-        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        def forward(self, x: torch.Tensor, mask: torch.Tensor, *, query_only: bool = False) -> torch.Tensor:
+            """Attention of every token (or, with ``query_only``, of token 0 alone) over all tokens."""
             b, t, _ = x.shape
-            q, k, v = self.to_qkv(x).view(b, t, 3, heads, dim_head).permute(2, 0, 3, 1, 4)
+            inner = heads * dim_head
+            if query_only:  # the same weights, the query projected for token 0 only
+                w = self.to_qkv.weight
+                q = F.linear(x[:, :1], w[:inner]).view(b, 1, heads, dim_head).transpose(1, 2)
+                k, v = F.linear(x, w[inner:]).view(b, t, 2, heads, dim_head).permute(2, 0, 3, 1, 4)
+            else:
+                q, k, v = self.to_qkv(x).view(b, t, 3, heads, dim_head).permute(2, 0, 3, 1, 4)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-            return self.to_out(out.transpose(1, 2).reshape(b, t, heads * dim_head))
+            return self.to_out(out.transpose(1, 2).reshape(b, q.shape[2], inner))
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -96,8 +103,10 @@ def _build_net(d_in: int, n_genes: int, cfg: dict[str, Any]) -> torch.nn.Module:
                 nn.Dropout(cfg["dropout"]),
             )
 
-        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            x = x + self.attn(self.n1(x), mask)
+        def forward(self, x: torch.Tensor, mask: torch.Tensor, *, query_only: bool = False) -> torch.Tensor:
+            """The block's output for every token, or (``query_only``) for token 0 alone: ``(b, 1, dim)``."""
+            a = self.attn(self.n1(x), mask, query_only=query_only)
+            x = (x[:, :1] if query_only else x) + a
             return x + self.ff(self.n2(x))
 
     class Net(nn.Module):
@@ -120,8 +129,11 @@ def _build_net(d_in: int, n_genes: int, cfg: dict[str, Any]) -> torch.nn.Module:
             pe = torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(-2)
             x = self.inp(feats) + self.pos(pe)
             x = torch.cat([x[:, :1] + self.query, x[:, 1:]], dim=1)
-            for blk in self.blocks:
-                x = blk(x, mask)
+            # only the query token reaches the head: the last block computes its keys and values from every
+            # token and the rest (query, output projection, feed-forward) for the query alone -- the same
+            # function as the full block, ~2x fewer operations
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, mask, query_only=i == len(self.blocks) - 1)
             return F.softplus(self.head(x[:, 0]))
 
     return Net()

@@ -146,6 +146,8 @@ def resolve_elements(
     need_table: bool = False,
 ) -> tuple[str, str, str | None]:
     """Resolve the image, spots and table keys, raising clear errors for missing or ambiguous ones."""
+    if spots_key is not None:  # a misspelt key answered as such, not as "no table annotates it"
+        pick_key(sdata, "shapes", spots_key)
     # table first: it names the spots it annotates
     if table_key is None:
         annotating = []

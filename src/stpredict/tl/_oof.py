@@ -36,9 +36,15 @@ def cross_fit(
     ``std`` is ``None`` when the predictor gives none. ``train_kwargs`` go to every fit (``genes``,
     ``preprocessing``).
     """
+    from tqdm.auto import tqdm
+
+    from .._settings import settings
+
     folds, block = spatial_folds(slide.centers_um, n_folds, seed=seed)
     mean = std = None
-    for f in range(n_folds):
+    # the fold bar (with its ETA) above the bars an iterative predictor shows for each fit (member, epochs)
+    show = settings.progress if run.progress is None else run.progress
+    for f in tqdm(range(n_folds), desc=f"{predictor.name} out-of-fold", unit="fold", disable=not show):
         test = np.flatnonzero(folds == f)
         train_idx = np.flatnonzero(folds != f)
         if len(test) == 0:

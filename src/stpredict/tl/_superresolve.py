@@ -21,6 +21,7 @@ from ._condition import CONDITIONED, apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
+from ._reuse import fit_or_reuse
 from ._targets import OUTPUT_SPACE
 from ._transfer import Transfer
 
@@ -237,11 +238,15 @@ def superresolve(
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
     if bb is not None:
         plan_regions(slide, geo, points, inputs.cache, run)
+    reused_fit = None
     if not fitted:
         with steps("spot_features"):
             inputs.embed(run)
         with steps("fit"):
-            train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
+            if isinstance(model, str):  # by name: an identical earlier fit is reused (tl/_reuse.py)
+                predictor, reused_fit = fit_or_reuse(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
+            else:
+                train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
     else:
         predictor.device, predictor.progress = run.device, run.progress
         if bb is not None and (predictor.uses_slide_embeddings or inputs.transfer.feature_norm == "slide"):
@@ -298,7 +303,10 @@ def superresolve(
     record = {
         "model": predictor.name,
         "config": predictor.config,
-        "mode": "fitted model" if fitted else "fitted here on all measured spots",
+        "mode": "fitted model"
+        if fitted
+        else ("fitted here on all measured spots" if reused_fit is None else "reused an identical earlier fit"),
+        **({"reused_fit": reused_fit} if reused_fit is not None else {}),
         "grid": grid_name,
         "region_kind": points.kind,
         "region_size_um": points.size_um,
