@@ -9,11 +9,17 @@ import numpy as np
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
     from spatialdata import SpatialData
 
+    from .models._base import SlideData
+
 __all__ = [
+    "MIN_SPOT_PX",
     "check_counts",
+    "warn_coarse_image",
     "pick_key",
     "table_region",
 ]
@@ -74,3 +80,22 @@ def check_counts(table: AnnData, table_key: str, *, layer: str | None = None) ->
             "If it holds normalised values, pass the raw counts (layer=...)."
         )
         raise ValueError(msg)
+
+
+#: A spot narrower than this (pixels of the finest image level) shows colour, hardly any histology.
+MIN_SPOT_PX = 12.0
+
+
+def warn_coarse_image(slides: Sequence[SlideData]) -> None:
+    """Warn about each slide whose spots are under :data:`MIN_SPOT_PX` pixels across (a low-resolution image)."""
+    from ._logging import get_logger
+
+    for s in slides:
+        if s.spot_diameter_px < MIN_SPOT_PX:
+            mpp = float(np.mean(s.microns_per_pixel_xy))
+            get_logger(__name__).warning(
+                "Slide %r: a spot is %.1f px across in its finest image (%.2f µm/px), under %g px: the image shows "
+                "little beyond colour and predictions from it are near chance. Use the full-resolution H&E (the "
+                "original scan, or Space Ranger's hires image), not a low-resolution one.",
+                s.name, s.spot_diameter_px, mpp, MIN_SPOT_PX,
+            )  # fmt: skip

@@ -113,3 +113,19 @@ def test_from_arrays_bad_input():
         stp.io.from_arrays(img, np.zeros((2, 2)), np.zeros((3, 1)), 1.0, 55)
     with pytest.raises(ValueError, match="positive"):
         stp.io.from_arrays(img, np.zeros((2, 2)), np.zeros((2, 1)), -1.0, 55)
+
+
+def test_a_lowres_only_slide_is_fitted_with_a_warning(caplog, sdata_mob):
+    """The fixture's spots are 4 px across in its only (lowres) image: fitting says so instead of going silent."""
+    import logging
+
+    from stpredict._validate import warn_coarse_image
+
+    sdata = stp.io.read_visium(shared_data("visium_format_fixture"), dataset_id="fx")
+    with caplog.at_level(logging.WARNING, logger="stpredict"):
+        stp.tl.fit(sdata, "ridge", n_genes=5, progress=False)
+    assert any("4.0 px across" in r.getMessage() and "full-resolution" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stpredict"):  # the demo's 23 px spots are fine
+        warn_coarse_image([stp.get.slide_data(sdata_mob)])
+    assert not caplog.records

@@ -93,6 +93,9 @@ def test_checkpoint_is_not_pickle(prepared, tmp_path):
 def test_registry_errors_and_plugins():
     with pytest.raises(KeyError, match="Unknown model 'rige'.*ridge"):
         stp.models.create_predictor("rige")
+    assert stp.models.create_predictor("HisToSGE").name == "histosge"  # the method's own spelling
+    with pytest.raises(KeyError, match="Did you mean 'histosge'"):
+        stp.models.create_predictor("HisToSG")
     from stpredict.models import Predictor, register_predictor
 
     with pytest.raises(ValueError, match="already registered"):

@@ -16,6 +16,9 @@ def test_missing_and_ambiguous_keys(sdata_syn):
         stp.pp.spots(sdata_syn, image_key="nope")
     with pytest.raises(KeyError, match="spots"):
         stp.pp.spots(sdata_syn, spots_key="other")
+    # a misspelt key is answered as such, with the fix (not "no table annotates a shapes element")
+    with pytest.raises(KeyError, match=r"No shape element 'spot'.*Did you mean spots_key='spots'\?"):
+        stp.tl.predict(sdata_syn, "ridge", spots_key="spot", progress=False)
     sdata_syn.images["he2"] = sdata_syn.images["he"]
     with pytest.raises(KeyError, match="image_key"):
         stp.pp.spots(sdata_syn)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._image import image_levels
 from .._logging import get_logger
-from .._validate import check_counts
+from .._validate import check_counts, warn_coarse_image
 from ..models._base import SlideData
 from ..pp._spots import resolve_elements
 from ..pp._spots import spots as resolve_spots
@@ -66,19 +66,13 @@ logger = get_logger(__name__)
 def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool, layer: str | None) -> SpotGeometry:
     """Resolve the elements and the spots' geometry of one slide; with ``need_targets``, check its counts."""
     image_key, spots_key, table_key = resolve_elements(
-        sdata,
-        image_key=elements.image_key,
-        spots_key=elements.spots_key,
-        table_key=elements.table_key,
+        sdata, image_key=elements.image_key, spots_key=elements.spots_key, table_key=elements.table_key,
         need_table=need_targets,
-    )
+    )  # fmt: skip
     geo = resolve_spots(
-        sdata,
-        image_key=image_key,
-        spots_key=spots_key,
-        table_key=table_key,
+        sdata, image_key=image_key, spots_key=spots_key, table_key=table_key,
         microns_per_pixel=elements.microns_per_pixel,
-    )
+    )  # fmt: skip
     if need_targets:
         table = sdata.tables[table_key]
         check_counts(table[geo.rows], table_key, layer=layer)
@@ -298,6 +292,8 @@ def prepare_training(
     slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
     _distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
+    if bb is not None or (predictor is not None and predictor.consumes != "embeddings"):
+        warn_coarse_image(slides)  # a model that reads the image
     transfer = transfer or Transfer()
     reference = None
     if transfer.stain != "none":
@@ -368,6 +364,8 @@ def prepare_slides(
     ]
     _distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
+    if bb is not None or (predictor is not None and predictor.consumes != "embeddings"):
+        warn_coarse_image(slides)  # a model that reads the image
     transfer = transfer or Transfer()
     stains = SlideStains(transfer.stain) if transfer.stain != "none" else None
     return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None, transfer, None, stains)

@@ -19,6 +19,7 @@ from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._cells import cells_argument
 from ._condition import CONDITIONED, apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
+from ._grid_out import map_element, same_geometry
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
 from ._reuse import fit_or_reuse
@@ -333,7 +334,7 @@ def superresolve(
         record["cells"] = describe_cells(cells, geo)
     map_image = None
     if image_name is not None:
-        map_image, map_info = _map_image(sdata, predictor, slide, geo)
+        map_image, map_info = map_element(sdata, predictor, slide, geo)
         record["map"] = {"key": image_name, **map_info}
     adata.uns[UNS_KEY] = {"superresolve": uns_safe(record)}
     adata = TableModel.parse(adata, region=out_shapes, region_key="region", instance_key="instance_id")
@@ -352,7 +353,7 @@ def superresolve(
     if table_name in sdata.tables:
         logger.info("Replacing table %r.", table_name)
         del sdata.tables[table_name]
-    if cells is None and out_shapes in sdata.shapes and not _same_geometry(sdata.shapes[out_shapes], shapes):
+    if cells is None and out_shapes in sdata.shapes and not same_geometry(sdata.shapes[out_shapes], shapes):
         logger.warning(
             "Replacing shapes %r with a different grid; tables annotating the old one are now stale.", out_shapes
         )
@@ -369,42 +370,3 @@ def superresolve(
         out_shapes, table_name, points.n, len(genes_out), time.perf_counter() - t0,
     )  # fmt: skip
     return None
-
-
-def _map_image(sdata: SpatialData, predictor: Any, slide: Any, geo: Any) -> tuple[Any, dict[str, Any]]:
-    """The predictor's dense map over the spots' bounding box as an image element in the H&E's frame."""
-    from spatialdata.models import Image2DModel
-    from spatialdata.transformations import Scale, Sequence, Translation, get_transformation
-
-    mpp = np.asarray(slide.microns_per_pixel_xy, float)
-    c_um = np.asarray(slide.centers_px) * mpp
-    r_um = float(geo.diameter_um)
-    lo, hi = c_um.min(0) - r_um, c_um.max(0) + r_um
-    arr, map_um, origin_um = predictor.predict_map(slide, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
-    to_px = Sequence(
-        [
-            Scale([map_um / mpp[0], map_um / mpp[1]], axes=("x", "y")),
-            Translation([origin_um[0] / mpp[0], origin_um[1] / mpp[1]], axes=("x", "y")),
-        ]
-    )
-    image_ts = get_transformation(sdata.images[geo.image_key], get_all=True)
-    ts = {cs: Sequence([to_px, t]) for cs, t in image_ts.items()}
-    img = Image2DModel.parse(
-        np.asarray(arr, np.float32),
-        dims=("c", "y", "x"),
-        c_coords=[str(g) for g in predictor.genes],
-        transformations=ts,
-    )
-    info = {
-        "microns_per_pixel": float(map_um),
-        "origin_um": [float(origin_um[0]), float(origin_um[1])],
-        "values": "linear normalised expression (per 1e4)",
-    }
-    return img, info
-
-
-def _same_geometry(a: Any, b: Any) -> bool:
-    if len(a) != len(b):
-        return False
-    ca, cb = a.geometry.centroid, b.geometry.centroid
-    return bool(np.allclose(ca.x.to_numpy(), cb.x.to_numpy()) and np.allclose(ca.y.to_numpy(), cb.y.to_numpy()))
