@@ -64,6 +64,7 @@ exclude_patterns = [
     ".DS_Store",
     "**.ipynb_checkpoints",
     "generated/tutorials/*.py",
+    "jupyter_execute",  # myst-nb's output folder: never read back as source
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"

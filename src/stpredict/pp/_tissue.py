@@ -51,7 +51,6 @@ class TissueMask:
         return cls(np.ones((1, 1), dtype=bool), factor_x=float(shape_yx[1]), factor_y=float(shape_yx[0]))
 
 
-@doc_params()
 def _disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary closing by the disk ``x² + y² ≤ radius²`` through two Euclidean distance transforms.
 
@@ -68,6 +67,7 @@ def _disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndi.distance_transform_edt(dilated) > radius
 
 
+@doc_params()
 def tissue_mask(
     sdata: SpatialData,
     *,
