@@ -1,20 +1,23 @@
-"""``cross_validate``: honest protocols across and within slides, one code path for every predictor."""
+"""``cross_validate``: honest protocols across and within slides, one code path for every predictor.
+
+This module runs the folds; the argument checks are in :mod:`._cv_args`, the folds' plans and the pooled
+fold in :mod:`._cv_folds`, the scoring and the result in :mod:`._cv_result`.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from .._logging import get_logger
-from ..metrics import score_table, summarize
 from ..models._base import Regions
+from ._cv_args import CROSS_SLIDE, check_arguments
 from ._cv_folds import no_genes_error, plan_folds, pool_fold
+from ._cv_result import CVResult, Split, gene_selection_record, score_fold
 from ._embeddings import EmbeddingCache
-from ._models import fresh_copy, resolve_model, train
+from ._models import fresh_copy, train
 from ._pipeline import Compute, prepare_slides, spot_kind
 from ._targets import NoGenesError, preprocessing_record, select_genes, targets
 from ._transfer import Transfer
@@ -22,6 +25,7 @@ from ._transfer import Transfer
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    import numpy as np
     from spatialdata import SpatialData
 
     from ..models._base import SlideData
@@ -31,77 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["CVResult", "Split", "cross_validate"]
 
 logger = get_logger(__name__)
-
-Protocol = Literal["leave_one_section_out", "leave_one_patient_out", "hide_spots", "pool"]
-_ALIASES = {"loso": "leave_one_section_out", "lopo": "leave_one_patient_out", "hide": "hide_spots"}
-
-
-@dataclass
-class Split:
-    """One fold: which slide(s) train, which spots are scored."""
-
-    fold: int
-    test_slide: int
-    train_slides: list[int]
-    train_obs: dict[int, list[str]] = field(default_factory=dict)
-    test_obs: list[str] = field(default_factory=list)
-
-
-@dataclass
-class CVResult:
-    """Per-fold, per-gene scores of one model under one protocol, with everything needed to reproduce them.
-
-    Attributes
-    ----------
-    scores
-        One row per (fold, gene): ``fold``, ``slide``, ``gene``, ``pearson``, ``spearman``, ``mse``, ``mae``,
-        ``truth_var``, ``n``.
-    folds
-        One row per fold: slide, number of train/test spots, genes, how they were chosen (``gene_selection``), fit
-        and predict seconds, mean PCC.
-    splits
-        The :class:`Split` of every fold (train and test spot names).
-    genes
-        The gene panel of every fold (chosen on that fold's training data only).
-    params
-        Model, protocol, seed and options.
-    """
-
-    scores: pd.DataFrame
-    folds: pd.DataFrame
-    splits: list[Split]
-    genes: dict[int, list[str]]
-    params: dict[str, Any]
-
-    def summary(self) -> dict[str, float]:
-        """Mean ± sd over folds of the per-fold mean PCC, and quartiles / MSE over all (fold, gene) scores.
-
-        Genes with a constant truth in a fold (NaN PCC) are dropped from every entry (``mse`` included) and counted
-        in ``n_nan_genes``.
-        """
-        per_fold = self.folds["pearson_mean"].to_numpy(dtype=float)
-        allg = summarize(self.scores["pearson"].to_numpy())
-        mse = self.scores.loc[self.scores["pearson"].notna(), "mse"].to_numpy(dtype=float)
-        return {
-            "pcc_mean": float(np.nanmean(per_fold)) if per_fold.size else np.nan,
-            "pcc_sd_folds": float(np.nanstd(per_fold)) if per_fold.size else np.nan,
-            "pcc_q25": allg["q25"],
-            "pcc_median": allg["median"],
-            "pcc_q75": allg["q75"],
-            "mse": float(mse.mean()) if mse.size else np.nan,
-            "n_folds": len(self.folds),
-            "n_nan_genes": allg["n_nan"],
-            "fit_seconds": float(self.folds["fit_seconds"].sum()),
-            "predict_seconds": float(self.folds["predict_seconds"].sum()),
-            "embed_seconds": float(self.params.get("embed_seconds", 0.0)),
-        }
-
-    def __repr__(self) -> str:
-        s = self.summary()
-        return (
-            f"CVResult({self.params['model']!r}, {self.params['protocol']!r}: mean PCC {s['pcc_mean']:.3f} ± "
-            f"{s['pcc_sd_folds']:.3f} over {s['n_folds']} folds)"
-        )
 
 
 def cross_validate(
@@ -210,32 +143,12 @@ def cross_validate(
     A :class:`CVResult`.
     """
     sdatas = list(slides) if isinstance(slides, list | tuple) else [slides]
-    protocol = _ALIASES.get(protocol, protocol)
-    if protocol not in ("leave_one_section_out", "leave_one_patient_out", "hide_spots", "pool"):
-        msg = f"Unknown protocol {protocol!r}: use leave_one_section_out, leave_one_patient_out, hide_spots or pool."
-        raise ValueError(msg)
-    if condition not in ("none", "measured", "denoised") or (condition != "none" and protocol != "pool"):
-        msg = (
-            f"condition={condition!r}: use 'none', or 'measured' or 'denoised' with protocol='pool' (they condition "
-            "on the pools)."
-        )
-        raise ValueError(msg)
-    proto_pred, fitted = resolve_model(model, model_kwargs)
-    if fitted:
-        msg = "cross_validate fits a fresh model per fold: pass a model name or an unfitted predictor."
-        raise ValueError(msg)
-    if protocol in ("leave_one_section_out", "leave_one_patient_out") and len(sdatas) < 2:
-        msg = f"{protocol} needs at least two slides."
-        raise ValueError(msg)
-    if protocol in ("leave_one_section_out", "leave_one_patient_out") and proto_pred.uses_slide_targets:
-        msg = f"{proto_pred.name} interpolates measured spots of the predicted slide: it has no cross-slide prediction."
-        raise ValueError(msg)
-    if protocol == "leave_one_patient_out" and (groups is None or len(groups) != len(sdatas)):
-        msg = "leave_one_patient_out needs groups=... with one patient id per slide."
-        raise ValueError(msg)
+    protocol, proto_pred = check_arguments(
+        protocol, condition, model, model_kwargs, n_slides=len(sdatas), groups=groups
+    )
     run = Compute(device, batch_size, num_workers, progress, dense)
     transfer = Transfer(stain, feature_norm, stain_augment)
-    cross = protocol in ("leave_one_section_out", "leave_one_patient_out")
+    cross = protocol in CROSS_SLIDE
     if transfer.stain != "none" and not cross:
         logger.info("cv %s: stain=%r is the identity within one slide; skipped.", protocol, transfer.stain)
         transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
@@ -315,28 +228,13 @@ def cross_validate(
             n_train = sum(len(train_idx[j]) for j in train_is)
             train_names = {j: list(base[j][0].obs_names[train_idx[j]]) for j in train_is}
             test_names = list(sl_test.obs_names[test_idx])
-        sc = score_table(y_true, mean, panel)
-        sc.insert(0, "slide", sl_test.name)
-        sc.insert(0, "fold", f)
-        rows.append(sc.reset_index())
+        scores, fold_row = score_fold(
+            f, sl_test.name, y_true, mean, panel=panel, how=how, n_train=n_train, t_fit=t_fit, t_pred=t_pred
+        )
+        rows.append(scores)
+        fold_rows.append(fold_row)
         fold_genes[f] = list(panel)
         fold_how[f] = how
-        s = summarize(sc["pearson"].to_numpy())
-        fold_rows.append(
-            {
-                "fold": f,
-                "slide": sl_test.name,
-                "n_train": int(n_train),
-                "n_test": len(y_true),
-                "n_genes": len(panel),
-                "gene_selection": how,
-                "pearson_mean": s["mean"],
-                "pearson_median": s["median"],
-                "n_nan_genes": s["n_nan"],
-                "fit_seconds": round(t_fit, 3),
-                "predict_seconds": round(t_pred, 3),
-            }
-        )
         splits.append(
             Split(
                 f,
@@ -346,7 +244,7 @@ def cross_validate(
                 test_names,
             )
         )
-        logger.info("cv %s fold %d (%s): mean PCC %.3f", proto_pred.name, f, sl_test.name, s["mean"])
+        logger.info("cv %s fold %d (%s): mean PCC %.3f", proto_pred.name, f, sl_test.name, fold_row["pearson_mean"])
     params = {
         "model": proto_pred.name,
         "config": proto_pred.config,
@@ -363,7 +261,7 @@ def cross_validate(
         "backbone": inputs.backbone_params or None,
         "max_epochs": max_epochs,
         "embed_seconds": round(inputs.cache.seconds if inputs.cache is not None else 0.0, 3),
-        "gene_selection": _gene_selection_record(fold_how),
+        "gene_selection": gene_selection_record(fold_how),
     }
     return CVResult(pd.concat(rows, ignore_index=True), pd.DataFrame(fold_rows), splits, fold_genes, params)
 
@@ -392,11 +290,3 @@ def _fold_inputs(
         return done[j]
 
     return slides.__getitem__, emb_of
-
-
-def _gene_selection_record(fold_how: dict[int, str]) -> str:
-    """How every fold chose its genes: one method, or each fold's."""
-    hows = list(dict.fromkeys(fold_how.values()))
-    if len(hows) == 1:
-        return hows[0] if hows[0] == "given" else f"{hows[0]}, chosen per fold"
-    return "; ".join(f"fold {f}: {h}" for f, h in fold_how.items())
