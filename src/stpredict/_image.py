@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from xarray import DataArray, DataTree
 
-__all__ = ["ImageLevel", "check_rgb", "image_levels", "level0_shape", "to_multiscale"]
+__all__ = ["ImageLevel", "check_pyramid", "check_rgb", "image_levels", "level0_shape", "to_multiscale"]
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,12 @@ def to_multiscale(
         arrays = {"scale0": None}
         for i in range(1, len(factors) + 1):
             hh, ww = level.shape[1] // 2, level.shape[2] // 2
-            acc = level[:, 0 : 2 * hh : 2, 0 : 2 * ww : 2].astype(np.uint32)
+            floating = np.issubdtype(level.dtype, np.floating)
+            acc = level[:, 0 : 2 * hh : 2, 0 : 2 * ww : 2].astype(np.float64 if floating else np.uint32)
             acc += level[:, 1 : 2 * hh : 2, 0 : 2 * ww : 2]
             acc += level[:, 0 : 2 * hh : 2, 1 : 2 * ww : 2]
             acc += level[:, 1 : 2 * hh : 2, 1 : 2 * ww : 2]
-            level = ((acc + 2) // 4).astype(image.dtype)
+            level = (acc / 4 if floating else (acc + 2) // 4).astype(image.dtype)
             arrays[f"scale{i}"] = level
         replace_levels(tree, {k: v for k, v in arrays.items() if v is not None}, chunks=chunks)
     return tree
@@ -130,32 +131,103 @@ def replace_levels(tree: DataTree, arrays: Mapping[str, Any], *, chunks: int) ->
         tree[name] = xr.Dataset({var: old.copy(data=data)})
 
 
+def check_pyramid(element: DataArray | DataTree, key: str) -> list[ImageLevel]:
+    """The levels of an image element, after checking that they form a pyramid; reads no pixel.
+
+    Every level must have level 0's channels and dtype, be no larger than the level before it, and be
+    downsampled alike along x and y (within a pixel of rounding).
+    """
+    levels = image_levels(element)
+    first = levels[0]
+    fix = (
+        f"Rebuild the pyramid of image {key!r} from its level 0 (e.g. spatialdata.models.Image2DModel.parse(level0, "
+        "scale_factors=[2, 2, ...])), or keep only level 0."
+    )
+    for prev, lvl in zip(levels, levels[1:], strict=False):
+        c, h, w = (int(v) for v in lvl.array.shape)
+        if c != int(first.array.shape[0]) or lvl.array.dtype != first.array.dtype:
+            msg = (
+                f"The levels of image {key!r} disagree: {first.name} has {int(first.array.shape[0])} channels of "
+                f"{first.array.dtype}, {lvl.name} has {c} of {lvl.array.dtype}. {fix}"
+            )
+            raise ValueError(msg)
+        ph, pw = prev.shape_yx
+        if h > ph or w > pw:
+            msg = (
+                f"Level {lvl.name} of image {key!r} ({w}×{h} px) is larger than the finer level {prev.name} "
+                f"({pw}×{ph} px): pyramid levels must go from fine to coarse. {fix}"
+            )
+            raise ValueError(msg)
+        if h == 0 or w == 0 or abs(lvl.factor_x / lvl.factor_y - 1) > 1 / h + 1 / w + 0.01:
+            msg = (
+                f"Level {lvl.name} of image {key!r} ({w}×{h} px) is not a downsampling of level 0 "
+                f"({first.shape_yx[1]}×{first.shape_yx[0]} px): its x and y are scaled by {lvl.factor_x:.3g} and "
+                f"{lvl.factor_y:.3g}. {fix}"
+            )
+            raise ValueError(msg)
+    return levels
+
+
+#: Side of the windows, and their number along each axis, that :func:`check_rgb` samples before reading a level.
+_SAMPLE_WINDOW, _SAMPLE_GRID = 8, 4
+
+
+def _pixel_level(levels: list[ImageLevel]) -> da.Array:
+    """A level whose pixels are cheap to sample.
+
+    The coarsest, unless it is computed from level 0 (a pyramid built lazily: their graphs share layers),
+    in which case level 0 itself, where a small window costs a chunk or so.
+    """
+    coarse = levels[-1].array
+    if len(levels) > 1 and set(levels[0].array.dask.layers) & set(coarse.dask.layers):
+        return levels[0].array
+    return coarse
+
+
+def _sample(arr: da.Array) -> np.ndarray:
+    """``(c, n)`` pixels of a few small windows spread over ``arr``: each touches at most four chunks."""
+    _, h, w = arr.shape
+    ys = np.unique(np.linspace(0, max(h - _SAMPLE_WINDOW, 0), _SAMPLE_GRID).astype(int))
+    xs = np.unique(np.linspace(0, max(w - _SAMPLE_WINDOW, 0), _SAMPLE_GRID).astype(int))
+    windows = [arr[:, y : y + _SAMPLE_WINDOW, x : x + _SAMPLE_WINDOW] for y in ys for x in xs]
+    (values,) = da.compute(windows)
+    return np.concatenate([np.asarray(v).reshape(arr.shape[0], -1) for v in values], axis=1)
+
+
 def check_rgb(element: DataArray | DataTree, key: str) -> None:
     """Raise unless ``element`` is 8-bit RGB, or RGBA whose alpha channel is fully opaque.
 
-    The check reads only the coarsest pyramid level.
+    Channels and dtype come from the metadata of every level (:func:`check_pyramid`). The pixels read are a
+    few small windows; only when these are all one colour (or all opaque, for RGBA) is the coarsest level read
+    whole, to confirm. A pyramid built lazily from level 0 is sampled on level 0, so that the check does not
+    compute it.
     """
-    levels = image_levels(element)
+    levels = check_pyramid(element, key)
     arr = levels[-1].array
     nc = int(arr.shape[0])
     fix = f"Convert it with `stp.io.to_rgb(sdata, {key!r})`, which writes an 8-bit RGB copy."
     if arr.dtype != np.uint8:
         msg = f"Image {key!r} has dtype {arr.dtype}; stpredict reads 8-bit RGB H&E images. {fix}"
         raise ValueError(msg)
-    if nc == 4:
-        alpha = np.asarray(arr[3].compute())
-        if alpha.min() < 255:
-            frac = float((alpha < 255).mean())
-            msg = (
-                f"Image {key!r} is RGBA with transparency ({frac:.1%} of pixels are not opaque). "
-                f"stpredict reads RGB; an opaque alpha channel is dropped, a transparent one is not guessed. {fix}"
-            )
-            raise ValueError(msg)
-    elif nc != 3:
+    if nc not in (3, 4):
         kind = "greyscale" if nc == 1 else f"{nc}-channel"
         msg = f"Image {key!r} is {kind}; stpredict reads RGB H&E images (3 channels). {fix}"
         raise ValueError(msg)
-    rgb = np.asarray(arr[:3].compute())
+    sample = _sample(_pixel_level(levels))
+    if nc == 4:
+        sampled = sample[3].min() < 255
+        alpha = sample[3] if sampled else np.asarray(arr[3].compute()).ravel()
+        if alpha.min() < 255:
+            frac = float((alpha < 255).mean())
+            msg = (
+                f"Image {key!r} is RGBA with transparency ({frac:.1%} of {'sampled ' if sampled else ''}"
+                "pixels are not opaque). stpredict reads RGB; an opaque alpha channel is dropped, a transparent one "
+                f"is not guessed. {fix}"
+            )
+            raise ValueError(msg)
+    rgb = sample[:3]
+    if rgb.min() == rgb.max():  # one colour wherever sampled: read the coarsest level to be sure
+        rgb = np.asarray(arr[:3].compute())
     if rgb.min() == rgb.max():
         msg = (
             f"Image {key!r} is blank (every pixel is {int(rgb.min())}): nothing can be predicted from it. "

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from .models._base import SlideData
 
 __all__ = [
+    "LOG_LIKE_MAX",
     "MIN_SPOT_PX",
+    "check_count_values",
     "check_counts",
     "warn_coarse_image",
     "pick_key",
@@ -62,24 +64,90 @@ def table_region(table: AnnData) -> tuple[list[str], str, str]:
     return regions, attrs.get("region_key"), attrs.get("instance_key")
 
 
+#: Non-integer values that all stay under this look log-transformed, not counts: log1p of counts per 10,000
+#: stays under 10, log1p of counts per million under 14, while counts of real spots reach hundreds.
+LOG_LIKE_MAX = 30.0
+
+
+def check_count_values(X, where: str, *, fix: str) -> None:
+    """Raise unless ``X`` (array or sparse) holds finite, non-negative counts that do not look log-normalised.
+
+    Non-integer values larger than :data:`LOG_LIKE_MAX` are taken as counts (ambient-corrected counts are
+    not whole numbers) with a warning. ``where`` names the matrix in the messages, ``fix`` says how to pass
+    the raw counts instead.
+    """
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if not data.size:
+        return
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        msg = f"The {where} has dtype {data.dtype}; counts must be numbers. {fix}"
+        raise TypeError(msg)
+    finite = np.isfinite(data)
+    if not finite.all():
+        n = int((~finite).sum())
+        msg = f"The {where} has {n} NaN or infinite values; counts must be finite. Fill or drop them first."
+        raise ValueError(msg)
+    lo, hi = data.min(), data.max()
+    if lo < 0:
+        msg = f"The {where} has negative values (min {lo:g}); stpredict expects raw counts. {fix}"
+        raise ValueError(msg)
+    if not np.issubdtype(data.dtype, np.floating):
+        return
+    fractional = data != np.round(data)
+    if not fractional.any():
+        return
+    example = float(data[np.flatnonzero(fractional)[0]])
+    if hi <= LOG_LIKE_MAX:
+        msg = (
+            f"The {where} holds non-integer values no larger than {hi:.3g} (e.g. {example:.4g}): they look "
+            "log-normalised (e.g. by sc.pp.log1p), not counts. stpredict normalises and log-transforms raw counts "
+            f"itself, so fitting on these would transform them twice. {fix} If they really are counts that are not "
+            "whole numbers, round them (numpy.rint) into a layer and pass that layer."
+        )
+        raise ValueError(msg)
+    from ._logging import get_logger
+
+    get_logger(__name__).warning(
+        "The %s holds non-integer values (e.g. %.4g, max %.4g): taken as counts (e.g. ambient-corrected). If they "
+        "are normalised values, pass the raw counts instead.", where, example, hi,
+    )  # fmt: skip
+
+
 def check_counts(table: AnnData, table_key: str, *, layer: str | None = None) -> None:
-    """Raise unless the table holds finite, non-negative counts."""
+    """Raise unless the table holds finite, non-negative counts of distinctly named genes.
+
+    Non-integer values that look log-normalised are refused too (see :func:`check_count_values`).
+    """
+    if layer and layer not in table.layers:
+        msg = f"The table {table_key!r} has no layer {layer!r}; its layers: {_listing(table.layers)} (layer=None reads .X)."
+        raise KeyError(msg)
     X = table.layers[layer] if layer else table.X
     where = f"table {table_key!r}" + (f" layer {layer!r}" if layer else " .X")
     if X is None or table.n_obs == 0 or table.n_vars == 0:
         msg = f"The {where} is empty ({table.n_obs} observations × {table.n_vars} genes): nothing to fit on."
+        if table.n_vars == 0:
+            msg += (
+                " Fitting needs measured counts of at least one gene; an H&E-only slide (no genes) can only be "
+                "predicted, with a model fitted on another slide."
+            )
         raise ValueError(msg)
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if data.size and not np.all(np.isfinite(data)):
-        n = int((~np.isfinite(data)).sum())
-        msg = f"The {where} has {n} NaN or infinite values; counts must be finite. Fill or drop them first."
-        raise ValueError(msg)
-    if data.size and data.min() < 0:
+    dup = table.var_names[table.var_names.duplicated()]
+    if len(dup):
         msg = (
-            f"The {where} has negative values (min {data.min():g}); stpredict expects raw counts. "
-            "If it holds normalised values, pass the raw counts (layer=...)."
+            f"The table {table_key!r} names {len(dup)} genes more than once (e.g. {list(dup.unique()[:3])}): "
+            f"a gene must be one column. Merge the duplicates, or rename them with "
+            f"sdata.tables[{table_key!r}].var_names_make_unique()."
         )
         raise ValueError(msg)
+    others = [str(k) for k in table.layers if k != layer]
+    raw = [k for k in others if k.lower() in ("counts", "raw", "raw_counts", "umi", "umis")]
+    if raw:
+        fix = f"Pass the raw counts with layer={raw[0]!r} (a layer of this table)."
+    elif others:
+        fix = f"Pass the raw counts with layer=... (its layers: {_listing(others)}), or put them in .X."
+    else:
+        fix = "Pass the raw counts: put them in .X, or in a layer named by layer=..."
+    check_count_values(X, where, fix=fix)
 
 
 #: A spot narrower than this (pixels of the finest image level) shows colour, hardly any histology.

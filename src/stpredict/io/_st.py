@@ -75,6 +75,10 @@ def read_st(
     if array not in _ARRAY_PITCH_UM:
         msg = f"array must be '1k' or '2k', got {array!r}."
         raise ValueError(msg)
+    for what, source in (("counts", counts), ("spots", spots), ("image", image)):
+        if isinstance(source, str | Path) and not Path(source).is_file():
+            msg = f"The ST {what} file {str(source)!r} does not exist ({what}=...)."
+            raise FileNotFoundError(msg)
     if isinstance(counts, str | Path):
         if library_id is None:
             library_id = Path(counts).name.split(".")[0]

@@ -100,7 +100,16 @@ def to_rgb(
     if arr.dtype == np.uint8:
         scale = 1.0
     elif np.issubdtype(arr.dtype, np.floating):
-        mx = float(arr.max().compute())
+        # the maximum needs every pixel of level 0: count the non-finite ones in the same pass
+        mx, bad = da.compute(arr.max(), (~da.isfinite(arr)).sum())
+        if bad:
+            msg = (
+                f"Image {image_key!r} has {int(bad)} NaN or infinite pixels (of {arr.size} values in level 0): "
+                "they have no colour to convert. Fill them first (e.g. with the background: numpy.nan_to_num or "
+                "dask.array.nan_to_num with nan=1.0 for a white background in [0, 1]) and parse the image again."
+            )
+            raise ValueError(msg)
+        mx = float(mx)
         scale = 255.0 if mx <= 1.0 else 255.0 / mx
     else:
         scale = 255.0 / max(float(arr.max().compute()), 1.0)

@@ -36,6 +36,24 @@ def _decode_bytes(d: dict) -> None:
             d[k] = np.char.decode(v, errors="replace").astype(str)
 
 
+def _check_layout(path: Path, counts_file: str, fullres_image_file: str | Path | None, kwargs: dict) -> None:
+    """Raise, naming what is missing, unless ``path`` looks like Space Ranger's ``outs`` folder."""
+    hint = "pass the `outs` folder of a Space Ranger run (it holds the counts matrix and spatial/)."
+    names = sorted(p.name for p in path.iterdir())
+    if not any(n.endswith(counts_file) for n in names):  # spatialdata-io also reads "<library_id>_<counts_file>"
+        msg = (
+            f"Visium folder {str(path)!r} has no counts matrix {counts_file!r} (it holds {names[:8]}): {hint} "
+            "A matrix file of another name is passed as counts_file=..."
+        )
+        raise FileNotFoundError(msg)
+    if not (path / "spatial").is_dir() and not {"tissue_positions_file", "scalefactors_file"} & set(kwargs):
+        msg = f"Visium folder {str(path)!r} has no spatial/ folder (spot positions and scale factors): {hint}"
+        raise FileNotFoundError(msg)
+    if fullres_image_file is not None and not (path / fullres_image_file).exists():
+        msg = f"fullres_image_file {str(fullres_image_file)!r} does not exist (it is read relative to {str(path)!r})."
+        raise FileNotFoundError(msg)
+
+
 def read_visium(
     path: str | Path,
     *,
@@ -80,6 +98,7 @@ def read_visium(
     if not path.is_dir():
         msg = f"Visium folder {str(path)!r} does not exist."
         raise FileNotFoundError(msg)
+    _check_layout(path, counts_file, fullres_image_file, kwargs)
     dataset_id = dataset_id or path.name.replace(" ", "_") or "visium"
     sdata = spatialdata_io.visium(
         path, dataset_id=dataset_id, counts_file=counts_file, fullres_image_file=fullres_image_file, **kwargs

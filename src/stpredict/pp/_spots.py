@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,7 @@ def resolve_elements(
             msg = f"Several tables annotate the spots ({', '.join(map(repr, annotating))}): pass table_key=..."
             raise KeyError(msg)
         elif need_table:
+            _raise_dangling_tables(sdata)
             msg = (
                 "No table annotates a shapes element"
                 + (f" ({spots_key!r})" if spots_key else "")
@@ -196,6 +198,14 @@ def resolve_elements(
     spots_cs = set(_coordinate_systems(sdata.shapes[spots_key]))
     if image_key is None:
         candidates = [k for k, im in sdata.images.items() if spots_cs & set(_coordinate_systems(im))]
+        if not candidates and len(sdata.images):
+            listing = "; ".join(f"{k!r}: {_coordinate_systems(im)}" for k, im in sdata.images.items())
+            msg = (
+                f"No image shares a coordinate system with spots {spots_key!r} (spots: {sorted(spots_cs)}; "
+                f"images: {listing}). Add a transformation from the spots and the H&E to one coordinate system "
+                "(spatialdata.transformations.set_transformation)."
+            )
+            raise ValueError(msg)
         rgb = [k for k in candidates if _looks_rgb(sdata.images[k])]
         if rgb and len(rgb) < len(candidates):  # an H&E beside fluorescence (Xenium's DAPI): the H&E
             logger.info("Using the 8-bit RGB image(s) %s, not %s.", rgb, sorted(set(candidates) - set(rgb)))
@@ -224,6 +234,37 @@ def resolve_elements(
             )
             raise ValueError(msg)
     return image_key, spots_key, table_key
+
+
+def _check_unique(index: pd.Index, what: str, fix: str) -> None:
+    if index.is_unique:
+        return
+    dup = index[index.duplicated()]
+    msg = f"{what} repeats {len(dup)} ids (e.g. {dup.unique()[:3].tolist()}): {fix}."
+    raise ValueError(msg)
+
+
+def _raise_dangling_tables(sdata: SpatialData) -> None:
+    """Raise for a table annotating regions that are not elements of ``sdata`` (a misnamed region)."""
+    elements = set(sdata.shapes) | set(sdata.labels) | set(sdata.points)
+    for k, t in sdata.tables.items():
+        regions, _, _ = table_region(t)
+        missing = [r for r in regions if r not in elements]
+        if regions and len(missing) == len(regions):
+            close = difflib.get_close_matches(str(missing[0]), [str(e) for e in sdata.shapes], n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            msg = (
+                f"Table {k!r} annotates {_names(missing)}, which the SpatialData does not have (its shapes: "
+                f"{_names(sdata.shapes)}).{hint} Re-link the table to the spots: "
+                "spatialdata.models.TableModel.parse(table, region=<spots_key>, region_key=..., instance_key=...), "
+                "with the region column naming that element."
+            )
+            raise KeyError(msg)
+
+
+def _names(keys: Any) -> str:
+    keys = [str(k) for k in keys]
+    return ", ".join(repr(k) for k in keys) if keys else "none"
 
 
 def _looks_rgb(image: Any) -> bool:
@@ -279,8 +320,6 @@ def spots(
     )
     image = sdata.images[image_key]
     shapes = sdata.shapes[spots_key]
-    if check_image:
-        check_rgb(image, image_key)
     shared = sorted(set(_coordinate_systems(shapes)) & set(_coordinate_systems(image)))
     if coordinate_system is None:
         coordinate_system = "global" if "global" in shared else (shared[0] if shared else None)
@@ -289,11 +328,22 @@ def spots(
         raise ValueError(msg)
     a_shapes = _affine(shapes, coordinate_system)
     a_image = _affine(image, coordinate_system)
+    for what, key, a in (("spots", spots_key, a_shapes), ("image", image_key, a_image)):
+        det = float(np.linalg.det(a[:2, :2]))
+        if not np.isfinite(det) or abs(det) < 1e-12:
+            msg = (
+                f"The transformation of {what} {key!r} to {coordinate_system!r} is singular (it maps the {what} "
+                "onto a line or a point): check it for a Scale of 0, or set the right one with "
+                "spatialdata.transformations.set_transformation."
+            )
+            raise ValueError(msg)
     shapes_to_image = np.linalg.inv(a_image) @ a_shapes
+    det = float(np.linalg.det(shapes_to_image[:2, :2]))
 
+    index = shapes.index.to_numpy()
+    _check_unique(shapes.index, f"The index of spots {spots_key!r}", "each spot needs its own id")
     xy, diam = shape_centers(shapes)
     kind = shape_kind(shapes)
-    index = shapes.index.to_numpy()
     table = sdata.tables[table_key] if table_key is not None else None
     if table is not None:
         regions, region_key, instance_key = table_region(table)
@@ -306,6 +356,10 @@ def spots(
             msg = f"Table {table_key!r} has no rows annotating spots {spots_key!r}."
             raise ValueError(msg)
         inst = table.obs[instance_key].to_numpy()[rows]
+        _check_unique(
+            pd.Index(inst), f"Table {table_key!r} (column {instance_key!r})",
+            "each row must annotate its own spot: drop or merge the duplicate rows",
+        )  # fmt: skip
         pos = pd.Index(index).get_indexer(inst)
         if (pos < 0).any():
             missing = inst[pos < 0]
@@ -322,11 +376,35 @@ def spots(
         obs_names = pd.Index(index.astype(str))
     xy = xy[pos]
     centers = xy @ shapes_to_image[:2, :2].T + shapes_to_image[:2, 2]
-    lin_scale = float(np.sqrt(abs(np.linalg.det(shapes_to_image[:2, :2]))))
-    diameter = float(np.median(diam[pos])) * lin_scale
+    bad = ~np.isfinite(centers).all(axis=1)
+    if bad.any():
+        msg = (
+            f"{int(bad.sum())} of {len(centers)} spots of {spots_key!r} have no finite centre (NaN or infinite "
+            f"coordinates), e.g. {obs_names[np.flatnonzero(bad)[:3]].tolist()}: drop them or fix their coordinates."
+        )
+        raise ValueError(msg)
+    diam = diam[pos]
+    bad = ~(np.isfinite(diam) & (diam > 0))
+    if bad.any():
+        what, half = ("radius", 2.0) if kind == "circle" else ("size", 1.0)
+        values = [float(v) / half for v in diam[bad][:3]]
+        msg = (
+            f"{int(bad.sum())} of {len(diam)} spots of {spots_key!r} have a {what} that is zero, negative or not "
+            f"finite ({values}; spots {obs_names[np.flatnonzero(bad)[:3]].tolist()}): a spot must have a positive "
+            "size. Set the spots' radius column to their radius, in the shapes' own coordinates."
+        )
+        raise ValueError(msg)
+    lin_scale = float(np.sqrt(abs(det)))
+    diameter = float(np.median(diam)) * lin_scale
 
-    lvl0 = image_levels(image)[0]
-    h, w = lvl0.shape_yx
+    h, w = (int(v) for v in image_levels(image)[0].shape_yx)
+    if diameter > max(h, w):
+        msg = (
+            f"Spots {spots_key!r} are {diameter:.4g} px across, larger than image {image_key!r} ({w}×{h} px): "
+            "their radius is not in the shapes' coordinate units (a diameter or µm given for pixels?), or the "
+            "transformations of spots and image disagree. Set the radius column to the spots' radius."
+        )
+        raise ValueError(msg)
     outside = (centers[:, 0] < 0) | (centers[:, 0] > w) | (centers[:, 1] < 0) | (centers[:, 1] > h)
     if outside.any():
         msg = (
@@ -349,6 +427,8 @@ def spots(
         explicit=microns_per_pixel,
         image_key=image_key,
     )
+    if check_image:  # after the geometry: its checks read no pixel
+        check_rgb(image, image_key)
     from spatialdata.transformations import get_transformation
 
     return SpotGeometry(

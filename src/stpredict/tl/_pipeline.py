@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._image import image_levels
+from .._image import check_rgb, image_levels
 from .._logging import get_logger
 from .._validate import check_counts, warn_coarse_image
 from ..models._base import SlideData
@@ -71,12 +71,29 @@ def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool,
     )  # fmt: skip
     geo = resolve_spots(
         sdata, image_key=image_key, spots_key=spots_key, table_key=table_key,
-        microns_per_pixel=elements.microns_per_pixel,
+        microns_per_pixel=elements.microns_per_pixel, check_image=False,
     )  # fmt: skip
     if need_targets:
         table = sdata.tables[table_key]
         check_counts(table[geo.rows], table_key, layer=layer)
+    check_rgb(sdata.images[image_key], image_key)  # last: the only check that reads pixels
     return geo
+
+
+#: Fewest measured spots, over all training slides, that a model is fitted on (genes are chosen among those
+#: detected in at least 3 spots).
+MIN_TRAINING_SPOTS = 3
+
+
+def _check_enough_spots(geos: Sequence[SpotGeometry]) -> None:
+    n = sum(len(g.rows) for g in geos)
+    if n < MIN_TRAINING_SPOTS:
+        each = ", ".join(f"{g.spots_key!r}: {len(g.rows)}" for g in geos)
+        msg = (
+            f"Fitting needs at least {MIN_TRAINING_SPOTS} measured spots; the training slides have {n} ({each}). "
+            "Fit on a slide with more spots, or predict this one with a model fitted elsewhere."
+        )
+        raise ValueError(msg)
 
 
 def spot_kind(slide: SlideData) -> str:
@@ -287,6 +304,7 @@ def prepare_training(
     """
     sdatas = list(sdatas)
     geos = [spot_geometry(s, elements, need_targets=True, layer=layer) for s in sdatas]
+    _check_enough_spots(geos)
     tables = [(s.tables[g.table_key], g.rows) for s, g in zip(sdatas, geos, strict=True)]
     panel, how = select_genes(tables, genes, layer=layer, n_genes=n_genes)
     slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
