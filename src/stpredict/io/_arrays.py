@@ -57,6 +57,13 @@ def from_arrays(
     Returns
     -------
     A SpatialData with image ``"he"``, circles ``"spots"`` and table ``"table"``.
+
+    Raises
+    ------
+    ValueError
+        Before reading the image: no spot, a non-finite spot position, a spot diameter that is not a positive
+        number, repeated gene or spot names, or counts that are negative, not finite or look log-normalised
+        (non-integer values no larger than 30).
     """
     coords = np.asarray(coords, dtype=float)
     if coords.ndim != 2 or coords.shape[1] != 2:

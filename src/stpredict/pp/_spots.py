@@ -301,7 +301,8 @@ def spots(
         (``"global"`` when shared).
     {mpp}
     check_image
-        Check that the image is 8-bit RGB (reads its coarsest level only).
+        Check that the image is an 8-bit RGB pyramid and not blank (after the spots' checks; reads a few small
+        windows, and the coarsest level only when these are all one colour).
 
     Returns
     -------
