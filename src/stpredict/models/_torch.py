@@ -19,9 +19,44 @@ if TYPE_CHECKING:
 
     import torch
 
-__all__ = ["TrainLog", "fit_module", "module_state", "seed_everything", "split_validation", "load_module_state"]
+__all__ = [
+    "BUDGET_NAMES",
+    "TrainLog",
+    "check_budget",
+    "fit_module",
+    "load_module_state",
+    "module_state",
+    "resolve_budget",
+    "seed_everything",
+    "split_validation",
+]
 
 logger = get_logger(__name__)
+
+
+BUDGET_NAMES = ("auto", "cpu", "gpu")
+
+
+def check_budget(budget: str) -> str:
+    """``budget`` if it names a training budget, else a :class:`ValueError` naming the choices."""
+    if budget not in BUDGET_NAMES:
+        msg = f"budget must be one of {BUDGET_NAMES} ('auto': the GPU budget on CUDA, the CPU budget otherwise), got {budget!r}."
+        raise ValueError(msg)
+    return budget
+
+
+def resolve_budget(config: dict[str, Any], budgets: dict[str, dict[str, Any]], device: Any) -> dict[str, Any]:
+    """The training settings of ``config["budget"]`` on ``device``, with the predictor's explicit settings winning.
+
+    ``"auto"`` takes ``budgets["gpu"]`` on a CUDA device and ``budgets["cpu"]`` otherwise. Each key of the
+    chosen budget is replaced by ``config[key]`` where that is not ``None``. The result names the budget
+    (``"budget"``) and is what the predictor records in :attr:`~stpredict.models.Predictor.training`.
+    """
+    b = check_budget(config["budget"])
+    name = ("gpu" if getattr(device, "type", str(device)) == "cuda" else "cpu") if b == "auto" else b
+    out: dict[str, Any] = {"budget": name, **budgets[name]}
+    out.update({k: config[k] for k in budgets[name] if config.get(k) is not None})
+    return out
 
 
 def seed_everything(seed: int | None) -> int:

@@ -25,7 +25,10 @@ Deviations (each documented, none changes the method's intent)
        whatever the scan resolution is.
     4. *Training.* Instead of a fixed 1000 epochs: AdamW (weight decay), a spatially blocked validation split
        of the training spots for early stopping (best weights restored), mini-batches of queries (memory
-       bounded by the batch, not the slide), seeds, autocast on CUDA.
+       bounded by the batch, not the slide), seeds, autocast on CUDA. Two budgets (``budget=``): on the
+       **CPU** at most 150 epochs with a patience of 10, on **CUDA** 300 and 25. On the 379-spot mob demo
+       the best validation epoch of a fit lies between 5 and 41, and the CPU budget gives the same
+       out-of-fold accuracy (mean per-gene Pearson 0.526 vs 0.524) from 0.57x the epochs.
     5. *Input projection.* Features are standardised and projected to ``dim`` (the released model uses the
        1024-d UNI features directly), so that any backbone fits.
     6. *Uncertainty.* ``n_models`` independently seeded fits; the mean is the prediction and their standard
@@ -46,7 +49,15 @@ from scipy.spatial import cKDTree
 
 from .._logging import get_logger
 from ._base import Predictor, register_predictor
-from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
+from ._torch import (
+    check_budget,
+    fit_module,
+    load_module_state,
+    module_state,
+    resolve_budget,
+    seed_everything,
+    split_validation,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,6 +71,9 @@ __all__ = ["HisToSGE"]
 logger = get_logger(__name__)
 
 WAVELENGTHS_UM = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)
+
+#: epochs and early-stopping patience of each budget (module docstring, deviation 4)
+BUDGETS = {"cpu": {"max_epochs": 150, "patience": 10}, "gpu": {"max_epochs": 300, "patience": 25}}
 
 
 def _build_net(d_in: int, n_genes: int, cfg: dict[str, Any]) -> torch.nn.Module:
@@ -166,10 +180,13 @@ class HisToSGE(Predictor):
         AdamW settings.
     batch_size
         Queries per optimisation step.
+    budget
+        ``"auto"`` (the GPU budget on CUDA, the CPU budget otherwise), ``"cpu"`` or ``"gpu"``: epochs and
+        patience (module docstring, deviation 4). The one used is recorded in ``training["budget"]``.
     max_epochs
-        Upper bound on epochs (``fit(max_epochs=...)`` overrides it).
+        Upper bound on epochs (``None``: from the budget; ``fit(max_epochs=...)`` overrides both).
     patience
-        Epochs without validation improvement before stopping.
+        Epochs without validation improvement before stopping (``None``: from the budget).
     val_fraction
         Share of training spots (in spatial blocks) held out for early stopping.
     """
@@ -193,15 +210,18 @@ class HisToSGE(Predictor):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         batch_size: int = 128,
-        max_epochs: int = 300,
-        patience: int = 25,
+        budget: str = "auto",
+        max_epochs: int | None = None,
+        patience: int | None = None,
         val_fraction: float = 0.1,
     ) -> None:
+        check_budget(budget)
         super().__init__(
             n_neighbors=int(n_neighbors), dim=int(dim), depth=int(depth), heads=int(heads), dim_head=int(dim_head),
             head_hidden=int(head_hidden), dropout=float(dropout), n_models=int(n_models), lr=float(lr),
-            weight_decay=float(weight_decay), batch_size=int(batch_size), max_epochs=int(max_epochs),
-            patience=int(patience), val_fraction=float(val_fraction),
+            weight_decay=float(weight_decay), batch_size=int(batch_size), budget=budget,
+            max_epochs=None if max_epochs is None else int(max_epochs),
+            patience=None if patience is None else int(patience), val_fraction=float(val_fraction),
         )  # fmt: skip
         self._nets: list[Any] = []
         self._mu: np.ndarray | None = None
@@ -256,7 +276,10 @@ class HisToSGE(Predictor):
         self._mu, self._sd = X.mean(0), X.std(0)
         self._sd[self._sd < 1e-8] = 1.0
         seed = seed_everything(seed)
-        epochs = int(max_epochs if max_epochs is not None else cfg["max_epochs"])
+        budget = resolve_budget(cfg, BUDGETS, dev)
+        if max_epochs is not None:
+            budget["max_epochs"] = int(max_epochs)
+        epochs = int(budget["max_epochs"])
         # per slide: train/validation spots (spatial blocks), context indices among training spots
         parts = []
         for si, s in enumerate(slides):
@@ -298,7 +321,7 @@ class HisToSGE(Predictor):
                 loss_fn,
                 val_batches=(lambda: batches(None, "val")) if has_val else None,
                 max_epochs=epochs,
-                patience=cfg["patience"],
+                patience=int(budget["patience"]),
                 lr=cfg["lr"],
                 weight_decay=cfg["weight_decay"],
                 device=dev,
@@ -310,7 +333,7 @@ class HisToSGE(Predictor):
             logs.append(log.as_dict())
         self.genes = list(genes)
         self._arch = np.array([X.shape[1], len(genes), cfg["n_models"]], dtype=np.int64)
-        self.training = {"n_spots": int(n_train), "seed": seed, "max_epochs": epochs, "members": logs}
+        self.training = {"n_spots": int(n_train), "seed": seed, "max_epochs": epochs, "budget": budget, "members": logs}
         return self
 
     def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray]:

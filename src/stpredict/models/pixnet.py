@@ -43,7 +43,15 @@ from ..pp._aggregate import region_masks
 from ._base import Predictor, register_predictor
 from ._pixnet_maps import region_means, stitched_map
 from ._pixnet_net import build_network, dihedral, normalise
-from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
+from ._torch import (
+    check_budget,
+    fit_module,
+    load_module_state,
+    module_state,
+    resolve_budget,
+    seed_everything,
+    split_validation,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -114,9 +122,7 @@ class PixNet(Predictor):
         patience: int = 4,
         val_fraction: float = 0.1,
     ) -> None:
-        if budget not in ("auto", "cpu", "gpu"):
-            msg = f"budget must be 'auto', 'cpu' or 'gpu', got {budget!r}."
-            raise ValueError(msg)
+        check_budget(budget)
         super().__init__(
             encoder=encoder, weights=None if weights is None else str(weights), budget=budget,
             input_mpp=input_mpp, out_stride=int(out_stride), tile_um=float(tile_um), channels=int(channels),
@@ -127,12 +133,7 @@ class PixNet(Predictor):
 
     # -- geometry ------------------------------------------------------------------------------------
     def _resolve(self, dev: Any) -> dict[str, Any]:
-        b = self.config["budget"]
-        name = ("gpu" if dev.type == "cuda" else "cpu") if b == "auto" else b
-        r = dict(BUDGETS[name], budget=name)
-        for k in ("input_mpp", "max_epochs", "batch_size"):
-            if self.config[k] is not None:
-                r[k] = self.config[k]
+        r = resolve_budget(self.config, BUDGETS, dev)
         mpp = float(r["input_mpp"])
         stride = self.config["out_stride"]
         map_um = mpp * stride

@@ -27,7 +27,15 @@ import numpy as np
 
 from .._logging import get_logger
 from ._base import Predictor, register_predictor
-from ._torch import fit_module, load_module_state, module_state, seed_everything, split_validation
+from ._torch import (
+    check_budget,
+    fit_module,
+    load_module_state,
+    module_state,
+    resolve_budget,
+    seed_everything,
+    split_validation,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,9 +109,7 @@ class STNet(Predictor):
         patience: int = 5,
         val_fraction: float = 0.1,
     ) -> None:
-        if budget not in ("auto", "cpu", "gpu"):
-            msg = f"budget must be 'auto', 'cpu' or 'gpu', got {budget!r}."
-            raise ValueError(msg)
+        check_budget(budget)
         super().__init__(
             trunk=trunk, weights=None if weights is None else str(weights), budget=budget,
             patch_size_um=float(patch_size_um), patch_px=patch_px, max_epochs=max_epochs, batch_size=batch_size,
@@ -114,13 +120,8 @@ class STNet(Predictor):
         self._resolved: dict[str, Any] = {}
 
     def _resolve(self, dev: Any) -> dict[str, Any]:
-        b = self.config["budget"]
-        name = ("gpu" if dev.type == "cuda" else "cpu") if b == "auto" else b
-        out = dict(BUDGETS[name], budget=name)
-        for k in ("patch_px", "max_epochs", "batch_size"):
-            if self.config[k] is not None:
-                out[k] = int(self.config[k])
-        return out
+        out = resolve_budget(self.config, BUDGETS, dev)
+        return {k: v if k == "budget" else int(v) for k, v in out.items()}
 
     def _build(self, n_genes: int, *, load: bool) -> torch.nn.Module:
         import timm

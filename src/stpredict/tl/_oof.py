@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ def cross_fit(
     n_folds: int,
     max_epochs: int | None,
     seed: int | None,
+    trainings: list[dict[str, Any]] | None = None,
     **train_kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, float]:
     """``(mean, std, folds, block_um)``: each spot predicted by a copy of ``predictor`` fitted without its block.
@@ -34,7 +36,8 @@ def cross_fit(
     The spots are split into ``n_folds`` spatial blocks (:func:`stpredict.pp.spatial_folds`); for each, a fresh
     copy is trained on the other blocks and predicts the held-out ones, with the training spots as context.
     ``std`` is ``None`` when the predictor gives none. ``train_kwargs`` go to every fit (``genes``,
-    ``preprocessing``).
+    ``preprocessing``); each fit's :attr:`~stpredict.models.Predictor.training` record is appended to
+    ``trainings`` when given.
     """
     from tqdm.auto import tqdm
 
@@ -51,7 +54,10 @@ def cross_fit(
             continue
         p = fresh_copy(predictor)
         ctx = slide.subset(train_idx)
+        t0 = time.perf_counter()
         train(p, inputs, run, slides=[ctx], max_epochs=max_epochs, seed=seed, **train_kwargs)
+        if trainings is not None:
+            trainings.append({**p.training, "fit_seconds": round(time.perf_counter() - t0, 3)})
         held = slide.subset(test)
         regions = Regions(held.centers_px, spot_kind(slide), slide.spot_diameter_um, "spots", held.embeddings)
         m, s = p.predict(ctx, regions)
