@@ -48,25 +48,42 @@ def bin_grid_name(bin_size: float) -> str:
 
 
 def parse_grid_name(grid: str) -> tuple[str, float]:
-    """Split a grid name into its kind and parameter.
+    """Split a grid name into its kind and parameter (case-insensitive).
 
     Returns ``("ps", factor)`` with factor 2 (ps4) or 4 (ps16), or ``("bin", size_um)``.
     """
-    g = _GRID_ALIASES.get(grid, grid)
+    if not isinstance(grid, str):
+        msg = f"grid must be a grid name such as 'ps4', 'ps16' or 'bin8um', got {grid!r} of type {type(grid).__name__}."
+        raise TypeError(msg)
+    low = grid.strip().lower()
+    g = _GRID_ALIASES.get(low, low)
     if g == "ps4":
         return "ps", 2.0
     if g == "ps16":
         return "ps", 4.0
-    m = re.fullmatch(r"bin(\d+(?:\.\d+)?)(?:um)?", g)
-    if m:
+    m = re.fullmatch(r"bin(\d+(?:\.\d+)?(?:e[+-]?\d+)?)(?:um|µm)?", g)
+    if m and float(m.group(1)) > 0:
         return "bin", float(m.group(1))
-    msg = f"Unknown grid {grid!r}: use 'ps4' (alias 'pseudospot4'), 'ps16' ('pseudospot16') or 'bin<N>um' / bin_size=N (superresolve also takes grid='cells' with shapes_key=...)."
+    if g.startswith("bin"):
+        msg = (
+            f"Grid {grid!r}: a bin grid is 'bin<N>um' with N a positive number of µm (e.g. 'bin8um'), or pass "
+            "bin_size=N."
+        )
+        raise ValueError(msg)
+    from ._args import close_matches
+
+    close = close_matches(grid, ["ps4", "ps16", "pseudospot4", "pseudospot16", "cells", "bin8um"], n=2, cutoff=0.5)
+    hint = (" Did you mean " + " or ".join(f"grid={c!r}" for c in close) + "?") if close else ""
+    msg = (
+        f"Unknown grid {grid!r}.{hint} Use 'ps4' (alias 'pseudospot4'), 'ps16' ('pseudospot16') or 'bin<N>um' / "
+        "bin_size=N (superresolve also takes grid='cells' with shapes_key=...)."
+    )
     raise ValueError(msg)
 
 
 def canonical_grid_name(grid: str) -> str:
     """The canonical name of a grid (``pseudospot4`` -> ``ps4``, ``bin8`` -> ``bin8um``; ``cells`` stays)."""
-    if grid == "cells":
+    if isinstance(grid, str) and grid.strip().lower() == "cells":
         return "cells"
     kind, value = parse_grid_name(grid)
     if kind == "ps":

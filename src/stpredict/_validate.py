@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,7 +40,9 @@ def pick_key(sdata: SpatialData, kind: str, key: str | None, *, candidates: list
     arg = {"images": "image_key", "shapes": "spots_key", "tables": "table_key"}.get(kind, f"{kind}_key")
     if key is not None:
         if key not in elements:
-            close = difflib.get_close_matches(str(key), [str(k) for k in elements], n=1, cutoff=0.6)
+            from ._args import close_matches  # case-insensitive: "HE" finds "he"
+
+            close = close_matches(key, elements, n=1)
             hint = f" Did you mean {arg}={close[0]!r}?" if close else ""
             msg = f"No {kind[:-1]} element {key!r} in the SpatialData; it has {kind}: {_listing(elements)}.{hint}"
             raise KeyError(msg)

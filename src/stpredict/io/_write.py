@@ -89,7 +89,11 @@ def write_back(
         wanted = [elements] if isinstance(elements, str) else list(elements)
         missing = [n for n in wanted if n not in in_memory]
         if missing:
-            msg = f"Elements {missing} are not in this SpatialData; it holds {sorted(in_memory)}."
+            from .._args import close_matches
+
+            close = {n: close_matches(n, in_memory, n=1) for n in missing}
+            hint = "".join(f" Did you mean {c[0]!r} for {n!r}?" for n, c in close.items() if c)
+            msg = f"Elements {missing} are not in this SpatialData; it holds {sorted(in_memory)}.{hint}"
             raise KeyError(msg)
     if not _plan(sdata, store, in_memory, elements, elements_on_disk(store))[0]:
         return []

@@ -84,7 +84,24 @@ def _what_is(path: Path) -> str:
         n = int.from_bytes(head[:8], "little")
         if n + 8 > size:
             return f"a truncated file ({size} bytes; its header alone announces {n + 8})"
+        end = _data_end(path, n)
+        if end is not None and n + 8 + end > size:
+            return f"a truncated file ({size} bytes; its header announces tensors up to byte {n + 8 + end})"
     return f"not a safetensors file ({size} bytes)"
+
+
+def _data_end(path: Path, n: int) -> int | None:
+    """The end of the tensor data a safetensors header of ``n`` bytes announces (``None``: not such a header)."""
+    if n > 100_000_000:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return max(ends, default=0)
 
 
 def _safetensors_error(path: Path, e: Exception) -> CheckpointError:

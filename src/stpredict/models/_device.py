@@ -11,7 +11,7 @@ from .._settings import settings
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["autocast", "loader_kwargs", "resolve_device"]
+__all__ = ["autocast", "check_device", "loader_kwargs", "parse_device", "resolve_device"]
 
 logger = get_logger(__name__)
 
@@ -22,18 +22,74 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
     dev = settings.device if device is None else device
     if isinstance(dev, torch.device):
-        return dev
-    if dev == "auto":
+        out = dev
+    elif dev == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    out = torch.device(dev)
-    if out.type == "cuda" and not torch.cuda.is_available():
-        msg = f"device={dev!r} was asked for but CUDA is not available here; use device='cpu' or 'auto'."
-        raise RuntimeError(msg)
+    else:
+        out = parse_device(dev)
+    _check_available(out, dev)
     return out
+
+
+_VALID = "'cpu', 'cuda', 'cuda:<index>', 'mps', 'auto', or None for stp.settings.device"
+
+
+def parse_device(device: Any) -> torch.device:
+    """The :class:`torch.device` a ``device=`` argument names; a clear error for a malformed one."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cpu")  # a valid name; resolved per machine by resolve_device
+    if not isinstance(device, str | int) or isinstance(device, bool):
+        msg = f"device must be one of {_VALID}, got {device!r} of type {type(device).__name__}."
+        raise ValueError(msg)
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        import difflib
+
+        kind = str(device).split(":", 1)[0].lower()
+        close = ["cuda"] if kind.startswith("gpu") else []
+        close = close or difflib.get_close_matches(kind, ["cpu", "cuda", "mps", "auto"], n=2, cutoff=0.5)
+        hint = (" Did you mean " + " or ".join(f"device={c!r}" for c in close) + "?") if close else ""
+        msg = f"device={device!r} is not a device name: use {_VALID}.{hint}"
+        raise ValueError(msg) from None
+
+
+def _check_available(out: torch.device, asked: Any) -> None:
+    import torch
+
+    if out.type == "cuda":
+        if not torch.cuda.is_available():
+            msg = f"device={asked!r} was asked for but CUDA is not available here; use device='cpu' or 'auto'."
+            raise RuntimeError(msg)
+        n = torch.cuda.device_count()
+        if out.index is not None and out.index >= n:
+            msg = (
+                f"device={asked!r}: this machine has {n} CUDA device(s), numbered 0 to {n - 1}; use one of them, "
+                "or device='cuda'."
+            )
+            raise RuntimeError(msg)
+    if out.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        msg = f"device={asked!r} was asked for but Apple's MPS is not available here; use device='cpu' or 'auto'."
+        raise RuntimeError(msg)
+
+
+def check_device(device: Any, *, here: bool = True) -> None:
+    """Refuse a malformed ``device=`` and, with ``here``, one this machine lacks (no CUDA, no such GPU index)."""
+    if device is None:
+        return
+    dev = parse_device(device)
+    if here and device != "auto":
+        _check_available(dev, device)
 
 
 def autocast(device: torch.device, *, enabled: bool | None = None) -> contextlib.AbstractContextManager[Any]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .._args import check_length
 from .._docs import doc_params
 from .._keys import canonical_grid_name, parse_grid_name
 from .._logging import get_logger
@@ -116,6 +117,7 @@ def make_grid(
         (see :func:`fit_lattice`); for bins, if a bin is narrower than 2 image pixels.
     """
     if bin_size is not None:
+        check_length("bin_size", bin_size, hint=" Bins are squares of bin_size µm, e.g. bin_size=8.")
         grid = canonical_grid_name(f"bin{float(bin_size):g}um")
     kind, value = parse_grid_name(grid)
     name = canonical_grid_name(grid)
@@ -171,6 +173,14 @@ def make_grid(
         is_measured = np.zeros(len(pts), dtype=bool)
         size = side_px
         size_um = side_um
+        if len(pts) == 0:
+            span = (geo.centers.max(0) - geo.centers.min(0)) * mpp
+            msg = (
+                f"Bins of {side_um:g} µm leave no bin whose centre lies within {reach * mpp.mean():.3g} µm of a "
+                f"measured spot{' on tissue' if mask is not None else ''} (the spots span {span[0]:.0f} × "
+                f"{span[1]:.0f} µm): use a bin_size well below that, e.g. bin_size=8 (or tissue=False)."
+            )
+            raise ValueError(msg)
     order = np.lexsort((pts[:, 0], pts[:, 1]))
     return GridPoints(
         name=name,

@@ -11,6 +11,7 @@ from .._keys import UNS_KEY, embedding_key
 from .._logging import get_logger
 from .._records import uns_safe
 from .._version import __version__
+from ._commit import Staged
 from ._dense import DenseMaps, check_dense
 from ._embedding_loop import compute_embeddings
 
@@ -119,12 +120,22 @@ class EmbeddingCache:
 
         Returns the tables written.
         """
+        staged = Staged()
+        written = self.stage(staged)
+        staged.apply()
+        return written
+
+    def stage(self, staged: Staged) -> list[AnnData]:
+        """Stage the computed embeddings' writes into ``staged`` (see :meth:`commit`); returns their tables.
+
+        The pending list is emptied: a verb stages them with its own results and applies all at once.
+        """
         written = []
         for table, geo, emb, rec in self._pending:
             full = np.full((table.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
             full[geo.rows] = emb
-            table.obsm[self.key] = full
-            table.uns.setdefault(UNS_KEY, {}).setdefault("embeddings", {})[self.key] = uns_safe(rec)
+            staged.set(table.obsm, self.key, full)
+            staged.set_in(table.uns, (UNS_KEY, "embeddings", self.key), uns_safe(rec))
             written.append(table)
         self._pending.clear()
         return written

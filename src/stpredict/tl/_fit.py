@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._args import check_genes_arg, check_length, check_max_epochs, check_seed
 from .._docs import doc_params
 from .._logging import get_logger
 from ._cohort_run import check_slides, open_store, persist
@@ -82,7 +83,8 @@ def embed(
     """
     from ..models.backbones import get_backbone
 
-    run = Compute(device, batch_size, num_workers, progress, dense)
+    check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
+    run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     bb = get_backbone(backbone, weights=weights)
     t0 = time.perf_counter()
@@ -183,12 +185,16 @@ def fit(
     >>> len(pred.genes)
     5
     """
+    check_seed(seed)
+    check_max_epochs(max_epochs)
+    check_genes_arg(genes, n_genes)
+    check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     items = check_slides(sdata)
     predictor, fitted = resolve_model(model, model_kwargs)
     if fitted:
         msg = "fit() takes a model name or an unfitted predictor; this one is already fitted."
         raise ValueError(msg)
-    run = Compute(device, batch_size, num_workers, progress, dense)
+    run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     stores = [it for it in items if isinstance(it, str)]

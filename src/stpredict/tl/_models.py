@@ -41,7 +41,9 @@ def resolve_model(model: Any, model_kwargs: dict[str, Any]) -> tuple[Predictor, 
     if isinstance(model, str | Path):
         path = Path(model)
         saved = path.with_name(path.name + ".safetensors")  # what Predictor.save("dir/nsl") writes
-        if str(model).endswith(".safetensors") or (path.suffix and path.exists()) or saved.is_file():
+        text = str(model)
+        looks_like_path = isinstance(model, Path) or "/" in text or "\\" in text or text.endswith(".safetensors")
+        if looks_like_path or (path.suffix and path.exists()) or saved.is_file():
             if model_kwargs:
                 msg = f"Options {sorted(model_kwargs)} cannot change a saved checkpoint."
                 raise TypeError(msg)

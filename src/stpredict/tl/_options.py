@@ -58,3 +58,17 @@ class Compute:
         if self.dense is not None and not isinstance(self.dense, bool | np.bool_):
             msg = f"dense must be True, False or None (the cheaper path), got {self.dense!r}."
             raise ValueError(msg)
+        if self.device is not None:
+            from ..models._device import parse_device
+
+            parse_device(self.device)  # a malformed name; whether this machine has it: check_here
+
+    def check_here(self) -> Compute:
+        """Refuse a device this machine lacks (no CUDA, no such GPU index) before any work; returns ``self``.
+
+        Verbs that run here call it; work sent to other machines (dask workers) checks the name only.
+        """
+        from ..models._device import check_device
+
+        check_device(self.device)
+        return self

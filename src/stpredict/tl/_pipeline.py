@@ -20,12 +20,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._args import check_embedding_key, check_layer
 from .._image import check_rgb, image_levels
 from .._logging import get_logger
 from .._validate import check_counts, warn_coarse_image
 from ..models._base import SlideData
 from ..pp._spots import resolve_elements
 from ..pp._spots import spots as resolve_spots
+from ._commit import Staged
 from ._embeddings import EmbeddingCache
 from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._options import Compute, Elements
@@ -52,6 +54,7 @@ __all__ = [
     "prepare_prediction",
     "prepare_slides",
     "prepare_training",
+    "require_measured",
     "slide_data",
     "spot_geometry",
     "spot_kind",
@@ -73,6 +76,8 @@ def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool,
         sdata, image_key=image_key, spots_key=spots_key, table_key=table_key,
         microns_per_pixel=elements.microns_per_pixel, check_image=False,
     )  # fmt: skip
+    if table_key is not None:
+        check_layer(sdata.tables[table_key], table_key, layer)
     if need_targets:
         table = sdata.tables[table_key]
         check_counts(table[geo.rows], table_key, layer=layer)
@@ -94,6 +99,22 @@ def _check_enough_spots(geos: Sequence[SpotGeometry]) -> None:
             "Fit on a slide with more spots, or predict this one with a model fitted elsewhere."
         )
         raise ValueError(msg)
+
+
+def require_measured(sdata: SpatialData, elements: Elements, *, verb: str, model: Any) -> None:
+    """A model given by name is fitted on the slide's counts: refuse an H&E-only slide, saying what to pass."""
+    _, spots_key, table_key = resolve_elements(
+        sdata, image_key=elements.image_key, spots_key=elements.spots_key, table_key=elements.table_key
+    )
+    if table_key is not None:
+        return
+    msg = (
+        f"stp.tl.{verb}(sdata, {model!r}) fits {model!r} on this slide's measured counts, and no table of counts "
+        f"annotates its spots {spots_key!r} (tables: {list(sdata.tables) or 'none'}): an H&E-only slide needs a "
+        f"fitted model. Fit one on a measured slide, model = stp.tl.fit(measured, {model!r}), and pass it (or the "
+        f"path of its checkpoint): stp.tl.{verb}(sdata, model)."
+    )
+    raise ValueError(msg)
 
 
 def spot_kind(slide: SlideData) -> str:
@@ -266,7 +287,14 @@ class Inputs:
 
         Returns the positions of the slides whose tables were written.
         """
-        written = self.cache.commit() if self.cache is not None else []
+        staged = Staged()
+        written = self.stage(staged)
+        staged.apply()
+        return written
+
+    def stage(self, staged: Staged) -> list[int]:
+        """Stage the computed embeddings' writes into ``staged`` (see :meth:`commit`)."""
+        written = self.cache.stage(staged) if self.cache is not None else []
         return [i for i in range(len(self.sdatas)) if any(self.table(i) is t for t in written)]
 
 
@@ -410,6 +438,8 @@ def embed_slide(
         msg = "There is no table to write embeddings into; use inplace=False to get the array."
         raise ValueError(msg)
     cache = EmbeddingCache(backbone, patch_um, key=key_added)
+    if inplace:
+        check_embedding_key(table, geo.table_key, cache.key)
     logger.info("embed: %d spots, backbone %s, %g µm windows.", geo.n_spots, backbone.name, patch_um)
     emb = cache.spots(table, geo, image_levels(sdata.images[geo.image_key]), run)
     return emb, cache, geo

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._args import check_genes_arg, check_length, check_max_epochs, check_oof_folds, check_predict_key, check_seed
 from .._docs import doc_params
 from .._keys import LAYER_PREDICTED, UNS_KEY
 from .._logging import get_logger
@@ -15,9 +16,10 @@ from .._records import uns_safe
 from .._version import __version__
 from ..models._base import Regions
 from ..models._checkpoint import digest
+from ._commit import Staged
 from ._models import resolve_model, slide_fingerprint
 from ._oof import cross_fit
-from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, spot_kind
+from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, require_measured, spot_kind
 from ._targets import OUTPUT_SPACE
 from ._transfer import Transfer
 
@@ -32,6 +34,21 @@ if TYPE_CHECKING:
 __all__ = ["predict"]
 
 logger = get_logger(__name__)
+
+#: the table ``predict`` creates on a slide without one (H&E only)
+PREDICTIONS_TABLE = "predictions"
+
+
+def check_new_table(sdata: SpatialData, table: AnnData | None) -> None:
+    """On an H&E-only slide, the new table may replace only predictions an earlier ``predict`` wrote."""
+    if table is not None or PREDICTIONS_TABLE not in sdata.tables:
+        return
+    if UNS_KEY not in sdata.tables[PREDICTIONS_TABLE].uns:
+        msg = (
+            f"This slide has no table of counts, so predict writes a new table {PREDICTIONS_TABLE!r}, and the "
+            f"SpatialData already has a table {PREDICTIONS_TABLE!r} that predict did not write: rename it first."
+        )
+        raise ValueError(msg)
 
 
 @doc_params()
@@ -131,24 +148,26 @@ def predict(
     >>> sdata.tables["table"].layers["predicted"].shape
     (20, 5)
     """
+    check_seed(seed)
+    check_max_epochs(max_epochs)
+    check_genes_arg(genes, n_genes)
+    check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     predictor, fitted = resolve_model(model, model_kwargs)
-    run = Compute(device, batch_size, num_workers, progress, dense)
+    run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"model": predictor.name, "config": predictor.config}
     if not fitted:
-        if oof_folds < 2:
-            msg = f"oof_folds must be at least 2 (got {oof_folds}): in-sample predictions of measured spots are not offered."
-            raise ValueError(msg)
+        check_oof_folds(oof_folds)
+        require_measured(sdata, elements, verb="predict", model=predictor.name)
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
             patch_size_um=patch_size_um, elements=elements, layer=layer,
             transfer=Transfer(stain, feature_norm, stain_augment),
         )  # fmt: skip
         slide = inputs.slides[0]
-        if slide.n < 2 * oof_folds:
-            msg = f"{slide.n} measured spots are too few for {oof_folds}-fold cross-fitting."
-            raise ValueError(msg)
+        check_oof_folds(oof_folds, slide.n)
+        check_predict_key(inputs.table(0), inputs.geos[0].table_key, key_added, layer=layer)
         logger.info(
             "predict: %s, %d spots, %d genes, %d-fold spatially blocked cross-fitting.",
             predictor.name,
@@ -179,6 +198,8 @@ def predict(
             elements=elements, layer=layer, stain=stain, feature_norm=feature_norm, stain_augment=stain_augment,
         )  # fmt: skip
         slide = inputs.slides[0]
+        check_predict_key(inputs.table(0), inputs.geos[0].table_key, key_added, layer=layer)
+        check_new_table(sdata, inputs.table(0))
         # context for predictors that attend over the measured spots
         slide.embeddings = inputs.spot_embeddings(0, run)
         regions = Regions(slide.centers_px, spot_kind(slide), slide.spot_diameter_um, "spots", slide.embeddings)
@@ -214,6 +235,7 @@ def predict(
         }
     )
     geo = inputs.geos[0]
+    staged = Staged()
     out = _write_table(
         sdata,
         geo,
@@ -223,9 +245,12 @@ def predict(
         record=record,
         key_added=key_added,
         inplace=inplace,
+        staged=staged,
     )
     if inplace and not fitted:
-        inputs.commit()
+        inputs.stage(staged)
+    # everything is built: the one step that changes sdata (undone whole if interrupted)
+    staged.apply()
     logger.info("predict: done in %.1f s.", time.perf_counter() - t0)
     return out
 
@@ -240,8 +265,12 @@ def _write_table(
     record: dict[str, Any],
     key_added: str,
     inplace: bool,
+    staged: Staged,
 ) -> AnnData | None:
-    """Write per-spot predictions into the spots table (or a new table on an H&E-only slide)."""
+    """Stage per-spot predictions into the spots table (or a new table on an H&E-only slide) in ``staged``.
+
+    Nothing is written until ``staged.apply()``. With ``inplace=False`` the new or copied table is returned.
+    """
     import anndata as ad
 
     table_key = geo.table_key
@@ -264,9 +293,9 @@ def _write_table(
         adata = TableModel.parse(adata, region=geo.spots_key, region_key="region", instance_key="instance_id")
         if not inplace:
             return adata
-        name = "predictions" if table_key is None else table_key
-        sdata.tables[name] = adata
-        logger.info("Added table %r (X = predictions) annotating %r.", name, geo.spots_key)
+        name = PREDICTIONS_TABLE if table_key is None else table_key
+        staged.set(sdata.tables, name, adata)
+        logger.info("Adding table %r (X = predictions) annotating %r.", name, geo.spots_key)
         return None
     table = sdata.tables[table_key]
     target = table.copy() if not inplace else table
@@ -281,16 +310,25 @@ def _write_table(
         layers[f"{key_added}_std"] = full_s
     panel = pd.DataFrame(np.nan, index=target.obs_names, columns=pd.Index(genes), dtype=np.float32)
     panel.iloc[geo.rows] = mean
-    # all checks passed and everything computed: write
-    for k, v in layers.items():
-        target.layers[k] = v
-    if std is None and f"{key_added}_std" in target.layers:
-        del target.layers[f"{key_added}_std"]
+    # all checks passed and everything computed: stage the writes (applied together by the caller)
     flag = np.zeros(target.n_vars, dtype=bool)
     flag[col[present]] = True
-    target.var[key_added] = flag
-    target.obsm[key_added] = panel
-    target.uns.setdefault(UNS_KEY, {})[key_added] = record
+    if not inplace:
+        for k, v in layers.items():
+            target.layers[k] = v
+        if std is None and f"{key_added}_std" in target.layers:
+            del target.layers[f"{key_added}_std"]
+        target.var[key_added] = flag
+        target.obsm[key_added] = panel
+        target.uns.setdefault(UNS_KEY, {})[key_added] = record
+    else:
+        for k, v in layers.items():
+            staged.set(target.layers, k, v)
+        if std is None:
+            staged.delete(target.layers, f"{key_added}_std")
+        staged.set(target.var, key_added, flag)
+        staged.set(target.obsm, key_added, panel)
+        staged.set_in(target.uns, (UNS_KEY, key_added), record)
     if not present.all():
         logger.info(
             "%d predicted genes are not in table %r: they are in obsm[%r] only.",
@@ -300,7 +338,7 @@ def _write_table(
         )
     if inplace:
         logger.info(
-            "Added table %r layers[%r]%s, var[%r], obsm[%r], uns[%r][%r].",
+            "Adding table %r layers[%r]%s, var[%r], obsm[%r], uns[%r][%r].",
             table_key,
             key_added,
             f", layers[{key_added + '_std'!r}]" if std is not None else "",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._args import check_genes_arg, check_length, check_max_epochs, check_seed, check_table_name
 from .._docs import doc_params
 from .._keys import LAYER_IMAGE_ONLY, LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, grid_table_key
 from .._logging import get_logger
@@ -17,11 +18,12 @@ from ..models._base import Regions
 from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._cells import cells_argument
+from ._commit import Staged
 from ._condition import CONDITIONED, apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
 from ._grid_out import map_element, same_geometry
 from ._models import resolve_model, train
-from ._pipeline import Compute, Elements, prepare_prediction, prepare_training
+from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, require_measured
 from ._reuse import fit_or_reuse
 from ._targets import OUTPUT_SPACE
 from ._transfer import Transfer
@@ -189,11 +191,18 @@ def superresolve(
     """
     from spatialdata import SpatialData
 
+    check_seed(seed)
+    check_max_epochs(max_epochs)
+    check_genes_arg(genes, n_genes)
+    check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a region.")
+    check_length("bin_size", bin_size, hint=" Bins are squares of bin_size µm, e.g. bin_size=8.")
+    if isinstance(grid, str) and grid.strip().lower() == CELLS_GRID:
+        grid = CELLS_GRID
     predictor, fitted = resolve_model(model, model_kwargs)
     if map_key and not hasattr(predictor, "predict_map"):
         msg = f"map_key: model {predictor.name!r} makes no dense map; only predictors with `predict_map` (e.g. 'pixnet') do."
         raise ValueError(msg)
-    run = Compute(device, batch_size, num_workers, progress, dense)
+    run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     # cells are checked before any work (elements, geometry, transformations, overlap with the image)
@@ -205,6 +214,7 @@ def superresolve(
     else:
         grid_name = canonical_grid_name(grid)
     if not fitted:
+        require_measured(sdata, elements, verb="superresolve", model=predictor.name)
         inputs = prepare_training(
             [sdata], predictor, genes=genes, n_genes=n_genes, backbone=backbone, weights=weights,
             patch_size_um=patch_size_um, elements=elements, layer=layer,
@@ -231,11 +241,12 @@ def superresolve(
             if condition in CONDITIONED:
                 check_cells_touch_spots(points, geo)
         out_shapes = cells.shapes_key  # the table annotates the user's segmentation itself
-    table_name = key_added or grid_table_key(predictor.name, geo.spots_key, grid_name)
+    table_name = key_added if key_added is not None else grid_table_key(predictor.name, geo.spots_key, grid_name)
     image_name = (f"{predictor.name}_{geo.spots_key}_map" if map_key is True else map_key) or None
-    if image_name is not None and image_name in sdata.images and image_name == geo.image_key:
-        msg = f"map_key {image_name!r} is the H&E image; choose another name."
-        raise ValueError(msg)
+    # the names of the outputs, checked before any work: only an earlier superresolve's outputs are replaced
+    if inplace:
+        check_table_name(sdata, table_name, measured=geo.table_key)
+        _check_output_names(sdata, out_shapes if cells is None else None, image_name, geo.image_key)
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
     if bb is not None:
         plan_regions(slide, geo, points, inputs.cache, run)
@@ -341,32 +352,52 @@ def superresolve(
     if not inplace:
         images = {image_name: map_image} if map_image is not None else {}
         return SpatialData(images=images, shapes={out_shapes: shapes}, tables={table_name: adata})
-    for key, kind in ((out_shapes, "shapes"), (table_name, "tables"), (image_name, "images")):
-        if key is None or (cells is not None and kind == "shapes"):
-            continue
-        other = [
-            k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
-        ]
-        if other:
-            msg = f"Element name {key!r} is already used by {other[0]}; pass key_added=... for the table."
-            raise ValueError(msg)
+    # everything is built: stage the changes and apply them in one step (undone whole if interrupted)
+    staged = Staged()
     if table_name in sdata.tables:
         logger.info("Replacing table %r.", table_name)
-        del sdata.tables[table_name]
     if cells is None and out_shapes in sdata.shapes and not same_geometry(sdata.shapes[out_shapes], shapes):
         logger.warning(
             "Replacing shapes %r with a different grid; tables annotating the old one are now stale.", out_shapes
         )
-        del sdata.shapes[out_shapes]
-    if out_shapes not in sdata.shapes:
-        sdata.shapes[out_shapes] = shapes
-    sdata.tables[table_name] = adata
+        staged.set(sdata.shapes, out_shapes, shapes)
+    elif out_shapes not in sdata.shapes:
+        staged.set(sdata.shapes, out_shapes, shapes)
+    staged.set(sdata.tables, table_name, adata)
     if map_image is not None:
-        if image_name in sdata.images:
-            del sdata.images[image_name]
-        sdata.images[image_name] = map_image
+        staged.set(sdata.images, image_name, map_image)
+    staged.apply()
     logger.info(
         "Added shapes %r and table %r (%d regions × %d genes) in %.1f s.",
         out_shapes, table_name, points.n, len(genes_out), time.perf_counter() - t0,
     )  # fmt: skip
     return None
+
+
+def _check_output_names(sdata: SpatialData, shapes_name: str | None, image_name: str | None, he: str) -> None:
+    """The grid's shapes and the map's image may not take the name of another kind of element, nor of the H&E.
+
+    An existing map is replaced only if an earlier ``superresolve`` wrote it (a table records it).
+    """
+    for key, kind in ((shapes_name, "shapes"), (image_name, "images")):
+        if key is None:
+            continue
+        other = [
+            k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
+        ]
+        if other:
+            arg = "map_key" if kind == "images" else "spots_key/grid"
+            msg = f"Element name {key!r} is already used by {other[0]}; choose another {arg}."
+            raise ValueError(msg)
+    if image_name is None or image_name not in sdata.images:
+        return
+    if image_name == he:
+        msg = f"map_key {image_name!r} is the H&E image; choose another name."
+        raise ValueError(msg)
+    maps = {t.uns.get(UNS_KEY, {}).get("superresolve", {}).get("map", {}).get("key") for t in sdata.tables.values()}
+    if image_name not in maps:
+        msg = (
+            f"map_key {image_name!r} names an existing image that stp.tl.superresolve did not write: it would be "
+            "replaced. Choose another name, or map_key=True for '<model>_<spots_key>_map'."
+        )
+        raise ValueError(msg)

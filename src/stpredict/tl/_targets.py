@@ -94,13 +94,20 @@ def select_genes(
             raise ValueError(msg)
         missing = [g for g in genes if g not in common]
         if missing:
+            from .._args import close_matches
+
+            close = {g: close_matches(g, common) for g in missing[:5]}
+            hint = "; ".join(f"{g!r}: did you mean {' or '.join(map(repr, c))}?" for g, c in close.items() if c)
             msg = (
                 f"{len(missing)} requested genes are not measured in every training table (e.g. {missing[:5]}); "
-                "a model cannot learn genes without measurements."
+                "a model cannot learn genes without measurements." + (f" Close matches: {hint}" if hint else "")
             )
             raise KeyError(msg)
         return genes, "given"
     n = int(genes) if isinstance(genes, int) else int(n_genes)
+    if n < 1:
+        msg = f"A panel of {n} genes was asked for (genes / n_genes): pass a positive number of genes or a list."
+        raise ValueError(msg)
     parts = []
     for i, (t, rows) in enumerate(tables):
         X = counts_matrix(t, layer)[rows][:, t.var_names.get_indexer(common)]
