@@ -10,8 +10,8 @@ Each case calls one entry point on a small synthetic slide and expects either
 
 ``before`` records what the case did before the checks of issue 16 (``silent``: ran and did something wrong or
 nothing useful; ``internal``: an internal error (TypeError/KeyError/... from numpy, anndata or deep code);
-``unclear``: an error not naming the argument, range or fix; ``clear``: already a clear refusal;
-``refused``: refused though valid). Bad DATA (NaN counts, broken geometry) is in another file; unreadable
+``unclear``: an error not naming the argument, range or fix, or misleading; ``late``: a clear refusal, but only
+after the expensive work; ``clear``: already a clear refusal before any work; ``refused``: refused though valid). Bad DATA (NaN counts, broken geometry) is in another file; unreadable
 checkpoint files are in ``tests/models/test_checkpoint.py`` (``test_unreadable_checkpoint``: missing, empty,
 truncated, pickle, ...) and the read-only store in ``tests/io/test_write_safety.py``
 (``test_read_only_store_is_refused_and_unchanged``): here only how the verbs pass them on.
@@ -367,7 +367,7 @@ CASES: dict[str, Case] = {
         lambda s, c: stp.tl.superresolve(s, "ridge", key_added="spots", **P),
         ValueError,
         "Element name 'spots' is already used by shapes",
-        "clear",
+        "late",
     ),  # fmt: skip
     "superresolve map_key = the H&E": refused(
         lambda s, c: stp.tl.superresolve(s, "pixnet", map_key="he", **P), ValueError, "map_key 'he'", "clear"
@@ -389,7 +389,7 @@ CASES: dict[str, Case] = {
         lambda s, c: stp.tl.predict(s, c["truncated"], **P),
         CheckpointError,
         "it is a truncated file",
-        "clear",
+        "unclear",
         needs="ckpt",
     ),  # fmt: skip
     # ---- write-back -------------------------------------------------------------------------------------------
@@ -428,9 +428,8 @@ def ckpt_files(base_sdata, tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Spies on the expensive entry points: reaching one fails the test."""
-    from stpredict.models.base_sdata import Predictor
-
     from stpredict.io import _write
+    from stpredict.models._base import Predictor
     from stpredict.tl import _dense, _embeddings
 
     def spy(name):
@@ -500,7 +499,7 @@ def test_catalogue_size():
     kinds = [c.kind for c in CASES.values()]
     assert len(CASES) >= 35
     assert kinds.count("accepted") >= 4
-    assert {c.before for c in CASES.values()} <= {"silent", "internal", "unclear", "clear", "refused"}
+    assert {c.before for c in CASES.values()} <= {"silent", "internal", "unclear", "late", "clear", "refused"}
 
 
 def test_batch_size_never_stores_zero_embeddings(base_sdata):
