@@ -268,6 +268,7 @@ class PixNet(Predictor):
             "n_spots": int(sum(s.n for s in slides)),
             "seed": seed,
             "geometry": geo,
+            "budget": {k: geo[k] for k in ("budget", *BUDGETS[geo["budget"]])},
             "init": f"weights {self.config['weights']}" if self.config["weights"] else "random (trained from scratch)",
             **log.as_dict(),
         }

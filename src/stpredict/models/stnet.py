@@ -206,7 +206,7 @@ class STNet(Predictor):
         )  # fmt: skip
         self._net = net
         self.genes = list(genes)
-        self.training = {"n_spots": len(y), "seed": seed, "init": init, **r, **log.as_dict()}
+        self.training = {"n_spots": len(y), "seed": seed, "init": init, **r, "budget": r, **log.as_dict()}
         return self
 
     def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, np.ndarray | None]:

@@ -176,8 +176,9 @@ def predict(
             oof_folds,
         )
         inputs.embed(run)
+        fits: list[dict[str, Any]] = []
         mean, std, folds, block = cross_fit(
-            predictor, inputs, run, slide, n_folds=oof_folds, max_epochs=max_epochs, seed=seed
+            predictor, inputs, run, slide, n_folds=oof_folds, max_epochs=max_epochs, seed=seed, trainings=fits
         )
         has_std = std is not None
         genes_out = inputs.genes
@@ -189,6 +190,9 @@ def predict(
                 "oof_fold": folds.astype(np.int32),
                 "gene_selection": inputs.gene_selection,
                 "backbone": inputs.backbone_params,
+                # iterative predictors: the training budget every fold used, and each fold's fit time
+                "budget": next((f["budget"] for f in fits if "budget" in f), None),
+                "fold_fit_seconds": [f["fit_seconds"] for f in fits],
             }
         )
         preprocessing = {"normalize_total": 1e4, "log1p": True}

@@ -339,7 +339,7 @@ def superresolve(
         "stpredict_version": __version__,
         "seconds": round(time.perf_counter() - t0, 3),
         "step_seconds": steps.seconds,
-        **{k: v for k, v in predictor.training.items() if k in ("n_samples",)},
+        **{k: v for k, v in predictor.training.items() if k in ("n_samples", "budget")},
     }
     if cells is not None:
         record["cells"] = describe_cells(cells, geo)
