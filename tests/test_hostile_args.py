@@ -264,6 +264,94 @@ CASES: dict[str, Case] = {
         "seed must be a non-negative integer",
         "internal",
     ),
+    # ---- cross_validate: the same checks at its door ------------------------------------------------------------
+    "cross_validate seed a string": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", seed="1", **P),
+        TypeError,
+        "got '1' of type str: pass seed=1.",
+        "internal",
+    ),  # fmt: skip
+    "cross_validate seed negative": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", seed=-1, **P),
+        ValueError,
+        "seed must be a non-negative integer",
+        "internal",
+    ),  # fmt: skip
+    "cross_validate max_epochs 0": refused(
+        lambda s, c: stp.tl.cross_validate(s, "stnet", protocol="hide_spots", max_epochs=0, **P),
+        ValueError,
+        "max_epochs must be a positive integer",
+        "silent",
+    ),  # fmt: skip
+    "cross_validate n_genes 0": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", n_genes=0, **P),
+        ValueError,
+        "n_genes must be a positive integer",
+        "clear",
+    ),  # fmt: skip
+    "cross_validate genes a string": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", genes="gene_0", **P),
+        TypeError,
+        "pass a list, genes=['gene_0']",
+        "unclear",
+    ),  # fmt: skip
+    "cross_validate genes duplicated": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", genes=["gene_0", "gene_0"], **P),
+        ValueError,
+        "more than once (['gene_0'])",
+        "silent",
+    ),  # fmt: skip
+    "cross_validate patch_size_um negative": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", patch_size_um=-1, **P),
+        ValueError,
+        "patch_size_um must be a positive, finite number of µm, got -1",
+        "internal",
+    ),  # fmt: skip
+    "cross_validate device cuda without CUDA": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", device="cuda", **P),
+        RuntimeError,
+        "CUDA is not available here",
+        "silent",
+        needs="no-cuda",
+    ),  # fmt: skip
+    # ---- flags ------------------------------------------------------------------------------------------------
+    "embed inplace='no'": refused(
+        lambda s, c: stp.tl.embed(s, inplace="no", **P),
+        TypeError,
+        "got 'no' of type str: pass inplace=False.",
+        "silent",
+    ),
+    "predict inplace='no'": refused(
+        lambda s, c: stp.tl.predict(s, "ridge", inplace="no", **P),
+        TypeError,
+        "inplace must be True or False, got 'no'",
+        "silent",
+    ),  # fmt: skip
+    "superresolve inplace=0": refused(
+        lambda s, c: stp.tl.superresolve(s, "ridge", inplace=0, **P),
+        TypeError,
+        "got 0 of type int: pass inplace=False.",
+        "silent",
+    ),  # fmt: skip
+    "to_rgb inplace='no'": refused(
+        lambda s, c: stp.io.to_rgb(s, "he", inplace="no"), TypeError, "inplace must be True or False", "silent"
+    ),
+    "pool_to_spots inplace='no'": refused(
+        lambda s, c: stp.pp.pool_to_spots(s, inplace="no"), TypeError, "inplace must be True or False", "unclear"
+    ),
+    "pool_to_spots layer absent": refused(
+        lambda s, c: stp.pp.pool_to_spots(s, layer="raw"),
+        KeyError,
+        "Table 'table' has no layer 'raw'; its layers: 'counts'. Pass the layer of raw counts",
+        "clear",
+    ),  # fmt: skip
+    "predict inplace numpy False": accepted(
+        lambda s, c: stp.tl.predict(s, "ridge", inplace=np.False_, **P),
+        lambda s, r: (
+            r is not None and r.n_obs == s.tables["table"].n_obs and "predicted" not in s.tables["table"].layers
+        ),
+        "clear",
+    ),  # fmt: skip
     # ---- devices and loaders ----------------------------------------------------------------------------------
     "device cuda without CUDA": refused(
         lambda s, c: stp.tl.predict(s, "ridge", device="cuda", **P),

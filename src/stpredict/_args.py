@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_embedding_key",
+    "check_flag",
     "check_genes_arg",
     "check_layer",
     "check_length",
@@ -72,6 +73,23 @@ def _integral(value: Any) -> bool:
         return float(value) == int(float(value))
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+def check_flag(name: str, value: Any) -> None:
+    """``value`` is ``True`` or ``False`` (a string such as ``"no"`` would be truthy)."""
+    if isinstance(value, bool | np.bool_):
+        return
+    msg = f"{name} must be True or False, got {value!r} of type {type(value).__name__}"
+    if isinstance(value, str) and value.strip().lower() in _WORDS:
+        msg += f": pass {name}={_WORDS[value.strip().lower()]}."
+    elif _is_int(value) and value in (0, 1):
+        msg += f": pass {name}={bool(value)}."
+    else:
+        msg += "."
+    raise TypeError(msg)
+
+
+_WORDS = dict.fromkeys(("true", "yes", "y", "1", "on"), True) | dict.fromkeys(("false", "no", "n", "0", "off"), False)
 
 
 def check_max_epochs(max_epochs: Any) -> None:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from ._args import check_layer
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -119,10 +121,8 @@ def check_counts(table: AnnData, table_key: str, *, layer: str | None = None) ->
 
     Non-integer values that look log-normalised are refused too (see :func:`check_count_values`).
     """
-    if layer and layer not in table.layers:
-        msg = f"The table {table_key!r} has no layer {layer!r}; its layers: {_listing(table.layers)} (layer=None reads .X)."
-        raise KeyError(msg)
-    X = table.layers[layer] if layer else table.X
+    check_layer(table, table_key, layer)  # the one message for a missing layer (verbs call it first)
+    X = table.layers[layer] if layer is not None else table.X
     where = f"table {table_key!r}" + (f" layer {layer!r}" if layer else " .X")
     if X is None or table.n_obs == 0 or table.n_vars == 0:
         msg = f"The {where} is empty ({table.n_obs} observations × {table.n_vars} genes): nothing to fit on."

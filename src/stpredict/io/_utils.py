@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import numpy as np
 
+from .._args import check_flag
 from .._image import image_levels, to_multiscale
 from .._keys import MICRONS_CS
 from .._validate import pick_key
@@ -93,6 +94,7 @@ def to_rgb(
     """
     from spatialdata.transformations import get_transformation
 
+    check_flag("inplace", inplace)
     image_key = pick_key(sdata, "images", image_key)
     element = sdata.images[image_key]
     arr = image_levels(element)[0].array

@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from .._args import check_flag, check_layer
 from .._keys import MICRONS_CS, UNS_KEY
 from .._logging import get_logger
 from .._records import uns_safe
@@ -152,6 +153,8 @@ def pool_to_spots(
     (32, [[32, 32, 32]])
     """
     # -- validate everything before any work --------------------------------------------------------------
+    check_flag("inplace", inplace)
+    check_flag("overwrite", overwrite)
     lattice, diameter, spacing = lattice_params(layout, diameter_um, spacing_um)
     if isinstance(min_members, bool) or not isinstance(min_members, int | np.integer) or min_members < 1:
         msg = f"min_members must be a positive integer, got {min_members!r}."
@@ -159,11 +162,7 @@ def pool_to_spots(
     table_key, shapes_key = resolve_source(sdata, table_key, shapes_key)
     table = sdata.tables[table_key]
     shapes = sdata.shapes[shapes_key]
-    if layer is not None and layer not in table.layers:
-        msg = (
-            f"Table {table_key!r} has no layer {layer!r}; its layers are {list(table.layers)}. Pass layer=None for .X."
-        )
-        raise KeyError(msg)
+    check_layer(table, table_key, layer)
     check_integer_counts(table, table_key, layer)
     to_um = micrometers_affine(shapes, shapes_key)
     if key_added is None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .._args import check_genes_arg, check_length, check_max_epochs, check_seed
 from .._logging import get_logger
 from ..models._base import Regions
 from ._cv_args import CROSS_SLIDE, check_arguments
@@ -142,11 +143,15 @@ def cross_validate(
     -------
     A :class:`CVResult`.
     """
+    check_seed(seed)
+    check_max_epochs(max_epochs)
+    check_genes_arg(genes, n_genes)
+    check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     sdatas = list(slides) if isinstance(slides, list | tuple) else [slides]
     protocol, proto_pred = check_arguments(
         protocol, condition, model, model_kwargs, n_slides=len(sdatas), groups=groups
     )
-    run = Compute(device, batch_size, num_workers, progress, dense)
+    run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     transfer = Transfer(stain, feature_norm, stain_augment)
     cross = protocol in CROSS_SLIDE
     if transfer.stain != "none" and not cross:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._args import check_genes_arg, check_length, check_max_epochs, check_seed
+from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
 from .._docs import doc_params
 from .._logging import get_logger
 from ._cohort_run import check_slides, open_store, persist
@@ -84,6 +84,7 @@ def embed(
     from ..models.backbones import get_backbone
 
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
+    check_flag("inplace", inplace)
     run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     bb = get_backbone(backbone, weights=weights)

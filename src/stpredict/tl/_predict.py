@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._args import check_genes_arg, check_length, check_max_epochs, check_oof_folds, check_predict_key, check_seed
+from .._args import (
+    check_flag,
+    check_genes_arg,
+    check_length,
+    check_max_epochs,
+    check_oof_folds,
+    check_predict_key,
+    check_seed,
+)
 from .._docs import doc_params
 from .._keys import LAYER_PREDICTED, UNS_KEY
 from .._logging import get_logger
@@ -152,6 +160,7 @@ def predict(
     check_max_epochs(max_epochs)
     check_genes_arg(genes, n_genes)
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
+    check_flag("inplace", inplace)
     predictor, fitted = resolve_model(model, model_kwargs)
     run = Compute(device, batch_size, num_workers, progress, dense).check_here()
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._args import check_genes_arg, check_length, check_max_epochs, check_seed, check_table_name
+from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed, check_table_name
 from .._docs import doc_params
 from .._keys import LAYER_IMAGE_ONLY, LAYER_STD, UNS_KEY, canonical_grid_name, grid_shapes_key, grid_table_key
 from .._logging import get_logger
@@ -196,6 +196,7 @@ def superresolve(
     check_genes_arg(genes, n_genes)
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a region.")
     check_length("bin_size", bin_size, hint=" Bins are squares of bin_size µm, e.g. bin_size=8.")
+    check_flag("inplace", inplace)
     if isinstance(grid, str) and grid.strip().lower() == CELLS_GRID:
         grid = CELLS_GRID
     predictor, fitted = resolve_model(model, model_kwargs)
