@@ -1,4 +1,4 @@
-"""Output elements of ``superresolve`` beside its table: a predictor's dense map as an image, grid identity."""
+"""Output elements of ``superresolve`` beside its table: a predictor's dense map as an image, grid identity, names."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._keys import UNS_KEY
+
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["map_element", "same_geometry"]
+__all__ = ["check_output_names", "map_element", "same_geometry"]
 
 
 def map_element(sdata: SpatialData, predictor: Any, slide: Any, geo: Any) -> tuple[Any, dict[str, Any]]:
@@ -50,3 +52,32 @@ def same_geometry(a: Any, b: Any) -> bool:
         return False
     ca, cb = a.geometry.centroid, b.geometry.centroid
     return bool(np.allclose(ca.x.to_numpy(), cb.x.to_numpy()) and np.allclose(ca.y.to_numpy(), cb.y.to_numpy()))
+
+
+def check_output_names(sdata: SpatialData, shapes_name: str | None, image_name: str | None, he: str) -> None:
+    """The grid's shapes and the map's image may not take the name of another kind of element, nor of the H&E.
+
+    An existing map is replaced only if an earlier ``superresolve`` wrote it (a table records it).
+    """
+    for key, kind in ((shapes_name, "shapes"), (image_name, "images")):
+        if key is None:
+            continue
+        other = [
+            k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
+        ]
+        if other:
+            arg = "map_key" if kind == "images" else "spots_key/grid"
+            msg = f"Element name {key!r} is already used by {other[0]}; choose another {arg}."
+            raise ValueError(msg)
+    if image_name is None or image_name not in sdata.images:
+        return
+    if image_name == he:
+        msg = f"map_key {image_name!r} is the H&E image; choose another name."
+        raise ValueError(msg)
+    maps = {t.uns.get(UNS_KEY, {}).get("superresolve", {}).get("map", {}).get("key") for t in sdata.tables.values()}
+    if image_name not in maps:
+        msg = (
+            f"map_key {image_name!r} names an existing image that stp.tl.superresolve did not write: it would be "
+            "replaced. Choose another name, or map_key=True for '<model>_<spots_key>_map'."
+        )
+        raise ValueError(msg)

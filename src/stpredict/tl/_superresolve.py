@@ -21,7 +21,7 @@ from ._cells import cells_argument
 from ._commit import Staged
 from ._condition import CONDITIONED, apply_condition, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
-from ._grid_out import map_element, same_geometry
+from ._grid_out import check_output_names, map_element, same_geometry
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, require_measured
 from ._reuse import fit_or_reuse
@@ -247,7 +247,7 @@ def superresolve(
     # the names of the outputs, checked before any work: only an earlier superresolve's outputs are replaced
     if inplace:
         check_table_name(sdata, table_name, measured=geo.table_key)
-        _check_output_names(sdata, out_shapes if cells is None else None, image_name, geo.image_key)
+        check_output_names(sdata, out_shapes if cells is None else None, image_name, geo.image_key)
     logger.info("superresolve: %s on %s (%d regions from %d spots).", predictor.name, grid_name, points.n, geo.n_spots)
     if bb is not None:
         plan_regions(slide, geo, points, inputs.cache, run)
@@ -373,32 +373,3 @@ def superresolve(
         out_shapes, table_name, points.n, len(genes_out), time.perf_counter() - t0,
     )  # fmt: skip
     return None
-
-
-def _check_output_names(sdata: SpatialData, shapes_name: str | None, image_name: str | None, he: str) -> None:
-    """The grid's shapes and the map's image may not take the name of another kind of element, nor of the H&E.
-
-    An existing map is replaced only if an earlier ``superresolve`` wrote it (a table records it).
-    """
-    for key, kind in ((shapes_name, "shapes"), (image_name, "images")):
-        if key is None:
-            continue
-        other = [
-            k for k in ("images", "labels", "points", "shapes", "tables") if k != kind and key in getattr(sdata, k)
-        ]
-        if other:
-            arg = "map_key" if kind == "images" else "spots_key/grid"
-            msg = f"Element name {key!r} is already used by {other[0]}; choose another {arg}."
-            raise ValueError(msg)
-    if image_name is None or image_name not in sdata.images:
-        return
-    if image_name == he:
-        msg = f"map_key {image_name!r} is the H&E image; choose another name."
-        raise ValueError(msg)
-    maps = {t.uns.get(UNS_KEY, {}).get("superresolve", {}).get("map", {}).get("key") for t in sdata.tables.values()}
-    if image_name not in maps:
-        msg = (
-            f"map_key {image_name!r} names an existing image that stp.tl.superresolve did not write: it would be "
-            "replaced. Choose another name, or map_key=True for '<model>_<spots_key>_map'."
-        )
-        raise ValueError(msg)
