@@ -20,17 +20,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._args import check_embedding_key, check_layer
-from .._image import check_rgb, image_levels
+from .._args import check_embedding_key
+from .._image import image_levels
 from .._logging import get_logger
-from .._validate import check_counts, warn_coarse_image
+from .._validate import warn_coarse_image
 from ..models._base import SlideData
-from ..pp._spots import resolve_elements
-from ..pp._spots import spots as resolve_spots
 from ._commit import Staged
 from ._embeddings import EmbeddingCache
 from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._options import Compute, Elements
+from ._pipeline_checks import check_enough_spots, require_measured, spot_geometry
 from ._targets import preprocessing_record, select_genes, targets
 from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, standardize
 
@@ -64,59 +63,8 @@ logger = get_logger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------
-# slides
+# slides (resolved and checked in :mod:`stpredict.tl._pipeline_checks`)
 # ------------------------------------------------------------------------------------------------------
-def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool, layer: str | None) -> SpotGeometry:
-    """Resolve the elements and the spots' geometry of one slide; with ``need_targets``, check its counts."""
-    image_key, spots_key, table_key = resolve_elements(
-        sdata, image_key=elements.image_key, spots_key=elements.spots_key, table_key=elements.table_key,
-        need_table=need_targets,
-    )  # fmt: skip
-    geo = resolve_spots(
-        sdata, image_key=image_key, spots_key=spots_key, table_key=table_key,
-        microns_per_pixel=elements.microns_per_pixel, check_image=False,
-    )  # fmt: skip
-    if table_key is not None:
-        check_layer(sdata.tables[table_key], table_key, layer)
-    if need_targets:
-        table = sdata.tables[table_key]
-        check_counts(table[geo.rows], table_key, layer=layer)
-    check_rgb(sdata.images[image_key], image_key)  # last: the only check that reads pixels
-    return geo
-
-
-#: Fewest measured spots, over all training slides, that a model is fitted on (genes are chosen among those
-#: detected in at least 3 spots).
-MIN_TRAINING_SPOTS = 3
-
-
-def _check_enough_spots(geos: Sequence[SpotGeometry]) -> None:
-    n = sum(len(g.rows) for g in geos)
-    if n < MIN_TRAINING_SPOTS:
-        each = ", ".join(f"{g.spots_key!r}: {len(g.rows)}" for g in geos)
-        msg = (
-            f"Fitting needs at least {MIN_TRAINING_SPOTS} measured spots; the training slides have {n} ({each}). "
-            "Fit on a slide with more spots, or predict this one with a model fitted elsewhere."
-        )
-        raise ValueError(msg)
-
-
-def require_measured(sdata: SpatialData, elements: Elements, *, verb: str, model: Any) -> None:
-    """A model given by name is fitted on the slide's counts: refuse an H&E-only slide, saying what to pass."""
-    _, spots_key, table_key = resolve_elements(
-        sdata, image_key=elements.image_key, spots_key=elements.spots_key, table_key=elements.table_key
-    )
-    if table_key is not None:
-        return
-    msg = (
-        f"stp.tl.{verb}(sdata, {model!r}) fits {model!r} on this slide's measured counts, and no table of counts "
-        f"annotates its spots {spots_key!r} (tables: {list(sdata.tables) or 'none'}): an H&E-only slide needs a "
-        f"fitted model. Fit one on a measured slide, model = stp.tl.fit(measured, {model!r}), and pass it (or the "
-        f"path of its checkpoint): stp.tl.{verb}(sdata, model)."
-    )
-    raise ValueError(msg)
-
-
 def spot_kind(slide: SlideData) -> str:
     """How predictors see a slide's measured regions: ``"square"`` (Visium HD bins) or ``"circle"``.
 
@@ -332,7 +280,7 @@ def prepare_training(
     """
     sdatas = list(sdatas)
     geos = [spot_geometry(s, elements, need_targets=True, layer=layer) for s in sdatas]
-    _check_enough_spots(geos)
+    check_enough_spots(geos)
     tables = [(s.tables[g.table_key], g.rows) for s, g in zip(sdatas, geos, strict=True)]
     panel, how = select_genes(tables, genes, layer=layer, n_genes=n_genes)
     slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
