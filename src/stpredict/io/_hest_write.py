@@ -284,7 +284,7 @@ def _write_patches(
     import h5py
     from tqdm.auto import tqdm
 
-    from ..pp._patches import patches
+    from ..pp._patch_dataset import patches
 
     ds = patches(sdata, size_um=size_um, patch_px=patch_px, geometry=geo)
     ext = ds.extractor

@@ -8,7 +8,8 @@ from ._condition_grid import condition_grid
 from ._denoise import DenoiseResult, denoise_measured
 from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
-from ._patches import PatchDataset, PatchExtractor, choose_level, patches
+from ._patch_dataset import PatchDataset, patches
+from ._patches import PatchExtractor, choose_level
 from ._pool import pool_to_spots
 from ._spots import SpotGeometry, spots
 from ._stain import RUIFROK_HED, StainNormalizer, macenko_stains, od_to_rgb, rgb_to_od, stain_concentrations

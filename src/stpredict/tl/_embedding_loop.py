@@ -40,7 +40,8 @@ def compute_embeddings(
     """
     from tqdm.auto import tqdm
 
-    from ..pp._patches import PatchDataset, PatchExtractor
+    from ..pp._patch_dataset import PatchDataset
+    from ..pp._patches import PatchExtractor
 
     n = len(centers_px)
     out = np.zeros((n, backbone.dim), dtype=np.float32)
