@@ -1,9 +1,7 @@
-"""Spot geometry: the only place that resolves coordinate systems and physical units."""
+"""Spot geometry: the only place that resolves coordinate systems and physical units (see ``_spots_units``)."""
 
 from __future__ import annotations
 
-import difflib
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +14,15 @@ from .._keys import MICRONS_CS
 from .._logging import get_logger
 from .._validate import pick_key, table_region
 from ._regions import shape_centers, shape_kind
+from ._spots_checks import (
+    _check_unique,
+    _raise_dangling_tables,
+    check_centers,
+    check_not_singular,
+    check_on_image,
+    check_sizes,
+)
+from ._spots_units import _affine, _coordinate_systems, _explicit_mpp, _no_mpp_error, _resolve_mpp
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -23,9 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["SpotGeometry", "image_microns_per_pixel", "spots"]
 
 logger = get_logger(__name__)
-
-VISIUM_SPOT_UM = 55.0
-_HD_BARCODE = re.compile(r"^s_\d{3}um_\d+_\d+")
 
 
 @dataclass
@@ -109,33 +113,6 @@ class SpotGeometry:
         inv = np.linalg.inv(self.shapes_to_image)
         xy = np.asarray(xy, dtype=float)
         return xy @ inv[:2, :2].T + inv[:2, 2]
-
-
-def _affine(element: Any, cs: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=cs)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
-
-
-def _coordinate_systems(element: Any) -> list[str]:
-    from spatialdata.transformations import get_transformation
-
-    return list(get_transformation(element, get_all=True))
-
-
-def _is_visium(table: Any) -> bool:
-    """Visium spots (55 µm circles); Visium HD bins (barcodes ``s_008um_…``) are not."""
-    if table is not None and table.n_obs and _HD_BARCODE.match(str(table.obs_names[0])):
-        return False
-    spatial = table.uns.get("spatial", {}) if table is not None else {}
-    for lib in spatial.values() if isinstance(spatial, dict) else []:
-        meta = lib.get("metadata", {}) if isinstance(lib, dict) else {}
-        version = meta.get("software_version", "")
-        version = version.decode() if isinstance(version, bytes) else str(version)
-        if "spaceranger" in version.lower():
-            return True
-    return table is not None and {"array_row", "array_col", "in_tissue"} <= set(table.obs.columns)
 
 
 def resolve_elements(
@@ -236,37 +213,6 @@ def resolve_elements(
     return image_key, spots_key, table_key
 
 
-def _check_unique(index: pd.Index, what: str, fix: str) -> None:
-    if index.is_unique:
-        return
-    dup = index[index.duplicated()]
-    msg = f"{what} repeats {len(dup)} ids (e.g. {dup.unique()[:3].tolist()}): {fix}."
-    raise ValueError(msg)
-
-
-def _raise_dangling_tables(sdata: SpatialData) -> None:
-    """Raise for a table annotating regions that are not elements of ``sdata`` (a misnamed region)."""
-    elements = set(sdata.shapes) | set(sdata.labels) | set(sdata.points)
-    for k, t in sdata.tables.items():
-        regions, _, _ = table_region(t)
-        missing = [r for r in regions if r not in elements]
-        if regions and len(missing) == len(regions):
-            close = difflib.get_close_matches(str(missing[0]), [str(e) for e in sdata.shapes], n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            msg = (
-                f"Table {k!r} annotates {_names(missing)}, which the SpatialData does not have (its shapes: "
-                f"{_names(sdata.shapes)}).{hint} Re-link the table to the spots: "
-                "spatialdata.models.TableModel.parse(table, region=<spots_key>, region_key=..., instance_key=...), "
-                "with the region column naming that element."
-            )
-            raise KeyError(msg)
-
-
-def _names(keys: Any) -> str:
-    keys = [str(k) for k in keys]
-    return ", ".join(repr(k) for k in keys) if keys else "none"
-
-
 def _looks_rgb(image: Any) -> bool:
     """An 8-bit image of 3 or 4 channels (an H&E), not fluorescence (one channel or 16 bit)."""
     arr = image_levels(image)[0].array
@@ -330,14 +276,7 @@ def spots(
     a_shapes = _affine(shapes, coordinate_system)
     a_image = _affine(image, coordinate_system)
     for what, key, a in (("spots", spots_key, a_shapes), ("image", image_key, a_image)):
-        det = float(np.linalg.det(a[:2, :2]))
-        if not np.isfinite(det) or abs(det) < 1e-12:
-            msg = (
-                f"The transformation of {what} {key!r} to {coordinate_system!r} is singular (it maps the {what} "
-                "onto a line or a point): check it for a Scale of 0, or set the right one with "
-                "spatialdata.transformations.set_transformation."
-            )
-            raise ValueError(msg)
+        check_not_singular(a, what, key, coordinate_system)
     shapes_to_image = np.linalg.inv(a_image) @ a_shapes
     det = float(np.linalg.det(shapes_to_image[:2, :2]))
 
@@ -377,43 +316,14 @@ def spots(
         obs_names = pd.Index(index.astype(str))
     xy = xy[pos]
     centers = xy @ shapes_to_image[:2, :2].T + shapes_to_image[:2, 2]
-    bad = ~np.isfinite(centers).all(axis=1)
-    if bad.any():
-        msg = (
-            f"{int(bad.sum())} of {len(centers)} spots of {spots_key!r} have no finite centre (NaN or infinite "
-            f"coordinates), e.g. {obs_names[np.flatnonzero(bad)[:3]].tolist()}: drop them or fix their coordinates."
-        )
-        raise ValueError(msg)
+    check_centers(centers, obs_names, spots_key)
     diam = diam[pos]
-    bad = ~(np.isfinite(diam) & (diam > 0))
-    if bad.any():
-        what, half = ("radius", 2.0) if kind == "circle" else ("size", 1.0)
-        values = [float(v) / half for v in diam[bad][:3]]
-        msg = (
-            f"{int(bad.sum())} of {len(diam)} spots of {spots_key!r} have a {what} that is zero, negative or not "
-            f"finite ({values}; spots {obs_names[np.flatnonzero(bad)[:3]].tolist()}): a spot must have a positive "
-            "size. Set the spots' radius column to their radius, in the shapes' own coordinates."
-        )
-        raise ValueError(msg)
+    check_sizes(diam, kind, obs_names, spots_key)
     lin_scale = float(np.sqrt(abs(det)))
     diameter = float(np.median(diam)) * lin_scale
 
     h, w = (int(v) for v in image_levels(image)[0].shape_yx)
-    if diameter > max(h, w):
-        msg = (
-            f"Spots {spots_key!r} are {diameter:.4g} px across, larger than image {image_key!r} ({w}×{h} px): "
-            "their radius is not in the shapes' coordinate units (a diameter or µm given for pixels?), or the "
-            "transformations of spots and image disagree. Set the radius column to the spots' radius."
-        )
-        raise ValueError(msg)
-    outside = (centers[:, 0] < 0) | (centers[:, 0] > w) | (centers[:, 1] < 0) | (centers[:, 1] > h)
-    if outside.any():
-        msg = (
-            f"{int(outside.sum())} of {len(centers)} spots of {spots_key!r} lie outside image {image_key!r} "
-            f"({w}×{h} px), e.g. {obs_names[np.flatnonzero(outside)[:3]].tolist()}: the spots and the image do "
-            f"not match through coordinate system {coordinate_system!r}. Check their transformations or pass the right image_key."
-        )
-        raise ValueError(msg)
+    check_on_image(centers, diameter, (h, w), obs_names, spots_key=spots_key, image_key=image_key, cs=coordinate_system)
 
     mpp_xy, source = _resolve_mpp(
         sdata,
@@ -452,23 +362,6 @@ def spots(
     )
 
 
-def _explicit_mpp(explicit: float) -> tuple[tuple[float, float], str]:
-    value = float(explicit)
-    if not np.isfinite(value) or value <= 0:
-        msg = f"microns_per_pixel must be a positive number, got {explicit!r}."
-        raise ValueError(msg)
-    return (value, value), "explicit"
-
-
-def _no_mpp_error(image_key: str) -> ValueError:
-    msg = (
-        f"No physical pixel size for image {image_key!r}: pass microns_per_pixel=..., or record it once with "
-        f"`stp.io.set_microns_per_pixel(sdata, value, image_key={image_key!r})` (a Scale to the "
-        f"{MICRONS_CS!r} coordinate system)."
-    )
-    return ValueError(msg)
-
-
 def image_microns_per_pixel(
     sdata: SpatialData, *, image_key: str | None = None, microns_per_pixel: float | None = None
 ) -> float:
@@ -491,25 +384,3 @@ def image_microns_per_pixel(
     except (KeyError, ValueError) as e:  # no spots on this image (or no pixel size through them either)
         raise _no_mpp_error(image_key) from e
     return geo.microns_per_pixel
-
-
-def _resolve_mpp(
-    sdata, image, shapes, table, cs, *, a_image, a_shapes, diameter_px, circles, explicit, image_key
-) -> tuple[tuple[float, float], str]:
-    if explicit is not None:
-        return _explicit_mpp(explicit)
-    image_cs = _coordinate_systems(image)
-    m = None
-    if MICRONS_CS in image_cs:
-        m = _affine(image, MICRONS_CS)
-    elif MICRONS_CS in _coordinate_systems(shapes):
-        # image px -> shared cs -> spots' intrinsic -> µm
-        m = _affine(shapes, MICRONS_CS) @ np.linalg.inv(a_shapes) @ a_image
-    if m is not None:
-        lin = m[:2, :2]
-        mpp = (float(np.linalg.norm(lin[:, 0])), float(np.linalg.norm(lin[:, 1])))
-        return mpp, "micrometers"
-    if circles and _is_visium(table):
-        value = VISIUM_SPOT_UM / diameter_px
-        return (value, value), "visium"
-    raise _no_mpp_error(image_key)
