@@ -91,3 +91,22 @@ def test_display_names_and_anndata(var):
     assert resolve_genes(adata, ["Mbp"]) == [IDS[2]]
     with pytest.raises(TypeError, match="var DataFrame or an AnnData"):
         resolve_genes(["Pcp4"], ["Pcp4"])
+
+
+def test_verbs_take_symbols_and_versionless_ids():
+    """predict(genes=) and evaluate(genes=) accept what a biologist types: symbols and ids without a version."""
+    import stpredict as stp
+
+    sdata = stp.datasets.synthetic(image_size=700, n_genes=6, seed=0)
+    table = sdata.tables["table"]
+    ids = [f"ENSMUSG0000000000{i}.1" for i in range(table.n_vars)]
+    table.var_names = ids
+    table.var["gene_symbol"] = [f"Sym{i}" for i in range(table.n_vars)]
+    stp.tl.predict(sdata, "ridge", genes=["Sym1", "ENSMUSG00000000003", ids[4]], oof_folds=2, progress=False)
+    assert list(table.uns["stpredict"]["predicted"]["genes"]) == [ids[1], ids[3], ids[4]]
+    scores = stp.tl.evaluate(sdata, genes=["sym3", "Sym1"])
+    assert list(scores.index) == [ids[3], ids[1]]
+    with pytest.raises(KeyError, match="not predicted"):
+        stp.tl.evaluate(sdata, genes=["Sym2"])  # measured, but not in the predicted panel
+    with pytest.raises(ValueError, match="more than once"):
+        stp.tl.predict(sdata, "ridge", genes=["Sym1", ids[1]], oof_folds=2, progress=False)

@@ -28,7 +28,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["SYMBOL_COLUMNS", "display_names", "resolve_genes", "strip_version", "symbol_column"]
+__all__ = ["SYMBOL_COLUMNS", "display_names", "match_genes", "resolve_genes", "strip_version", "symbol_column"]
 
 #: ``var`` columns searched for gene symbols, in order, when no ``gene_symbols_key`` is given.
 SYMBOL_COLUMNS: tuple[str, ...] = ("gene_symbol", "gene_symbols", "gene_ids")
@@ -196,6 +196,31 @@ def resolve_genes(
         msg = f"Ambiguous gene names in {what}: {lines}. Pass the var_names to choose."
         raise KeyError(msg)
     return out
+
+
+def match_genes(var: Any, genes: Sequence[str], candidates: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(names, unmatched)``: each of ``genes`` as the candidate ``var_names`` it names, by :func:`resolve_genes`.
+
+    Names already among ``candidates`` are kept; the others are looked up in ``var`` restricted to the
+    candidates (versionless ids, symbols, case), one at a time. A name that names no candidate, or several, is
+    kept as given and listed in ``unmatched`` for the caller's own message.
+    """
+    v = _var(var)
+    pool = set(candidates)
+    sub = v.loc[[n for n in v.index if n in pool]]
+    out: list[str] = []
+    unmatched: list[str] = []
+    for g in genes:
+        if g in pool:
+            out.append(g)
+            continue
+        try:
+            (hit,) = resolve_genes(sub, [g])
+        except KeyError:
+            unmatched.append(g)
+            hit = g
+        out.append(hit)
+    return out, unmatched
 
 
 def _unknown_message(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._docs import doc_params
+from .._genes import match_genes
 from .._keys import LAYER_PREDICTED, UNS_KEY
 from ..metrics import fold_scores, score_table, summarize
 from ._pipeline import Elements, slide_data, spot_geometry
@@ -58,7 +59,8 @@ def evaluate(
     key
         Layer of the predictions (``key_added`` of :func:`predict`).
     genes
-        Genes to score; default the predicted panel (``var[key]``).
+        Genes to score (``var_names``, Ensembl ids with or without version, or symbols of a ``var`` symbol
+        column); default the predicted panel (``var[key]``).
     {keys}
     {mpp}
     layer
@@ -96,8 +98,7 @@ def evaluate(
         msg = f"Table {geo.table_key!r} has no layer {key!r}: run stp.tl.predict(sdata, ...) first."
         raise KeyError(msg)
     panel = list(table.var_names[table.var[key].to_numpy(bool)]) if key in table.var else list(table.var_names)
-    genes = list(genes) if genes is not None else panel
-    missing = [g for g in genes if g not in panel]
+    genes, missing = match_genes(table.var, [str(g) for g in genes], panel) if genes is not None else (panel, [])
     if missing:
         msg = f"{len(missing)} genes were not predicted (e.g. {missing[:5]}); predicted panel: {len(panel)} genes."
         raise KeyError(msg)

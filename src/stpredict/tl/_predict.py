@@ -103,8 +103,9 @@ def predict(
     model
         Registered name, fitted predictor, or path of a saved ``.safetensors`` checkpoint.
     genes
-        Panel for a model fitted here: a list, or ``n`` highly variable genes (seurat_v3 on this slide's raw
-        counts). Default: ``n_genes``. A fitted model predicts its own panel.
+        Panel for a model fitted here: a list (``var_names``, Ensembl ids with or without version, or symbols
+        of a ``var`` symbol column such as ``gene_symbol``), or ``n`` highly variable genes (seurat_v3 on this
+        slide's raw counts). Default: ``n_genes``. A fitted model predicts its own panel.
     n_genes
         Panel size when ``genes`` is ``None``.
     backbone

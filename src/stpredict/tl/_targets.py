@@ -68,7 +68,8 @@ def select_genes(
     tables
         ``(table, rows)`` of each training slide.
     genes
-        A list of gene names (returned as given), a number of genes, or ``None`` (``n_genes``).
+        A list of genes (``var_names``, Ensembl ids with or without version, or symbols of a ``var`` symbol
+        column; returned as ``var_names``), a number of genes, or ``None`` (``n_genes``).
     layer
         Layer of raw counts (default ``X``).
     n_genes
@@ -92,7 +93,14 @@ def select_genes(
         if not genes:
             msg = "genes=[] asks for an empty panel: pass gene names, a number of genes, or None for n_genes."
             raise ValueError(msg)
-        missing = [g for g in genes if g not in common]
+        from .._genes import match_genes
+
+        # symbols and versionless ids name genes too (resolved on the first table, among the shared genes)
+        genes, missing = match_genes(tables[0][0].var, genes, common)
+        if len(set(genes)) < len(genes):
+            twice = sorted({g for g in genes if genes.count(g) > 1})
+            msg = f"genes= names {twice} more than once (as an id and a symbol, or with and without a version)."
+            raise ValueError(msg)
         if missing:
             from .._args import close_matches
 
