@@ -79,7 +79,12 @@ def _fine_truth(truth, fine, keep, geo):
 
 @pytest.mark.slow
 def test_beats_bicubic_and_is_calibrated():
-    """Sample mean closer to the high-resolution truth than bicubic upsampling (PCC and SSIM); 90 % coverage."""
+    """Sample mean closer to the high-resolution truth than bicubic upsampling (PCC and SSIM); 90 % coverage.
+
+    Known (2026-12-07): on this slide the calibrated residual gate is 0 for 9 of 10 genes at both the CPU and the
+    GPU budget (10 or 30 epochs), so the sample mean is the model's interpolated coarse condition: this test
+    checks the map representation, the interpolation and the calibrated spread, not yet a learned refinement.
+    """
     from scipy.ndimage import zoom
 
     from stpredict.pp._lattice import fill
