@@ -106,6 +106,7 @@ def test_verbs_take_symbols_and_versionless_ids():
     assert list(table.uns["stpredict"]["predicted"]["genes"]) == [ids[1], ids[3], ids[4]]
     scores = stp.tl.evaluate(sdata, genes=["sym3", "Sym1"])
     assert list(scores.index) == [ids[3], ids[1]]
+    assert list(stp.tl.evaluate(sdata, genes="Sym4").index) == [ids[4]]  # one name, not its letters
     with pytest.raises(KeyError, match="not predicted"):
         stp.tl.evaluate(sdata, genes=["Sym2"])  # measured, but not in the predicted panel
     with pytest.raises(ValueError, match="more than once"):

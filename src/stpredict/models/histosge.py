@@ -28,7 +28,7 @@ Deviations (each documented, none changes the method's intent)
        bounded by the batch, not the slide), seeds, autocast on CUDA. Two budgets (``budget=``): on the
        **CPU** at most 150 epochs with a patience of 10, on **CUDA** 300 and 25. On the 379-spot mob demo
        the best validation epoch of a fit lies between 5 and 41, and the CPU budget gives the same
-       out-of-fold accuracy (mean per-gene Pearson 0.526 vs 0.524) from 0.57x the epochs.
+       out-of-fold accuracy (mean per-gene Pearson 0.526 vs 0.524) from 0.53x the epochs (324 vs 608).
     5. *Input projection.* Features are standardised and projected to ``dim`` (the released model uses the
        1024-d UNI features directly), so that any backbone fits.
     6. *Uncertainty.* ``n_models`` independently seeded fits; the mean is the prediction and their standard

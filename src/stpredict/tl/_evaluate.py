@@ -98,6 +98,8 @@ def evaluate(
         msg = f"Table {geo.table_key!r} has no layer {key!r}: run stp.tl.predict(sdata, ...) first."
         raise KeyError(msg)
     panel = list(table.var_names[table.var[key].to_numpy(bool)]) if key in table.var else list(table.var_names)
+    if isinstance(genes, str):  # one gene, not its letters
+        genes = [genes]
     genes, missing = match_genes(table.var, [str(g) for g in genes], panel) if genes is not None else (panel, [])
     if missing:
         msg = f"{len(missing)} genes were not predicted (e.g. {missing[:5]}); predicted panel: {len(panel)} genes."
