@@ -3,24 +3,11 @@ all of level 0 (issue 16: the image check used to compute every level-0 chunk of
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _bench import load_benchmark
 
 
 def test_quick_computes_only_what_the_windows_need():
-    bench = _load("lazy_image")
+    bench = load_benchmark("lazy_image")
     results = {r["config"]: r for r in bench.main(["--quick", "--configs", "parse,stored"])}
     parse, stored = results["parse"], results["stored"]
     build, validation, embedding = parse["steps"]

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from _bench import load_benchmark
 from _hd_fixture import write_visium_hd
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_aggregate_truth_sums_the_bins_of_each_square():
-    real = _load("_superres_real")
+    real = load_benchmark("_superres_real")
     # 8 µm bins with centres 4, 12, 20, 28 µm along x and y; 16 µm squares from the origin
     g = np.arange(4.0, 32.0, 8.0)
     xy = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
@@ -54,7 +40,7 @@ def test_real_mode_runs_end_to_end_on_a_visium_hd_folder(tmp_path):
     )  # fmt: skip
     out = tmp_path / "results"
     methods = ["neighbors", "copy", "ridge"]
-    _load("superres").main(
+    load_benchmark("superres").main(
         [
             "--real",
             str(truth.outs),
@@ -69,7 +55,7 @@ def test_real_mode_runs_end_to_end_on_a_visium_hd_folder(tmp_path):
         ]  # fmt: skip
     )
     df = pd.read_csv(out / "superres_real.csv")
-    real = _load("_superres_real")
+    real = load_benchmark("_superres_real")
     assert list(df.columns) == real.COLUMNS
     # one row per (method, condition, grid)
     keys = set(zip(df["method"], df["condition"], df["grid"], strict=True))

@@ -31,11 +31,10 @@ def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool,
         sdata, image_key=image_key, spots_key=spots_key, table_key=table_key,
         microns_per_pixel=elements.microns_per_pixel, check_image=False,
     )  # fmt: skip
-    if table_key is not None:
+    if need_targets:  # check_counts checks the layer first
+        check_counts(sdata.tables[table_key][geo.rows], table_key, layer=layer)
+    elif table_key is not None:
         check_layer(sdata.tables[table_key], table_key, layer)
-    if need_targets:
-        table = sdata.tables[table_key]
-        check_counts(table[geo.rows], table_key, layer=layer)
     check_rgb(sdata.images[image_key], image_key)  # last: the only check that reads pixels
     return geo
 
