@@ -52,11 +52,11 @@ def parse_device(device: Any) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        import difflib
+        from .._args import close_matches
 
         kind = str(device).split(":", 1)[0].lower()
         close = ["cuda"] if kind.startswith("gpu") else []
-        close = close or difflib.get_close_matches(kind, ["cpu", "cuda", "mps", "auto"], n=2, cutoff=0.5)
+        close = close or close_matches(kind, ["cpu", "cuda", "mps", "auto"], n=2, cutoff=0.5)
         hint = (" Did you mean " + " or ".join(f"device={c!r}" for c in close) + "?") if close else ""
         msg = f"device={device!r} is not a device name: use {_VALID}.{hint}"
         raise ValueError(msg) from None

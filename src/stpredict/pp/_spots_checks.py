@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._args import close_matches
 from .._validate import table_region
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def _raise_dangling_tables(sdata: SpatialData) -> None:
         regions, _, _ = table_region(t)
         missing = [r for r in regions if r not in elements]
         if regions and len(missing) == len(regions):
-            close = difflib.get_close_matches(str(missing[0]), [str(e) for e in sdata.shapes], n=1, cutoff=0.5)
+            close = close_matches(missing[0], sdata.shapes, n=1, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             msg = (
                 f"Table {k!r} annotates {_names(missing)}, which the SpatialData does not have (its shapes: "
