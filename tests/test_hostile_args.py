@@ -600,3 +600,34 @@ def test_batch_size_never_stores_zero_embeddings(base_sdata):
             stp.tl.predict(sdata, "ridge", batch_size=bs, **P)
     assert not any(k.startswith("X_") for k in sdata.tables["table"].obsm)
     assert "stpredict" not in sdata.tables["table"].uns
+
+
+@pytest.fixture
+def restore_device():
+    before = stp.settings.device
+    yield
+    object.__setattr__(stp.settings, "device", before)
+
+
+@pytest.mark.parametrize("value", ["gpu", "CUDA", "cuda:x", 0, None])
+def test_settings_device_refuses_a_malformed_name(value, restore_device):
+    with pytest.raises(ValueError, match="stp.settings.device must be 'auto', 'cpu', 'cuda'"):
+        stp.settings.device = value
+    assert stp.settings.device == "auto"
+
+
+def test_settings_device_missing_here_is_refused_at_the_door(base_sdata, restore_device, no_work):
+    """``settings.device`` is the default of every ``device=``: a device this machine lacks is refused up front."""
+    import torch
+    from spatialdata import deepcopy
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    stp.settings.device = "cuda"
+    sdata = deepcopy(base_sdata)
+    with pytest.raises(RuntimeError, match=r"stp.settings.device is 'cuda' \(no device= was passed\).*not available"):
+        stp.tl.predict(sdata, "ridge", **P)
+    assert_same_sdata(sdata, base_sdata)
+    from stpredict.models._device import check_device
+
+    check_device("cpu")  # an explicit device= wins over the setting

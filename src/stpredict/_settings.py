@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,21 @@ def _env_path(name: str, default: Path) -> Path:
     return Path(value).expanduser() if value else default
 
 
+_DEVICE_NAME = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
+
+
+def _check_device_name(value: object) -> None:
+    """Refuse a ``settings.device`` that names no device (availability is checked by the verbs)."""
+    if type(value).__name__ == "device" and type(value).__module__.startswith("torch"):
+        return
+    if not isinstance(value, str) or _DEVICE_NAME.fullmatch(value) is None:
+        msg = (
+            f"stp.settings.device must be 'auto', 'cpu', 'cuda', 'cuda:<index>', 'mps' or a torch.device, "
+            f"got {value!r}."
+        )
+        raise ValueError(msg)
+
+
 @dataclass
 class Settings:
     """Package-wide defaults; every option can be overridden per call.
@@ -25,7 +41,9 @@ class Settings:
     verbosity
         Level of the ``"stpredict"`` logger (``"error"``, ``"warning"``, ``"info"``, ``"debug"``).
     device
-        ``"auto"`` picks CUDA, then MPS, then CPU; or any torch device string.
+        ``"auto"`` picks CUDA, then MPS, then CPU; or ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"`` (or a
+        :class:`torch.device`). A malformed name is refused when set; a device this machine lacks is refused by
+        the next verb, before any work.
     autocast
         Run bf16/fp16 autocast on CUDA during inference and training (never on CPU).
     batch_size
@@ -73,6 +91,8 @@ class Settings:
                 msg = f"verbosity must be one of {sorted(levels)}, got {value!r}."
                 raise ValueError(msg)
             logging.getLogger("stpredict").setLevel(levels[value])
+        if name == "device":
+            _check_device_name(value)
         if name == "model_cache" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             msg = f"model_cache is a number of fits to keep (0 keeps none), got {value!r}."
             raise ValueError(msg)

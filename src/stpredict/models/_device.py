@@ -85,11 +85,18 @@ def _check_available(out: torch.device, asked: Any) -> None:
 
 def check_device(device: Any, *, here: bool = True) -> None:
     """Refuse a malformed ``device=`` and, with ``here``, one this machine lacks (no CUDA, no such GPU index)."""
-    if device is None:
-        return
+    default = device is None
+    if default:
+        device = settings.device  # the default the verb will use: checked at the door like an argument
     dev = parse_device(device)
     if here and device != "auto":
-        _check_available(dev, device)
+        try:
+            _check_available(dev, device)
+        except RuntimeError as e:
+            if not default:
+                raise
+            msg = f"stp.settings.device is {device!r} (no device= was passed): {e}"
+            raise RuntimeError(msg) from None
 
 
 def autocast(device: torch.device, *, enabled: bool | None = None) -> contextlib.AbstractContextManager[Any]:
