@@ -57,6 +57,18 @@ def test_failed_fit_writes_no_embeddings(sdata, verb):
     assert "stpredict" not in sdata.tables["table"].uns
 
 
+@pytest.mark.parametrize("verb", ["fit", "predict"])
+def test_users_own_obsm_entry_is_never_overwritten_by_the_cache(sdata, verb, caplog):
+    """``obsm["X_handcrafted"]`` without stpredict's record is the user's: the verb works, the array stays."""
+    table = sdata.tables["table"]
+    mine = np.arange(table.n_obs * 3, dtype=np.float64).reshape(-1, 3)
+    table.obsm["X_handcrafted"] = mine.copy()
+    getattr(stp.tl, verb)(sdata, "ridge", progress=False)
+    np.testing.assert_array_equal(table.obsm["X_handcrafted"], mine)
+    assert "X_handcrafted" not in table.uns.get("stpredict", {}).get("embeddings", {})
+    assert "stpredict did not record as embeddings" in caplog.text
+
+
 def test_slide_data_is_what_fit_sees(sdata):
     table = sdata.tables["table"]
     slide = stp.get.slide_data(sdata, "ridge", progress=False)

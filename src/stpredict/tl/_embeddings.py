@@ -118,6 +118,7 @@ class EmbeddingCache:
     def commit(self) -> list[AnnData]:
         """Write the computed embeddings into their tables (NaN for rows that do not annotate the spots).
 
+        A table whose ``obsm[key]`` holds an array without an embeddings record (the user's own) is left as it is.
         Returns the tables written.
         """
         staged = Staged()
@@ -132,6 +133,13 @@ class EmbeddingCache:
         """
         written = []
         for table, geo, emb, rec in self._pending:
+            if self.key in table.obsm and self.key not in table.uns.get(UNS_KEY, {}).get("embeddings", {}):
+                logger.warning(
+                    "obsm[%r] holds an array stpredict did not record as embeddings: left as it is, so these "
+                    "features are not cached for reuse (stp.tl.embed(..., key_added=...) caches them elsewhere).",
+                    self.key,
+                )
+                continue
             full = np.full((table.n_obs, emb.shape[1]), np.nan, dtype=np.float32)
             full[geo.rows] = emb
             staged.set(table.obsm, self.key, full)
