@@ -335,6 +335,8 @@ CASES = [
     Case("pyramid-level-aspect", with_level((3, 300, 100)), fit, ValueError, "is not a downsampling of level 0",
          "silent"),
     Case("pyramid-level-larger", with_level((3, 900, 900)), fit, ValueError, "larger than the finer level", "silent"),
+    Case("pyramid-level-empty", with_level((3, 0, 300)), fit, ValueError, "is not a downsampling of level 0",
+         "internal: ZeroDivisionError in image_levels"),
     Case("pyramid-level-channels", with_level((1, 300, 300)), fit, ValueError, "levels of image 'he' disagree",
          "unclear: 'Image 'he' is greyscale'"),
     Case("image-float-nan-fit", with_image(_float_image(nan=True)), fit, ValueError, "has dtype float32",

@@ -5,6 +5,7 @@ Pure data (numpy/dask/xarray); nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,10 @@ def image_levels(element: DataArray | DataTree) -> list[ImageLevel]:
         data = arr.transpose("c", "y", "x").data
         if not isinstance(data, da.Array):
             data = da.from_array(np.asarray(data), chunks=(data.shape[0], 1024, 1024))
-        out.append(ImageLevel(data, factor_x=w0 / int(arr.sizes["x"]), factor_y=h0 / int(arr.sizes["y"]), name=name))
+        w, h = int(arr.sizes["x"]), int(arr.sizes["y"])
+        # an empty level gets an infinite factor: check_pyramid refuses it with a message naming the level
+        fx, fy = (w0 / w if w else math.inf), (h0 / h if h else math.inf)
+        out.append(ImageLevel(data, factor_x=fx, factor_y=fy, name=name))
     return out
 
 
