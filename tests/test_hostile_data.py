@@ -238,6 +238,10 @@ def _fitted_mean():
     return stp.tl.fit(slide(), model="mean")
 
 
+def _fitted_copy():
+    return stp.tl.fit(slide(), model="copy")
+
+
 def _visium_counts_only(tmp: Path) -> Path:
     (tmp / "filtered_feature_bc_matrix.h5").write_bytes(b"")
     return tmp
@@ -293,6 +297,8 @@ CASES = [
          "layer='counts'", "silent"),
     Case("counts-log-normalised-layer", with_table(_lognorm_layer), lambda s: fit(s, layer="lognorm"), ValueError,
          "layer 'lognorm' holds non-integer", "silent"),
+    Case("counts-log-normalised-read-by-copy", with_table(_lognorm_x), lambda s: stp.tl.predict(s, _fitted_copy()),
+         ValueError, "look log-normalised", "silent: a fitted copy read log values as counts"),
     Case("counts-missing-layer", with_table(lambda t: None), lambda s: fit(s, layer="counts"), KeyError,
          "has no layer 'counts'", "unclear: KeyError 'counts' from anndata"),
     Case("counts-negative", with_table(_negative), fit, ValueError, "negative values", "clear, but only after reading the image"),

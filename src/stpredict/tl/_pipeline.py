@@ -320,7 +320,8 @@ def prepare_prediction(
         msg = f"stain_augment={stain_augment!r} re-stains training slides, and this model is already fitted: omit it."
         raise ValueError(msg)
     transfer, reference = fitted_transfer(predictor, stain, feature_norm)
-    geo = spot_geometry(sdata, elements, need_targets=False, layer=layer)
+    # a predictor that reads the slide's measured values (copy, neighbors) gets them checked like a fit's
+    geo = spot_geometry(sdata, elements, need_targets=predictor.uses_slide_targets, layer=layer)
     slide = slide_data(sdata, geo, genes=predictor.genes, layer=layer)
     if slide.y is None:
         slide.genes = None
