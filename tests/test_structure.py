@@ -256,3 +256,62 @@ def test_benchmark_page_has_results_marker():
 def test_changelog_page_includes_changelog():
     text = (ROOT / "docs" / "changelog.md").read_text()
     assert "{include} ../CHANGELOG.md" in text
+
+
+# -- signatures (the scverse conventions, as scanpy's package-structure test checks them) -------------------------
+
+#: Public functions that add to or change the SpatialData they are given: each takes ``key_added`` (where the
+#: result goes) and ``inplace`` (``False`` returns it instead).
+WRITERS = {"tl.embed", "tl.predict", "tl.superresolve", "pp.pool_to_spots", "io.to_rgb"}
+#: The cohort verbs write into each slide's own store: ``key_added`` names the result; there is no object to
+#: leave unchanged, so no ``inplace``.
+STORE_WRITERS = {"tl.embed_cohort", "tl.predict_cohort"}
+#: The verbs over several slides take the list first, named ``slides``.
+MULTI_SLIDE = {"tl.cross_validate", "tl.embed_cohort", "tl.predict_cohort"}
+
+
+def _public_functions(subs=("tl", "pp", "pl", "io", "get")):
+    return [
+        (f"{sub}.{name}", getattr(_module(sub), name))
+        for sub in subs
+        for name in _module(sub).__all__
+        if inspect.isfunction(getattr(_module(sub), name))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ident", "fn"), _public_functions(("tl", "pl")), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_verbs_take_the_data_object_first(ident, fn):
+    """Every ``tl``/``pl`` function starts with the SpatialData (``sdata``) or, over several slides, ``slides``."""
+    first = next(iter(inspect.signature(fn).parameters))
+    expected = "slides" if ident in MULTI_SLIDE else "sdata"
+    if ident == "pl.score_distributions":
+        expected = "results"  # plots the frame cross_validate returned, not a SpatialData
+    assert first == expected, f"{ident} starts with {first!r}"
+
+
+@pytest.mark.parametrize(("ident", "fn"), _public_functions(), ids=lambda v: v if isinstance(v, str) else "")
+def test_options_are_keyword_only(ident, fn):
+    """``tl`` verbs take at most the data object and the model/backbone by position; every option elsewhere after
+    the few inputs a call reads naturally (ruff's PLR0917 bounds those at five) is keyword-only."""
+    params = inspect.signature(fn).parameters.values()
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    limit = 2 if ident.startswith("tl.") else 5
+    assert len(positional) <= limit, f"{ident} takes {positional} by position"
+    names = [p.name for p in params]
+    for flag in ("inplace", "key_added", "progress", "device", "copy"):
+        if flag in names:
+            assert flag not in positional, f"{ident}: {flag} must be keyword-only"
+
+
+@pytest.mark.parametrize(("ident", "fn"), _public_functions(), ids=lambda v: v if isinstance(v, str) else "")
+def test_writers_take_key_added_and_inplace(ident, fn):
+    """Functions that write into the SpatialData say where (``key_added``) and can return instead (``inplace``)."""
+    names = set(inspect.signature(fn).parameters)
+    if ident in WRITERS:
+        assert {"key_added", "inplace"} <= names, ident
+    elif ident in STORE_WRITERS:
+        assert "key_added" in names and "inplace" not in names, ident
+    else:  # not a writer: it must not pretend to be one
+        assert not ({"key_added", "inplace"} & names), f"{ident} takes key_added/inplace but is not in WRITERS"
