@@ -12,58 +12,41 @@ import scipy.sparse as sp
 
 from .._image import to_multiscale
 from .._keys import DEFAULT_IMAGE, DEFAULT_SPOTS, DEFAULT_TABLE, MICRONS_CS, PIXELS_CS
+from ._tiff import TIFF_SUFFIXES, tiff_cyx
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["build_sdata", "load_image", "tiff_level"]
+__all__ = ["build_sdata", "load_image"]
 
 
-def load_image(image: str | Path | np.ndarray | da.Array, *, channel_axis: int | None = None) -> np.ndarray | da.Array:
+def load_image(
+    image: str | Path | np.ndarray | da.Array, *, channel_axis: int | None = None, chunks: int = 1024
+) -> np.ndarray | da.Array:
     """Read an image file or array into a ``(c, y, x)`` array.
 
-    JPEG/PNG are decoded once (they cannot be read lazily); TIFF/OME-TIFF pyramids are opened lazily with
-    tifffile. Arrays may be ``(y, x, c)``, ``(c, y, x)`` or ``(y, x)``.
+    JPEG/PNG are decoded once (they cannot be read lazily); TIFF/OME-TIFF levels are read lazily in blocks of
+    ``chunks`` pixels (:func:`~stpredict.io._tiff.tiff_cyx`), channels placed by the file's axis letters.
+    Arrays may be ``(y, x, c)``, ``(c, y, x)`` or ``(y, x)``.
     """
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.exists():
             msg = f"Image file {str(path)!r} does not exist."
             raise FileNotFoundError(msg)
-        if path.suffix.lower() in {".tif", ".tiff", ".svs", ".btf"}:
-            arr = tiff_level(path, 0)
-        else:
-            from PIL import Image
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return tiff_cyx(path, 0, chunks=chunks)
+        from PIL import Image
 
-            old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
         return _to_cyx(arr, channel_axis=None)
     return _to_cyx(image, channel_axis=channel_axis)
-
-
-def tiff_level(path: str | Path, level: int) -> da.Array:
-    """One level of a TIFF's first series as a lazy dask array, in the file's axis order.
-
-    The file stays open while the array (or anything computed from it lazily) lives, and is closed with it.
-    """
-    import weakref
-
-    import tifffile
-    import zarr
-
-    tif = tifffile.TiffFile(path)
-    try:
-        store = tif.series[0].aszarr(level=level)
-    except Exception:
-        tif.close()
-        raise
-    weakref.finalize(store, tif.close)
-    return da.from_zarr(zarr.open(store, mode="r"))
 
 
 def _to_cyx(arr: Any, *, channel_axis: int | None) -> np.ndarray | da.Array:

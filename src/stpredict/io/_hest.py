@@ -28,10 +28,10 @@ import pandas as pd
 
 from .._keys import DEFAULT_IMAGE
 from .._logging import get_logger
-from ._build import build_sdata, load_image, tiff_level
+from ._build import build_sdata, load_image
+from ._tiff import tiff_cyx, tiff_levels_meta
 
 if TYPE_CHECKING:
-    import dask.array as da
     from spatialdata import SpatialData
 
 __all__ = ["read_hest"]
@@ -127,19 +127,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _tiff_levels(path: Path, channel_axis: int) -> list[da.Array]:
-    """Every level of the TIFF's first series, lazily, as ``(c, y, x)`` dask arrays."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        n = len(tif.series[0].levels)
-    out = []
-    for i in range(n):
-        arr = tiff_level(path, i)
-        out.append(arr.transpose(2, 0, 1) if channel_axis == 2 else arr)
-    return out
-
-
 def use_tiff_pyramid(tree: Any, path: Path, *, chunks: int) -> list[str]:
     """Read the coarser levels of ``tree`` from the TIFF's own pyramid where one matches (the rest stay computed).
 
@@ -149,21 +136,14 @@ def use_tiff_pyramid(tree: Any, path: Path, *, chunks: int) -> list[str]:
     from .._image import image_levels, replace_levels
 
     levels = image_levels(tree)
-    c, h0, w0 = levels[0].array.shape
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        shape0 = tif.series[0].levels[0].shape
-    if len(shape0) != 3:
-        return []
-    channel_axis = 2 if shape0[2] == c and shape0[:2] == (h0, w0) else 0
-    tiff = _tiff_levels(path, channel_axis)[1:]
+    c = levels[0].array.shape[0]
+    tiff = [tiff_cyx(path, i, chunks=chunks) for i in range(1, len(tiff_levels_meta(path)))]
     arrays = {}
     for lv in levels[1:]:
         h, w = lv.shape_yx
         for t in tiff:
             if t.shape[0] == c and t.dtype == lv.array.dtype and t.shape[1] in (h, h + 1) and t.shape[2] in (w, w + 1):
-                arrays[lv.name] = t[:, :h, :w].rechunk((c, chunks, chunks))
+                arrays[lv.name] = t[:, :h, :w]
                 break
     if arrays:
         replace_levels(tree, arrays, chunks=chunks)
@@ -249,7 +229,7 @@ def read_hest(
     adata = ad.read_h5ad(files["st"])
     centers = _centers(adata, sample_id)
     obs = _obs(adata, sample_id)
-    image = load_image(files["wsis"])
+    image = load_image(files["wsis"], chunks=chunks)
     _check_spots(centers, image.shape[1:], diameter_um, mpp, sample_id)
     inter = _positive(meta.get("inter_spot_dist"))
     source = {

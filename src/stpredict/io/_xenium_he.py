@@ -3,59 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import dask.array as da
+from ._tiff import TIFF_SUFFIXES, tiff_cyx
 
 __all__ = ["open_he"]
-
-_TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".svs"}
-
-
-def _lazy_tiff(path: Path, chunks: int) -> da.Array:
-    """Level 0 of a (pyramidal, OME-)TIFF as a lazy ``(c, y, x)`` array; each block opens and closes the file."""
-    import dask.array as da
-    import tifffile
-
-    with tifffile.TiffFile(path) as tf:
-        level = tf.series[0].levels[0]
-        shape, dtype, axes = tuple(int(n) for n in level.shape), level.dtype, str(level.axes)
-    keep = [i for i, (a, n) in enumerate(zip(axes, shape, strict=True)) if n > 1 or a in "YX"]
-    kept_axes = "".join(axes[i] for i in keep)
-    if len(keep) not in (2, 3) or "Y" not in kept_axes or "X" not in kept_axes:
-        msg = f"TIFF {str(path)!r} has axes {axes!r} of shape {shape}; expected a 2-D (optionally multichannel) image."
-        raise ValueError(msg)
-    block_chunks = tuple(
-        tuple(min(chunks, shape[i] - s) for s in range(0, shape[i], chunks)) if axes[i] in "YX" else (shape[i],)
-        for i in keep
-    )
-
-    def read(block_info=None):
-        loc = block_info[None]["array-location"]
-        index = [0] * len(shape)
-        for j, i in enumerate(keep):
-            index[i] = slice(*loc[j])
-        with tifffile.TiffFile(path) as tf:
-            return _read_region(tf, index)
-
-    arr = da.map_blocks(read, dtype=dtype, chunks=block_chunks, meta=np.empty((0,) * len(keep), dtype))
-    if len(keep) == 2:
-        return arr[None]
-    c_axis = next(j for j, i in enumerate(keep) if axes[i] not in "YX")
-    return da.moveaxis(arr, c_axis, 0) if c_axis else arr
-
-
-def _read_region(tf: Any, index: list) -> np.ndarray:
-    import zarr
-
-    store = tf.series[0].aszarr(level=0)
-    try:
-        return np.asarray(zarr.open(store, mode="r")[tuple(index)])
-    finally:
-        store.close()
 
 
 def open_he(he_image: Any, chunks: int) -> tuple[Any, tuple[int, int, int], np.dtype]:
@@ -69,8 +23,8 @@ def open_he(he_image: Any, chunks: int) -> tuple[Any, tuple[int, int, int], np.d
         if not path.is_file():
             msg = f"H&E image {str(path)!r} does not exist."
             raise FileNotFoundError(msg)
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            arr = _lazy_tiff(path, chunks)
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            arr = tiff_cyx(path, 0, chunks=chunks)
             return (lambda: arr), tuple(int(s) for s in arr.shape), arr.dtype
         from PIL import Image
 
