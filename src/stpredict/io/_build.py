@@ -17,7 +17,7 @@ from ._tiff import TIFF_SUFFIXES, tiff_cyx
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["build_sdata", "load_image"]
+__all__ = ["build_sdata", "int32_if_whole", "load_image"]
 
 
 def load_image(
@@ -47,6 +47,35 @@ def load_image(
             Image.MAX_IMAGE_PIXELS = old
         return _to_cyx(arr, channel_axis=None)
     return _to_cyx(image, channel_axis=channel_axis)
+
+
+def int32_if_whole(X: Any, *, table_key: str | None = None) -> Any:
+    """Counts as int32 when every value is a whole number within int32's range; otherwise ``X`` unchanged.
+
+    The one rule of every reader (scanpy reads 10x HDF5 counts as float32): exact equality with the rounded
+    value, finite, and no overflow (``astype`` would truncate 2.9999 to 2 and wrap 2**31 to a negative count).
+    ``X`` stays sparse (same format) or dense. With ``table_key``, a kept non-int32 ``X`` is logged as a warning.
+    """
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    kind = values.dtype.kind  # b: bool, i/u: integers, f: floats
+    if values.dtype == np.int32:
+        return X
+    reason = None if kind in "biuf" else f"values of dtype {values.dtype}"
+    if reason is None and values.size and kind != "b":
+        lo, hi, int32 = values.min(), values.max(), np.iinfo(np.int32)
+        if kind == "f" and not np.isfinite([lo, hi]).all():
+            reason = "NaN or infinite values"
+        elif not (int32.min <= lo and hi <= int32.max):
+            reason = f"values outside int32's range ({lo:g} to {hi:g})"
+        elif kind == "f" and not np.array_equal(values, np.round(values)):
+            reason = "non-integer values"
+    if reason is None:
+        return X.astype(np.int32)
+    if table_key is not None:
+        from .._logging import get_logger
+
+        get_logger(__name__).warning("Table %r holds %s: kept as %s.", table_key, reason, values.dtype)
+    return X
 
 
 def _to_cyx(arr: Any, *, channel_axis: int | None) -> np.ndarray | da.Array:
@@ -105,10 +134,7 @@ def build_sdata(
         index=instance,
         transformations=transforms(),
     )
-    X = counts if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts))
-    X = sp.csr_matrix(X)
-    if np.issubdtype(X.dtype, np.floating) and np.allclose(X.data, np.round(X.data)):
-        X = X.astype(np.int32)
+    X = int32_if_whole(sp.csr_matrix(counts if sp.issparse(counts) else np.asarray(counts)))
     obs = obs.copy()
     obs["region"] = pd.Categorical([spots_key] * n)
     obs["spot_id"] = instance

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._keys import MICRONS_CS
 from .._logging import get_logger
+from ._build import int32_if_whole
 from ._visium import _decode_bytes, _transforms
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def read_visium_hd(
                 to_um = Sequence([ts[dataset_id], Scale([mpp, mpp], axes=("x", "y"))])
                 set_transformation(element, to_um, to_coordinate_system=MICRONS_CS)
     table = sdata.tables[table_key]
-    table.X = _as_int(table.X, table_key)
+    table.X = int32_if_whole(table.X, table_key=table_key)
     _decode_bytes(table.uns)
     table.uns["stpredict_source"] = {
         "technology": "Visium HD",
@@ -239,14 +240,3 @@ def _check_fullres(sdata: Any, full: str, hires: str, scalef: float, fullres_ima
             f"{hh / scalef:.0f} px: pass the image given to Space Ranger, not a downsampled one."
         )
         raise ValueError(msg)
-
-
-def _as_int(x: Any, table_key: str) -> Any:
-    """Counts as int32 (scanpy reads 10x HDF5 counts as float32)."""
-    from scipy import sparse
-
-    values = x.data if sparse.issparse(x) else np.asarray(x)
-    if values.size and not np.array_equal(values, np.round(values)):
-        logger.warning("Table %r holds non-integer values: kept as %s.", table_key, values.dtype)
-        return x
-    return x.astype(np.int32)

@@ -11,6 +11,7 @@ import numpy as np
 from .._image import to_multiscale
 from .._keys import DEFAULT_IMAGE, MICRONS_CS
 from .._logging import get_logger
+from ._build import int32_if_whole
 from ._xenium_alignment import alignment_hint, check_overlap, on_image, read_alignment
 from ._xenium_he import open_he
 
@@ -257,10 +258,7 @@ def read_xenium(
     import scipy.sparse as sp
 
     table = sdata.tables["table"]
-    X = sp.csr_matrix(table.X)
-    if X.data.size == 0 or np.array_equal(X.data, np.round(X.data)):
-        X = X.astype(np.int32)
-    table.X = X
+    table.X = int32_if_whole(sp.csr_matrix(table.X))  # floats stay when not whole (protein)
 
     # ---- the H&E ----
     dropped: list[str] = []
