@@ -299,3 +299,20 @@ def test_overwrite_replaces_elements_and_stale_column(sdata_bins):
     assert rec["diameter_um"] == 120.0
     assert "source_obs_column" not in rec  # None is not stored in uns
     np.testing.assert_allclose(_spots_um(sdata_bins)[1], 60.0)
+
+
+def test_micrometre_units_come_from_the_spots_module(sdata_bins, caplog):
+    """pp.spots owns coordinate systems: pool_to_spots reads the shapes' µm affine through _spots_units."""
+    import logging
+
+    from spatialdata.transformations import Scale, set_transformation
+
+    from stpredict.pp import _pool, _pool_args, _spots_units
+
+    assert _pool.micrometers_affine is _spots_units.micrometers_affine
+    assert not hasattr(_pool_args, "micrometers_affine")
+    set_transformation(sdata_bins.shapes["bins"], Scale([1.0, 1.1], axes=("x", "y")), "micrometers")
+    with caplog.at_level(logging.WARNING, logger="stpredict"):
+        out = stp.pp.pool_to_spots(sdata_bins, inplace=False)
+    assert "anisotropic µm units (1 vs 1.1 µm per unit" in caplog.text
+    assert out.shapes[POOLED]["radius"].iloc[0] == pytest.approx(27.5 / np.sqrt(1.1))  # geometric mean

@@ -20,10 +20,10 @@ from ._pool_args import (
     check_integer_counts,
     check_new_names,
     lattice_params,
-    micrometers_affine,
     resolve_source,
 )
 from ._spots import shape_centers
+from ._spots_units import micrometers_affine
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

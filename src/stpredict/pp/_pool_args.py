@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._keys import MICRONS_CS, UNS_KEY
-from .._logging import get_logger
+from .._keys import UNS_KEY
 from .._validate import check_counts, pick_key, table_region
 
 if TYPE_CHECKING:
@@ -20,11 +19,8 @@ __all__ = [
     "check_integer_counts",
     "check_new_names",
     "lattice_params",
-    "micrometers_affine",
     "resolve_source",
 ]
-
-logger = get_logger(__name__)
 
 #: ``layout -> (lattice, spot diameter µm, centre-to-centre spacing µm)``.
 LAYOUTS = {"visium": ("hexagonal", 55.0, 100.0), "st": ("square", 100.0, 200.0)}
@@ -103,31 +99,6 @@ def check_integer_counts(table: AnnData, table_key: str, layer: str | None) -> N
             "counts. Pass the layer of raw counts (layer=...)."
         )
         raise ValueError(msg)
-
-
-def micrometers_affine(shapes, shapes_key: str) -> np.ndarray:
-    """The 3×3 affine from the shapes' intrinsic coordinates to ``"micrometers"``; raise without one."""
-    from spatialdata.transformations import get_transformation
-
-    ts = get_transformation(shapes, get_all=True)
-    if MICRONS_CS not in ts:
-        msg = (
-            f"Shapes {shapes_key!r} have no transformation to the {MICRONS_CS!r} coordinate system (they have "
-            f"{sorted(ts)}), so spot sizes in µm cannot be placed: record the pixel size with "
-            f"`stp.io.set_microns_per_pixel(sdata, value, image_key=...)` or set_transformation(..., {MICRONS_CS!r})."
-        )
-        raise ValueError(msg)
-    m = np.asarray(ts[MICRONS_CS].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
-    sx, sy = np.linalg.norm(m[:2, :2], axis=0)
-    if not np.isclose(sx, sy, rtol=1e-3):
-        logger.warning(
-            "Shapes %r have anisotropic µm units (%.4g vs %.4g µm per unit along x and y): circle radii use their "
-            "geometric mean.",
-            shapes_key,
-            sx,
-            sy,
-        )
-    return m
 
 
 def check_new_names(

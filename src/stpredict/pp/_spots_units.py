@@ -8,8 +8,11 @@ from typing import Any
 import numpy as np
 
 from .._keys import MICRONS_CS
+from .._logging import get_logger
 
-__all__ = ["VISIUM_SPOT_UM"]
+__all__ = ["VISIUM_SPOT_UM", "micrometers_affine"]
+
+logger = get_logger(__name__)
 
 VISIUM_SPOT_UM = 55.0
 _HD_BARCODE = re.compile(r"^s_\d{3}um_\d+_\d+")
@@ -26,6 +29,31 @@ def _coordinate_systems(element: Any) -> list[str]:
     from spatialdata.transformations import get_transformation
 
     return list(get_transformation(element, get_all=True))
+
+
+def micrometers_affine(shapes: Any, shapes_key: str) -> np.ndarray:
+    """The 3×3 affine from the shapes' intrinsic coordinates to ``"micrometers"``; raise without one.
+
+    Anisotropic units (a different µm per unit along x and y) are allowed, with a warning: circles drawn in
+    these units take the geometric mean.
+    """
+    if MICRONS_CS not in _coordinate_systems(shapes):
+        msg = (
+            f"Shapes {shapes_key!r} have no transformation to the {MICRONS_CS!r} coordinate system (they have "
+            f"{sorted(_coordinate_systems(shapes))}), so spot sizes in µm cannot be placed: record the pixel size "
+            f"with `stp.io.set_microns_per_pixel(sdata, value, image_key=...)` or set_transformation(..., "
+            f"{MICRONS_CS!r})."
+        )
+        raise ValueError(msg)
+    m = _affine(shapes, MICRONS_CS)
+    sx, sy = np.linalg.norm(m[:2, :2], axis=0)
+    if not np.isclose(sx, sy, rtol=1e-3):
+        logger.warning(
+            "Shapes %r have anisotropic µm units (%.4g vs %.4g µm per unit along x and y): circle radii use their "
+            "geometric mean.",
+            shapes_key, sx, sy,
+        )  # fmt: skip
+    return m
 
 
 def _is_visium(table: Any) -> bool:
