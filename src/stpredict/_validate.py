@@ -72,12 +72,12 @@ def table_region(table: AnnData) -> tuple[list[str], str, str]:
 LOG_LIKE_MAX = 30.0
 
 
-def check_count_values(X, where: str, *, fix: str) -> None:
+def check_count_values(X, where: str, *, fix: str, require_integer: bool = False) -> None:
     """Raise unless ``X`` (array or sparse) holds finite, non-negative counts that do not look log-normalised.
 
     Non-integer values larger than :data:`LOG_LIKE_MAX` are taken as counts (ambient-corrected counts are
-    not whole numbers) with a warning. ``where`` names the matrix in the messages, ``fix`` says how to pass
-    the raw counts instead.
+    not whole numbers) with a warning, unless ``require_integer`` (pooling, which sums raw counts) refuses
+    them. ``where`` names the matrix in the messages, ``fix`` says how to pass the raw counts instead.
     """
     data = X.data if sp.issparse(X) else np.asarray(X).ravel()
     if not data.size:
@@ -108,6 +108,12 @@ def check_count_values(X, where: str, *, fix: str) -> None:
             "whole numbers, round them (numpy.rint) into a layer and pass that layer."
         )
         raise ValueError(msg)
+    if require_integer:
+        msg = (
+            f"The {where} holds {int(fractional.sum())} non-integer values (e.g. {example:.4g}): this step sums raw "
+            f"counts, which must be whole numbers. {fix}"
+        )
+        raise ValueError(msg)
     from ._logging import get_logger
 
     get_logger(__name__).warning(
@@ -116,10 +122,11 @@ def check_count_values(X, where: str, *, fix: str) -> None:
     )  # fmt: skip
 
 
-def check_counts(table: AnnData, table_key: str, *, layer: str | None = None) -> None:
+def check_counts(table: AnnData, table_key: str, *, layer: str | None = None, require_integer: bool = False) -> None:
     """Raise unless the table holds finite, non-negative counts of distinctly named genes.
 
-    Non-integer values that look log-normalised are refused too (see :func:`check_count_values`).
+    Non-integer values that look log-normalised are refused too, and any non-integer value with
+    ``require_integer`` (see :func:`check_count_values`).
     """
     check_layer(table, table_key, layer)  # the one message for a missing layer (verbs call it first)
     X = table.layers[layer] if layer is not None else table.X
@@ -148,7 +155,7 @@ def check_counts(table: AnnData, table_key: str, *, layer: str | None = None) ->
         fix = f"Pass the raw counts with layer=... (its layers: {_listing(others)}), or put them in .X."
     else:
         fix = "Pass the raw counts: put them in .X, or in a layer named by layer=..."
-    check_count_values(X, where, fix=fix)
+    check_count_values(X, where, fix=fix, require_integer=require_integer)
 
 
 #: A spot narrower than this (pixels of the finest image level) shows colour, hardly any histology.

@@ -316,3 +316,35 @@ def test_micrometre_units_come_from_the_spots_module(sdata_bins, caplog):
         out = stp.pp.pool_to_spots(sdata_bins, inplace=False)
     assert "anisotropic µm units (1 vs 1.1 µm per unit" in caplog.text
     assert out.shapes[POOLED]["radius"].iloc[0] == pytest.approx(27.5 / np.sqrt(1.1))  # geometric mean
+
+
+def test_integer_counts_one_check_with_fit(sdata_bins, caplog):
+    """Pooling refuses any non-integer count (one check_counts, require_integer=True); fit's rule is unchanged."""
+    import logging
+
+    from stpredict._validate import check_counts
+
+    src = sdata_bins.tables["bin_table"]
+    src.layers["counts"] = src.X.copy()
+    big = src.X.astype(np.float64).tocsr()
+    big.data = big.data * 10.5 + 100.0
+    src.X = big  # large non-integers: counts to fit, not to pool
+    with caplog.at_level(logging.WARNING, logger="stpredict"):
+        check_counts(src, "bin_table")  # fit and predict: accepted with a warning
+        assert "taken as counts" in caplog.text
+        caplog.clear()
+        with pytest.raises(ValueError, match=r"\.X holds \d+ non-integer values .* layer='counts'"):
+            stp.pp.pool_to_spots(sdata_bins)
+    assert "taken as counts" not in caplog.text  # refused, not first accepted with a warning
+    src.X = src.layers["counts"].astype(np.float64).log1p()  # log-like: refused by both, as log-normalised
+    for kw in ({}, {"require_integer": True}):
+        with pytest.raises(ValueError, match="look log-normalised"):
+            check_counts(src, "bin_table", **kw)
+    with pytest.raises(ValueError, match="look log-normalised"):
+        stp.pp.pool_to_spots(sdata_bins)
+    src.X = src.layers["counts"].astype(np.float32)  # whole floats pool
+    stp.pp.pool_to_spots(sdata_bins)
+    assert sdata_bins.tables[POOLED_TABLE].X.dtype == np.int32
+    from stpredict.pp import _pool_args
+
+    assert not hasattr(_pool_args, "check_integer_counts")

@@ -10,14 +10,13 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from .._args import check_flag, check_layer
+from .._args import check_flag
 from .._keys import MICRONS_CS, UNS_KEY
 from .._logging import get_logger
 from .._records import uns_safe
-from .._validate import table_region
+from .._validate import check_counts, table_region
 from ._pool_args import (
     LAYOUTS,
-    check_integer_counts,
     check_new_names,
     lattice_params,
     resolve_source,
@@ -162,8 +161,7 @@ def pool_to_spots(
     table_key, shapes_key = resolve_source(sdata, table_key, shapes_key)
     table = sdata.tables[table_key]
     shapes = sdata.shapes[shapes_key]
-    check_layer(table, table_key, layer)
-    check_integer_counts(table, table_key, layer)
+    check_counts(table, table_key, layer=layer, require_integer=True)  # pooling sums counts: whole numbers
     to_um = micrometers_affine(shapes, shapes_key)
     if key_added is None:
         key_added = f"{shapes_key}_pooled_{layout}"

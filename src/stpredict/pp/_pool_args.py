@@ -5,18 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from .._keys import UNS_KEY
-from .._validate import check_counts, pick_key, table_region
+from .._validate import pick_key, table_region
 
 if TYPE_CHECKING:
-    from anndata import AnnData
     from spatialdata import SpatialData
 
 __all__ = [
     "LAYOUTS",
-    "check_integer_counts",
     "check_new_names",
     "lattice_params",
     "resolve_source",
@@ -82,23 +79,6 @@ def resolve_source(sdata: SpatialData, table_key: str | None, shapes_key: str | 
         )
         raise KeyError(msg)
     return table_key, shapes_key
-
-
-def check_integer_counts(table: AnnData, table_key: str, layer: str | None) -> None:
-    """Raise unless the counts in ``layer`` (``.X`` when ``None``) of the table are non-negative integers."""
-    check_counts(table, table_key, layer=layer)
-    X = table.layers[layer] if layer is not None else table.X
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_):
-        return
-    bad = data != np.round(data)
-    if bad.any():
-        where = f"table {table_key!r} " + (f"layer {layer!r}" if layer else ".X")
-        msg = (
-            f"The {where} holds {int(bad.sum())} non-integer values (e.g. {data[bad].ravel()[0]:g}): pooling sums raw "
-            "counts. Pass the layer of raw counts (layer=...)."
-        )
-        raise ValueError(msg)
 
 
 def check_new_names(
