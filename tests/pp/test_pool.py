@@ -348,3 +348,20 @@ def test_integer_counts_one_check_with_fit(sdata_bins, caplog):
     from stpredict.pp import _pool_args
 
     assert not hasattr(_pool_args, "check_integer_counts")
+
+
+def test_spots_after_pooling_names_each_table_and_the_fix(sdata_bins):
+    """Bins and pooled spots are two measured slides: pp.spots without keys names both tables and how to choose."""
+    stp.pp.pool_to_spots(sdata_bins)
+    n_bins, n_spots = sdata_bins.tables["bin_table"].n_obs, sdata_bins.tables[POOLED_TABLE].n_obs
+    with pytest.raises(KeyError, match="Several tables annotate the spots") as e:
+        stp.pp.spots(sdata_bins)
+    msg = e.value.args[0]
+    assert f"'bin_table' ({n_bins} rows annotating shapes 'bins')" in msg
+    assert f"{POOLED_TABLE!r} ({n_spots} rows annotating shapes {POOLED!r}, pooled from table 'bin_table'" in msg
+    assert f"table_key={POOLED_TABLE!r} for the pooled spots" in msg and "spots_key=" in msg
+    for kw in ({"table_key": POOLED_TABLE}, {"spots_key": POOLED}):  # either fix works
+        geo = stp.pp.spots(sdata_bins, **kw)
+        assert (geo.table_key, geo.spots_key, geo.kind, geo.n_spots) == (POOLED_TABLE, POOLED, "circle", n_spots)
+        assert geo.diameter_um == pytest.approx(55.0)
+    assert stp.pp.spots(sdata_bins, spots_key="bins").table_key == "bin_table"

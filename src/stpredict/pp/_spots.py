@@ -21,6 +21,7 @@ from ._spots_checks import (
     check_not_singular,
     check_on_image,
     check_sizes,
+    several_tables_error,
 )
 from ._spots_units import _affine, _coordinate_systems, _explicit_mpp, _no_mpp_error, _resolve_mpp
 
@@ -140,8 +141,7 @@ def resolve_elements(
         if len(annotating) == 1:
             table_key = annotating[0]
         elif len(annotating) > 1:
-            msg = f"Several tables annotate the spots ({', '.join(map(repr, annotating))}): pass table_key=..."
-            raise KeyError(msg)
+            raise several_tables_error(sdata, annotating)
         elif need_table:
             _raise_dangling_tables(sdata)
             msg = (

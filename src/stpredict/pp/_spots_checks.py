@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
-__all__ = ["check_centers", "check_not_singular", "check_on_image", "check_sizes"]
+__all__ = ["check_centers", "check_not_singular", "check_on_image", "check_sizes", "several_tables_error"]
 
 
 def _check_unique(index: pd.Index, what: str, fix: str) -> None:
@@ -40,6 +40,30 @@ def _raise_dangling_tables(sdata: SpatialData) -> None:
                 "with the region column naming that element."
             )
             raise KeyError(msg)
+
+
+def several_tables_error(sdata: SpatialData, annotating: list[str]) -> KeyError:
+    """The error for several tables annotating spots: each table with the shapes it annotates, and the fix.
+
+    Each may annotate its own shapes (after ``stp.pp.pool_to_spots`` the source bins and the pooled spots are
+    two measured slides at two scales): which one is meant is the user's choice, not guessed.
+    """
+    parts = []
+    for k in annotating:
+        t = sdata.tables[k]
+        regions = [r for r in table_region(t)[0] if r in sdata.shapes]
+        part = f"{k!r} ({t.n_obs} rows annotating shapes {_names(regions)}"
+        pooled = t.uns.get("stpredict", {}).get("pool_to_spots")
+        if isinstance(pooled, dict) and "source_table_key" in pooled:
+            part += f", pooled from table {pooled['source_table_key']!r} by stp.pp.pool_to_spots"
+        parts.append(part + ")")
+    example = next((k for k in annotating if "pool_to_spots" in sdata.tables[k].uns.get("stpredict", {})), None)
+    hint = f", e.g. table_key={example!r} for the pooled spots" if example else ""
+    msg = (
+        f"Several tables annotate the spots: {'; '.join(parts)}. Pass table_key=... to choose one, or spots_key=... "
+        f"(the table annotating those shapes is then used){hint}."
+    )
+    return KeyError(msg)
 
 
 def _names(keys: Any) -> str:
