@@ -29,7 +29,7 @@ import pandas as pd
 from .._keys import DEFAULT_IMAGE
 from .._logging import get_logger
 from ._build import build_sdata, load_image
-from ._tiff import tiff_cyx, tiff_levels_meta
+from ._tiff import use_tiff_pyramid
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -125,29 +125,6 @@ def _clean(value: Any) -> Any:
             return np.asarray(items)
         return json.dumps(value)
     return value
-
-
-def use_tiff_pyramid(tree: Any, path: Path, *, chunks: int) -> list[str]:
-    """Read the coarser levels of ``tree`` from the TIFF's own pyramid where one matches (the rest stay computed).
-
-    A TIFF level matches a level of ``tree`` when its size is the same or one pixel larger (pyramids that round
-    odd sizes up); the extra row or column is cropped. Returns the names of the levels replaced.
-    """
-    from .._image import image_levels, replace_levels
-
-    levels = image_levels(tree)
-    c = levels[0].array.shape[0]
-    tiff = [tiff_cyx(path, i, chunks=chunks) for i in range(1, len(tiff_levels_meta(path)))]
-    arrays = {}
-    for lv in levels[1:]:
-        h, w = lv.shape_yx
-        for t in tiff:
-            if t.shape[0] == c and t.dtype == lv.array.dtype and t.shape[1] in (h, h + 1) and t.shape[2] in (w, w + 1):
-                arrays[lv.name] = t[:, :h, :w]
-                break
-    if arrays:
-        replace_levels(tree, arrays, chunks=chunks)
-    return list(arrays)
 
 
 def read_hest(

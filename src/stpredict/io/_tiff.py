@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
 
-__all__ = ["TIFF_SUFFIXES", "tiff_cyx", "tiff_level", "tiff_levels_meta"]
+__all__ = [
+    "TIFF_SUFFIXES",
+    "lazy_tiff_image",
+    "tiff_cyx",
+    "tiff_level",
+    "tiff_levels_meta",
+    "use_tiff_pyramid",
+]
 
 #: File suffixes read as TIFF (lazily) rather than decoded whole with PIL.
 TIFF_SUFFIXES = frozenset({".tif", ".tiff", ".btf", ".svs"})
@@ -95,3 +103,65 @@ def _level(path: Path, level: int, chunks: int) -> tuple[da.Array, str]:
     read = functools.partial(_read_block, str(path), level)
     arr = da.map_blocks(read, dtype=dtype, chunks=block_chunks, meta=np.empty((0,) * len(shape), dtype), name=name)
     return arr, axes
+
+
+def use_tiff_pyramid(tree: Any, path: Path, *, chunks: int) -> list[str]:
+    """Read the coarser levels of ``tree`` from the TIFF's own pyramid where one matches (the rest stay computed).
+
+    A TIFF level matches a level of ``tree`` when its size is the same or one pixel larger (pyramids that round
+    odd sizes up); the extra row or column is cropped. Returns the names of the levels replaced.
+    """
+    from .._image import image_levels, replace_levels
+
+    levels = image_levels(tree)
+    c = levels[0].array.shape[0]
+    tiff = [tiff_cyx(path, i, chunks=chunks) for i in range(1, len(tiff_levels_meta(path)))]
+    arrays = {}
+    for lv in levels[1:]:
+        h, w = lv.shape_yx
+        for t in tiff:
+            if t.shape[0] == c and t.dtype == lv.array.dtype and t.shape[1] in (h, h + 1) and t.shape[2] in (w, w + 1):
+                arrays[lv.name] = t[:, :h, :w]
+                break
+    if arrays:
+        replace_levels(tree, arrays, chunks=chunks)
+    return list(arrays)
+
+
+def lazy_tiff_image(element: Any, path: str | Path, *, chunks: int = 1024) -> Any:
+    """``element`` (an image read from the TIFF ``path`` by another reader) with its pixels read by :func:`tiff_cyx`.
+
+    spatialdata-io reads a Visium (HD) full-resolution TIFF with dask-image, one task for the whole frame: every
+    computation that touches it, a single patch included, decodes the whole slide. The copy returned has the
+    same levels (sizes, channel names, transformations), level 0 read lazily in blocks of ``chunks`` pixels and
+    the coarser levels from the TIFF's own pyramid where it has them. ``element`` itself is returned when
+    ``path`` is not a TIFF or does not hold that image (another size or dtype).
+    """
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    from .._image import image_levels
+
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return element
+    levels = image_levels(element)
+    try:
+        level0 = tiff_cyx(path, 0, chunks=chunks)
+    except ValueError:  # not a 2-D image: leave it to the reader that read it
+        return element
+    if level0.shape != levels[0].array.shape or level0.dtype != levels[0].array.dtype:
+        return element
+    arr0 = next(iter(element["scale0"].ds.data_vars.values())) if hasattr(element, "children") else element
+    factors = [round(prev.shape_yx[0] / lv.shape_yx[0]) for prev, lv in zip(levels, levels[1:], strict=False)]
+    tree = Image2DModel.parse(
+        level0,
+        dims=("c", "y", "x"),
+        c_coords=arr0.coords["c"].values.tolist(),
+        transformations=dict(get_transformation(element, get_all=True)),
+        scale_factors=factors or None,
+        chunks=(level0.shape[0], chunks, chunks),
+    )
+    if factors:
+        use_tiff_pyramid(tree, path, chunks=chunks)
+    return tree

@@ -10,6 +10,7 @@ import numpy as np
 from .._image import image_levels, to_multiscale
 from .._keys import MICRONS_CS
 from .._logging import get_logger
+from ._tiff import lazy_tiff_image
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -103,6 +104,11 @@ def read_visium(
     sdata = spatialdata_io.visium(
         path, dataset_id=dataset_id, counts_file=counts_file, fullres_image_file=fullres_image_file, **kwargs
     )
+    full = f"{dataset_id}_full_image"
+    if fullres_image_file is not None and full in sdata.images:  # read in blocks, not as one whole-slide task
+        image = lazy_tiff_image(sdata.images[full], path / fullres_image_file)
+        del sdata.images[full]
+        sdata.images[full] = image
     dropped = []
     for key in list(sdata.images):
         element = sdata.images[key]

@@ -13,6 +13,7 @@ import numpy as np
 from .._keys import MICRONS_CS
 from .._logging import get_logger
 from ._build import int32_if_whole
+from ._tiff import lazy_tiff_image
 from ._visium import _decode_bytes, _transforms
 
 if TYPE_CHECKING:
@@ -195,6 +196,10 @@ def read_visium_hd(
     for key in [k for k in sdata.shapes if k != shapes_key]:
         del sdata.shapes[key]
     full, hires = f"{dataset_id}_full_image", f"{dataset_id}_hires_image"
+    if fullres_image_file is not None and full in sdata.images:  # read in blocks, not as one whole-slide task
+        image = lazy_tiff_image(sdata.images[full], fullres_image_file)
+        del sdata.images[full]
+        sdata.images[full] = image
     if full in sdata.images and hires in sdata.images:
         _check_fullres(sdata, full, hires, float(sf["tissue_hires_scalef"]), fullres_image_file)
     if full not in sdata.images and hires not in sdata.images:
