@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
     from xarray import DataArray, DataTree
 
-__all__ = ["ImageLevel", "check_pyramid", "check_rgb", "image_levels", "level0_shape", "to_multiscale"]
+__all__ = [
+    "ImageLevel",
+    "check_pyramid",
+    "check_rgb",
+    "image_levels",
+    "level0_shape",
+    "sample_pixels",
+    "to_multiscale",
+]
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,14 @@ def _sample(arr: da.Array) -> np.ndarray:
     return np.concatenate([np.asarray(v).reshape(arr.shape[0], -1) for v in values], axis=1)
 
 
+def sample_pixels(levels: list[ImageLevel]) -> np.ndarray:
+    """``(c, n)`` pixels of :data:`_SAMPLE_GRID`² windows of :data:`_SAMPLE_WINDOW` px on a level cheap to read.
+
+    What :func:`check_rgb` and ``read_visium``'s blank-image drop look at before reading a level whole.
+    """
+    return _sample(_pixel_level(levels))
+
+
 def check_rgb(element: DataArray | DataTree, key: str) -> None:
     """Raise unless ``element`` is 8-bit RGB, or RGBA whose alpha channel is fully opaque.
 
@@ -217,7 +233,7 @@ def check_rgb(element: DataArray | DataTree, key: str) -> None:
         kind = "greyscale" if nc == 1 else f"{nc}-channel"
         msg = f"Image {key!r} is {kind}; stpredict reads RGB H&E images (3 channels). {fix}"
         raise ValueError(msg)
-    sample = _sample(_pixel_level(levels))
+    sample = sample_pixels(levels)
     if nc == 4:
         sampled = sample[3].min() < 255
         alpha = sample[3] if sampled else np.asarray(arr[3].compute()).ravel()

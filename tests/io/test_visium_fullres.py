@@ -1,4 +1,4 @@
-"""read_visium with a full-resolution TIFF: read in blocks by io/_tiff."""
+"""read_visium with a full-resolution TIFF: read in blocks by io/_tiff, and its blank check samples a few windows."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import stpredict as stp
 from stpredict._image import image_levels
 from stpredict.io import _tiff
 
-FULL = 5120  # 5 × 5 blocks of 1024 px
+FULL = 5120  # 5 × 5 blocks of 1024 px: more than the 16 windows of the image check can touch
 
 
 def _visium_with_fullres(tmp_path, image: np.ndarray):
@@ -53,12 +53,14 @@ def block_reads(monkeypatch):
     return reads
 
 
-def test_fullres_tiff_is_read_in_blocks(tmp_path, block_reads):
+def test_fullres_tiff_is_read_in_blocks_and_sampled(tmp_path, block_reads):
     yy, xx = np.mgrid[0:FULL, 0:FULL]
     image = np.stack([(yy // 7) % 256, (xx // 5) % 256, ((yy + xx) // 11) % 256], -1).astype(np.uint8)
     out = _visium_with_fullres(tmp_path, image)
     sdata = stp.io.read_visium(out, dataset_id="fx", fullres_image_file="full.tif")
     assert "fx_full_image" in sdata.images
+    n_blocks = (FULL // 1024) ** 2
+    assert 0 < len(set(block_reads)) <= 16 < n_blocks  # the blank check sampled level 0, never read it whole
     levels = image_levels(sdata.images["fx_full_image"])
     level0 = levels[0].array
     assert level0.chunksize == (3, 1024, 1024)
@@ -70,3 +72,11 @@ def test_fullres_tiff_is_read_in_blocks(tmp_path, block_reads):
     assert len(block_reads) == 1
     geo = stp.pp.spots(sdata, image_key="fx_full_image")
     assert geo.n_spots == 100 and geo.diameter_um == pytest.approx(55.0)
+
+
+def test_blank_fullres_is_confirmed_and_dropped(tmp_path, block_reads):
+    out = _visium_with_fullres(tmp_path, np.full((FULL, FULL, 3), 255, np.uint8))
+    sdata = stp.io.read_visium(out, dataset_id="fx", fullres_image_file="full.tif")
+    assert "fx_full_image" not in sdata.images  # the sample was one colour, the coarsest level confirmed it
+    assert "fx_full_image" in sdata.tables["table"].uns["stpredict_source"]["dropped_images"]
+    assert len(set(block_reads)) == (FULL // 1024) ** 2

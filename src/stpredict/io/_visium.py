@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._image import image_levels, to_multiscale
+from .._image import image_levels, sample_pixels, to_multiscale
 from .._keys import MICRONS_CS
 from .._logging import get_logger
 from ._tiff import lazy_tiff_image
@@ -113,14 +113,15 @@ def read_visium(
     for key in list(sdata.images):
         element = sdata.images[key]
         levels = image_levels(element)
-        coarse = np.asarray(levels[-1].array.compute())
-        blank = coarse[:3].min() == coarse[:3].max()
+        coarse = levels[-1].array
+        sample = sample_pixels(levels)  # 16 small windows; a level is read whole only to confirm what they show
+        blank = sample[:3].min() == sample[:3].max() and bool(coarse[:3].min() == coarse[:3].max())
         if drop_blank_images and blank:
-            logger.warning("Image %r is blank (every pixel %s); dropped.", key, coarse[:, 0, 0].tolist())
+            logger.warning("Image %r is blank (every pixel %s); dropped.", key, sample[:, 0].tolist())
             del sdata.images[key]
             dropped.append(key)
             continue
-        if coarse.shape[0] == 4 and coarse[3].min() == 255:
+        if coarse.shape[0] == 4 and sample[3].min() == 255 and int(coarse[3].min()) == 255:
             data = levels[0].array[:3]
             del sdata.images[key]
             sdata.images[key] = to_multiscale(data, transformations=_transforms(element))
