@@ -68,6 +68,7 @@ def read_visium(
 
     Wraps :func:`spatialdata_io.visium` and then:
 
+    - reads a full-resolution TIFF lazily in blocks of 1024 px (spatialdata-io decodes it whole for any read);
     - drops images that are blank (a single colour, as some test outputs and failed exports have), with a log line;
     - drops an alpha channel that is fully opaque (a transparent one is kept, and later refused with a hint);
     - adds the ``"micrometers"`` coordinate system to every element, from Visium's 55 µm spot diameter

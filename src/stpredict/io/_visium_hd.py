@@ -138,6 +138,7 @@ def read_visium_hd(
       ``microns_per_pixel`` of the bins' ``scalefactors_json.json`` (µm per full-resolution pixel): the
       full-resolution image gets it as it is, the hires and lowres images divided by ``tissue_hires_scalef``
       and ``tissue_lowres_scalef``. :func:`~stpredict.pp.spots` then uses the finest image present;
+    - reads a full-resolution TIFF lazily in blocks of 1024 px (spatialdata-io decodes it whole for any read);
     - checks that a full-resolution image is the one Space Ranger was given: its size times
       ``tissue_hires_scalef`` must be the hires image's (a hires PNG passed as full resolution is refused).
 
