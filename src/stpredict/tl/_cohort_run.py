@@ -1,8 +1,13 @@
-"""One task per slide of a cohort, serially or on a Dask distributed client, each slide isolated from the others.
+"""One task per item, serially or on a Dask distributed client, each isolated from the others.
+
+:func:`run_tasks` is the one runner: one progress bar, the dashboard link logged, the spec scattered to the
+workers once, the task's lazy arrays computed in its own thread on a worker, a task's exception returned as its
+outcome. :func:`run_cohort` runs one task per slide on it (the cohort verbs) and
+:func:`~stpredict.tl.cross_validate` one task per fold.
 
 A slide is a path of a SpatialData zarr store (opened where its task runs, images lazily) or, for small cases,
-a SpatialData in memory (always worked on in the calling process). A task returns ``(status, n_spots)``; an
-exception in it becomes that slide's ``"failed"`` row, and the other slides go on. A worker that dies is
+a SpatialData in memory (always worked on in the calling process). A slide task returns ``(status, n_spots)``;
+an exception in it becomes that slide's ``"failed"`` row, and the other slides go on. A worker that dies is
 Dask's to handle: its tasks are rescheduled on the remaining workers (up to
 ``distributed.scheduler.allowed-failures`` deaths per task, then the slide is reported failed).
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import time
 import traceback
 import uuid
@@ -26,7 +32,19 @@ if TYPE_CHECKING:
 
     from spatialdata import SpatialData
 
-__all__ = ["COLUMNS", "CohortError", "check_slides", "open_store", "persist", "run_cohort", "slide_labels"]
+__all__ = [
+    "COLUMNS",
+    "CohortError",
+    "check_client",
+    "check_slides",
+    "error_text",
+    "open_store",
+    "persist",
+    "run_cohort",
+    "run_one",
+    "run_tasks",
+    "slide_labels",
+]
 
 logger = get_logger(__name__)
 
@@ -117,36 +135,130 @@ def _where() -> str:
         return f"local (pid {os.getpid()})"
 
 
-def _local_dask() -> contextlib.AbstractContextManager:
-    """On a Dask worker, compute the slide's lazy arrays in the task's own thread.
-
-    Otherwise a ``.compute()`` inside the task is sent back to the cluster as many tiny tasks (the default
-    scheduler inside a worker is the distributed one), which is several times slower than reading the chunks here.
-    """
+def _on_worker() -> bool:
     try:
         from distributed import get_worker
 
         get_worker()
     except (ImportError, ValueError):
+        return False
+    return True
+
+
+def _local_dask() -> contextlib.AbstractContextManager:
+    """On a Dask worker, compute the task's lazy arrays in the task's own thread.
+
+    Otherwise a ``.compute()`` inside the task is sent back to the cluster as many tiny tasks (the default
+    scheduler inside a worker is the distributed one), which is several times slower than reading the chunks here.
+    """
+    if not _on_worker():
         return contextlib.nullcontext()
     import dask
 
     return dask.config.set(scheduler="synchronous")
 
 
-def run_slide(task: Callable[[SpatialData, Any], tuple[str, int]], source: str | SpatialData, spec: Any) -> dict:
-    """Run ``task`` on one slide; never raises for the slide's own failures (they become its row)."""
+def check_client(client: Any, verb: str) -> None:
+    """Refuse a ``client`` that is not a ``dask.distributed.Client`` (or ``None``) before any work."""
+    if client is None:
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        msg = f"{verb}(client=...) needs dask.distributed: pip install distributed (or pass client=None)."
+        raise ImportError(msg) from None
+    if not isinstance(client, Client):
+        msg = (
+            f"{verb}: client must be a dask.distributed.Client (e.g. Client(LocalCluster())) or None to run here, "
+            f"got {type(client).__name__}."
+        )
+        raise TypeError(msg)
+
+
+def error_text(e: BaseException) -> str:
+    """How a status table shows an error: its type and message."""
+    return f"{type(e).__name__}: {e}"
+
+
+def _portable(e: Exception) -> Exception:
+    """``e``, or a ``RuntimeError`` with its text when it would not survive the trip back from a worker."""
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:  # noqa: BLE001 - any failure to round-trip
+        return RuntimeError(error_text(e))
+    return e
+
+
+def run_one(fn: Callable[[Any, Any], Any], item: Any, spec: Any) -> dict[str, Any]:
+    """Run ``fn(item, spec)`` here or on a worker; never raises for ``fn``'s own failures.
+
+    Returns ``{"value", "error", "seconds", "worker"}``: ``error`` is the exception (``None`` on success).
+    """
     t0 = time.perf_counter()
-    row: dict[str, Any] = {"status": "failed", "n_spots": 0, "worker": _where(), "error": ""}
+    out: dict[str, Any] = {"value": None, "error": None, "worker": _where()}
     try:
         with _local_dask():
-            sdata = open_store(source) if isinstance(source, str) else source
-            row["status"], row["n_spots"] = task(sdata, spec)
-    except Exception as e:  # noqa: BLE001 - one slide's failure must not stop the cohort
-        row["error"] = f"{type(e).__name__}: {e}"
-        logger.debug("Slide %s failed:\n%s", source if isinstance(source, str) else "in memory", traceback.format_exc())
-    row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row
+            out["value"] = fn(item, spec)
+    except Exception as e:  # noqa: BLE001 - one task's failure must not stop the others
+        out["error"] = _portable(e) if _on_worker() else e
+        logger.debug(
+            "Task %r failed:\n%s", item if isinstance(item, str | int) else "in memory", traceback.format_exc()
+        )
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def run_tasks(
+    fn: Callable[[Any, Any], Any],
+    items: Sequence[Any],
+    spec: Any,
+    on_done: Callable[[int, dict[str, Any]], None],
+    *,
+    client: Any = None,
+    remote: Sequence[int] = (),
+    progress: bool | None = None,
+    desc: str,
+    unit: str,
+) -> None:
+    """Run ``fn(items[i], spec)`` for every ``i`` and call ``on_done(i, outcome)`` as each finishes (see :func:`run_one`).
+
+    The ``remote`` positions run on the ``distributed.Client`` (one task each, ``spec`` sent to every worker once),
+    the others here, first. One progress bar over the items; the Dask dashboard link is logged. When ``on_done``
+    raises, the tasks still pending are cancelled.
+    """
+    from tqdm.auto import tqdm
+
+    from .._settings import settings
+
+    show = settings.progress if progress is None else progress
+    remote = list(remote) if client is not None else []
+    with tqdm(total=len(items), disable=not show, desc=desc, unit=unit) as bar:
+        futures = _submit(client, fn, items, remote, spec, desc=desc, unit=unit) if remote else {}
+        try:
+            for i, it in enumerate(items):
+                if i not in remote:
+                    on_done(i, run_one(fn, it, spec))
+                    bar.update(1)
+            if futures:
+                from distributed import as_completed
+
+                for fut in as_completed(list(futures)):
+                    try:
+                        out = fut.result()
+                    except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: the task killed its workers
+                        out = {"value": None, "error": e, "seconds": float("nan"), "worker": ""}
+                    on_done(futures[fut], out)
+                    bar.update(1)
+        except BaseException:
+            if futures:
+                client.cancel(list(futures))
+            raise
+
+
+def _slide_task(source: str | SpatialData, spec: tuple[Callable, Any]) -> tuple[str, int]:
+    task, task_spec = spec
+    sdata = open_store(source) if isinstance(source, str) else source
+    return task(sdata, task_spec)
 
 
 def run_cohort(
@@ -161,41 +273,26 @@ def run_cohort(
 ) -> pd.DataFrame:
     """Run ``task(sdata, spec)`` once per slide and return the status table (one row per slide, in input order).
 
-    With a ``distributed.Client``, each store is one task (``spec`` is sent to every worker once); in-memory
-    slides run in this process either way.
+    ``task`` returns ``(status, n_spots)``. With a ``distributed.Client``, each store is one task (``spec`` is
+    sent to every worker once) and is opened there; in-memory slides run in this process either way.
     """
-    from tqdm.auto import tqdm
-
-    from .._settings import settings
-
     labels = slide_labels(items)
     rows: dict[int, dict] = {}
-    show = settings.progress if progress is None else progress
     t0 = time.perf_counter()
-    with tqdm(total=len(items), disable=not show, desc=desc, unit="slide") as bar:
 
-        def done(i: int, row: dict) -> None:
-            rows[i] = row
-            if row["status"] == "failed":
-                logger.warning("%s: slide %s failed: %s", desc, labels[i], row["error"])
-            bar.update(1)
+    def done(i: int, out: dict[str, Any]) -> None:
+        row = {"status": "failed", "n_spots": 0, "seconds": out["seconds"], "worker": out["worker"], "error": ""}
+        if out["error"] is None:
+            row["status"], row["n_spots"] = out["value"]
+        else:
+            row["error"] = error_text(out["error"])
+            logger.warning("%s: slide %s failed: %s", desc, labels[i], row["error"])
+        rows[i] = row
 
-        remote = [i for i, it in enumerate(items) if isinstance(it, str)] if client is not None else []
-        futures = _submit(client, task, items, remote, spec, desc=desc) if remote else {}
-        for i, it in enumerate(items):
-            if i not in remote:
-                done(i, run_slide(task, it, spec))
-        if futures:
-            from distributed import as_completed
-
-            for fut in as_completed(list(futures)):
-                i = futures[fut]
-                try:
-                    row = fut.result()
-                except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: the slide killed its workers
-                    row = {"status": "failed", "n_spots": 0, "worker": "", "seconds": float("nan")}
-                    row["error"] = f"{type(e).__name__}: {e}"
-                done(i, row)
+    remote = [i for i, it in enumerate(items) if isinstance(it, str)]
+    run_tasks(
+        _slide_task, items, (task, spec), done, client=client, remote=remote, progress=progress, desc=desc, unit="slide"
+    )
     table = pd.DataFrame([{"slide": labels[i], **rows[i]} for i in range(len(items))], columns=COLUMNS)
     counts = table["status"].value_counts().to_dict()
     logger.info("%s: %d slides in %.1f s: %s.", desc, len(items), time.perf_counter() - t0, counts)
@@ -204,14 +301,13 @@ def run_cohort(
     return table
 
 
-def _submit(client: Any, task: Callable, items: Sequence, remote: list[int], spec: Any, *, desc: str) -> dict:
-    """One future per store; the spec (model, backbone) is scattered to the workers once."""
+def _submit(client: Any, fn: Callable, items: Sequence, remote: list[int], spec: Any, *, desc: str, unit: str) -> dict:
+    """One future per remote item; the spec (model, backbone, slides in memory) is scattered to the workers once."""
     link = getattr(client, "dashboard_link", None)
     if link:
-        logger.info("%s: %d slides on Dask; dashboard: %s", desc, len(remote), link)
+        logger.info("%s: %d %ss on Dask; dashboard: %s", desc, len(remote), unit, link)
     spec_f = client.scatter(spec, broadcast=True, hash=False)
     run = uuid.uuid4().hex[:8]
     return {
-        client.submit(run_slide, task, items[i], spec_f, key=f"stpredict-{desc}-{run}-{i}", pure=False): i
-        for i in remote
+        client.submit(run_one, fn, items[i], spec_f, key=f"stpredict-{desc}-{run}-{i}", pure=False): i for i in remote
     }
