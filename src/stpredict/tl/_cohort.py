@@ -12,7 +12,7 @@ from .._keys import LAYER_PREDICTED, UNS_KEY
 from .._logging import get_logger
 from .._records import jsonable
 from .._version import __version__
-from ._cohort_run import check_slides, persist, run_cohort
+from ._cohort_run import check_client, check_slides, persist, run_cohort
 from ._options import Compute, Elements
 from ._pipeline import embed_slide
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..models._base import Predictor
     from ..models.backbones import Backbone
 
-__all__ = ["embed_cohort", "predict_cohort"]
+__all__ = ["embed_cohort", "embed_on_client", "predict_cohort"]
 
 logger = get_logger(__name__)
 
@@ -130,12 +130,44 @@ def embed_cohort(
     """
     from ..models.backbones import get_backbone
 
+    check_client(client, "embed_cohort")
     items = check_slides(slides)
     run = Compute(device, batch_size, None, progress=False, dense=dense)
     bb = get_backbone(backbone, weights=weights)
     spec = _EmbedSpec(bb, patch_size_um, Elements(image_key, spots_key, table_key, microns_per_pixel), run, key_added)
     return run_cohort(
         _embed_task, items, spec, client=client, progress=progress, desc="embed_cohort", raise_on_error=raise_on_error
+    )
+
+
+def embed_on_client(
+    stores: Sequence[str],
+    backbone: Backbone,
+    *,
+    patch_size_um: float | None,
+    elements: Elements,
+    run: Compute,
+    client: Any,
+) -> None:
+    """Embed ``stores`` on the client's workers (:func:`embed_cohort`), the features cached in each store.
+
+    What :func:`~stpredict.tl.fit` and :func:`~stpredict.tl.cross_validate` do with a client before reading the
+    stores' embeddings through their cache; a store that fails raises :class:`~stpredict.tl.CohortError`.
+    """
+    embed_cohort(
+        stores,
+        backbone,
+        patch_size_um=patch_size_um,
+        image_key=elements.image_key,
+        spots_key=elements.spots_key,
+        table_key=elements.table_key,
+        microns_per_pixel=elements.microns_per_pixel,
+        device=run.device,
+        batch_size=run.batch_size,
+        dense=run.dense,
+        client=client,
+        progress=run.progress,
+        raise_on_error=True,
     )
 
 
@@ -236,6 +268,7 @@ def predict_cohort(
     from ..models._checkpoint import digest
     from ._models import resolve_model
 
+    check_client(client, "predict_cohort")
     items = check_slides(slides)
     predictor, fitted = resolve_model(model, {})
     if not fitted:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
 from .._docs import doc_params
 from .._logging import get_logger
-from ._cohort_run import check_slides, open_store, persist
+from ._cohort_run import check_client, check_slides, open_store, persist
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, embed_slide, prepare_training
 from ._transfer import Transfer
@@ -190,6 +190,7 @@ def fit(
     check_max_epochs(max_epochs)
     check_genes_arg(genes, n_genes)
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
+    check_client(client, "fit")
     items = check_slides(sdata)
     predictor, fitted = resolve_model(model, model_kwargs)
     if fitted:
@@ -258,25 +259,11 @@ def _embed_on_client(
     client: Any,
 ) -> None:
     """Embed the stores on the client's workers, caching the features where ``fit`` will look for them."""
-    from ._cohort import embed_cohort
+    from ._cohort import embed_on_client
     from ._models import resolve_backbone
 
     bb = resolve_backbone(predictor, backbone, weights)
     if bb is None:
         logger.info("fit: %s reads pixels, not embeddings: nothing to embed on the client.", predictor.name)
         return
-    embed_cohort(
-        stores,
-        bb,
-        patch_size_um=patch_size_um,
-        image_key=elements.image_key,
-        spots_key=elements.spots_key,
-        table_key=elements.table_key,
-        microns_per_pixel=elements.microns_per_pixel,
-        device=run.device,
-        batch_size=run.batch_size,
-        dense=run.dense,
-        client=client,
-        progress=run.progress,
-        raise_on_error=True,
-    )
+    embed_on_client(stores, bb, patch_size_um=patch_size_um, elements=elements, run=run, client=client)
