@@ -314,6 +314,30 @@ CASES: dict[str, Case] = {
         "silent",
         needs="no-cuda",
     ),  # fmt: skip
+    "cross_validate client a string": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", client="tcp://127.0.0.1:8786", **P),
+        TypeError,
+        "cross_validate: client must be a dask.distributed.Client (e.g. Client(LocalCluster())) or None",
+        "unclear",
+    ),  # fmt: skip
+    "cross_validate raise_on_error='no'": refused(
+        lambda s, c: stp.tl.cross_validate(s, "ridge", protocol="hide_spots", raise_on_error="no", **P),
+        TypeError,
+        "raise_on_error must be True or False, got 'no' of type str: pass raise_on_error=False.",
+        "unclear",
+    ),  # fmt: skip
+    "fit client a string": refused(
+        lambda s, c: stp.tl.fit(s, "ridge", client="tcp://127.0.0.1:8786", **P),
+        TypeError,
+        "fit: client must be a dask.distributed.Client",
+        "silent",
+    ),  # fmt: skip
+    "embed_cohort client a string": refused(
+        lambda s, c: stp.tl.embed_cohort([s], client="tcp://127.0.0.1:8786", **P),
+        TypeError,
+        "embed_cohort: client must be a dask.distributed.Client",
+        "silent",
+    ),  # fmt: skip
     # ---- flags ------------------------------------------------------------------------------------------------
     "embed inplace='no'": refused(
         lambda s, c: stp.tl.embed(s, inplace="no", **P),

@@ -6,30 +6,26 @@ fold in :mod:`._cv_folds`, the scoring and the result in :mod:`._cv_result`.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .._args import check_genes_arg, check_length, check_max_epochs, check_seed
+from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
 from .._logging import get_logger
-from ..models._base import Regions
+from ._cohort_run import check_client, check_slides, open_store
 from ._cv_args import CROSS_SLIDE, check_arguments
-from ._cv_folds import no_genes_error, plan_folds, pool_fold
-from ._cv_result import CVResult, Split, gene_selection_record, score_fold
-from ._embeddings import EmbeddingCache
-from ._models import fresh_copy, train
-from ._pipeline import Compute, prepare_slides, spot_kind
-from ._targets import NoGenesError, preprocessing_record, select_genes, targets
+from ._cv_folds import plan_folds
+from ._cv_result import FOLD_COLUMNS, SCORE_COLUMNS, CVResult, Split, gene_selection_record
+from ._cv_run import FoldSpec, run_folds
+from ._pipeline import Compute, Elements, prepare_slides
 from ._transfer import Transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
-    import numpy as np
     from spatialdata import SpatialData
 
-    from ..models._base import SlideData
+    from ..models._base import Predictor
     from ._pipeline import Inputs
 
 
@@ -63,6 +59,8 @@ def cross_validate(
     feature_norm: str | None = None,
     stain_augment: int = 0,
     names: Sequence[str] | None = None,
+    client: Any = None,
+    raise_on_error: bool = True,
     **model_kwargs: Any,
 ) -> CVResult:
     """Score a model under an honest protocol; genes are always chosen on the training data only.
@@ -91,7 +89,9 @@ def cross_validate(
     Parameters
     ----------
     slides
-        One SpatialData or a list (each read with its default keys: one image, spots and table).
+        One SpatialData or a list (each read with its default keys: one image, spots and table), or paths of
+        SpatialData zarr stores (read lazily: the images stay on disk, read as windows are cut; never written,
+        except by the embedding step of ``client``).
     model
         A registered name or an unfitted predictor (a fresh copy is fitted per fold).
     protocol
@@ -136,6 +136,19 @@ def cross_validate(
     names
         Slide names for the tables (default: library ids). Repeated names get ``#i`` (the slide's position)
         appended, as in :func:`stpredict.tl.fit`.
+    client
+        A ``dask.distributed.Client``: each fold is one task on its workers (its training, prediction and scores),
+        gathered into the same result as without it (with the same seeds, the same folds, scores and genes; only
+        the seconds differ). The slides are resolved and checked here first and sent to every worker once; a store's
+        image is read by the workers from the store. With an embedding-based model the spots are embedded once per
+        slide before the folds: store paths on the workers (:func:`~stpredict.tl.embed_cohort`, the features cached
+        in each store, as :func:`~stpredict.tl.fit` does with a client), in-memory slides here; models that read
+        pixels train on the workers. One progress bar over the folds (the per-fold bars stay off) and the Dask
+        dashboard link logged. ``None``: the folds run here, one after the other.
+    raise_on_error
+        A fold that fails raises its error (at once here; with a client as soon as it comes back, the other folds
+        cancelled). ``False``: the failure is logged as a warning, the other folds finish, and the result lists it
+        in :attr:`CVResult.failures` (fold, slide, seconds, worker, error) with no scores for it.
     **model_kwargs
         Predictor options.
 
@@ -147,109 +160,33 @@ def cross_validate(
     check_max_epochs(max_epochs)
     check_genes_arg(genes, n_genes)
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
-    sdatas = list(slides) if isinstance(slides, list | tuple) else [slides]
-    protocol, proto_pred = check_arguments(
-        protocol, condition, model, model_kwargs, n_slides=len(sdatas), groups=groups
-    )
-    run = Compute(device, batch_size, num_workers, progress, dense).check_here()
+    check_flag("raise_on_error", raise_on_error)
+    check_client(client, "cross_validate")
+    items = check_slides(slides)
+    protocol, proto_pred = check_arguments(protocol, condition, model, model_kwargs, n_slides=len(items), groups=groups)
+    run = Compute(device, batch_size, num_workers, progress, dense)
+    if client is None:
+        run.check_here()  # with a client the folds run on the workers: only the device's name is checked
     transfer = Transfer(stain, feature_norm, stain_augment)
     cross = protocol in CROSS_SLIDE
     if transfer.stain != "none" and not cross:
         logger.info("cv %s: stain=%r is the identity within one slide; skipped.", protocol, transfer.stain)
         transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
     # validate and resolve every slide before any heavy work
-    inputs = prepare_slides(
-        sdatas, proto_pred, backbone=backbone, weights=weights, patch_size_um=patch_size_um, names=names,
-        transfer=transfer,
-    )  # fmt: skip
+    options = {"backbone": backbone, "weights": weights, "patch_size_um": patch_size_um, "names": names}
+    inputs = _prepare(items, proto_pred, transfer, options)
+    if client is not None and _embed_stores(items, inputs, run, client):
+        inputs = _prepare(items, proto_pred, transfer, options)  # re-read: the stores now hold the features
     base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
-    emb_cache: dict[int, np.ndarray | None] = {}
-
-    def embeddings(i: int) -> np.ndarray | None:
-        if i not in emb_cache:
-            emb_cache[i] = inputs.spot_embeddings(i, run)
-        return emb_cache[i]
-
-    rows, fold_rows, splits, fold_genes, fold_how = [], [], [], {}, {}
     plan = plan_folds(protocol, base, groups, fraction, seed)
-    for f, (test_i, train_is, train_idx, test_idx) in enumerate(plan):
-        sl_test, geo_test, table_test = base[test_i]
-        if protocol == "pool":
-            result = pool_fold(
-                proto_pred, inputs, test_i, pool, panel_request=(genes, n_genes), context=embeddings(test_i),
-                run=run, max_epochs=max_epochs, seed=seed, fold=f, condition=condition,
-            )  # fmt: skip
-            y_true, mean, panel, how, n_train, t_fit, t_pred, train_names = result
-            test_names = list(sl_test.obs_names)
-        else:
-            slide_of, emb_of = _fold_inputs(inputs, train_is, test_i, run, embeddings)
-            sl_test = slide_of(test_i)
-            tables = [(base[j][2], base[j][1].rows[train_idx[j]]) for j in train_is]
-            try:
-                panel, how = select_genes(tables, genes if genes is not None else n_genes, n_genes=n_genes)
-            except NoGenesError as e:
-                n_tr = sum(len(train_idx[j]) for j in train_is)
-                raise no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None) from e
-            if any(g not in table_test.var_names for g in panel):
-                panel = [g for g in panel if g in table_test.var_names]
-            if not panel:
-                n_tr = sum(len(train_idx[j]) for j in train_is)
-                raise no_genes_error(f, protocol, sl_test.name, n_tr, genes is not None)
-            train_slides = []
-            for j in train_is:
-                _, geo, table = base[j]
-                idx = train_idx[j]
-                y, ylin, lib = targets(table, geo.rows[idx], panel, None)
-                sub = slide_of(j).subset(idx)
-                sub.genes, sub.y, sub.y_linear, sub.library_size = panel, y, ylin, lib
-                emb = emb_of(j)
-                sub.embeddings = None if emb is None else emb[idx]
-                train_slides.append(sub)
-            pred = fresh_copy(proto_pred)
-            t0 = time.perf_counter()
-            train(
-                pred, inputs, run, slides=train_slides, genes=panel, preprocessing=preprocessing_record(panel, how),
-                max_epochs=max_epochs, seed=seed, full={base[j][0].name: (j, slide_of(j)) for j in train_is},
-            )  # fmt: skip
-            t_fit = time.perf_counter() - t0
-            y_true, _, _ = targets(table_test, geo_test.rows[test_idx], panel, None)
-            if protocol == "hide_spots":
-                context = train_slides[0]
-            else:
-                context = sl_test.without_targets()
-                context.genes = panel
-                context.embeddings = emb_of(test_i)
-            emb_t = emb_of(test_i)
-            regions = Regions(
-                sl_test.centers_px[test_idx],
-                spot_kind(sl_test),
-                sl_test.spot_diameter_um,
-                "spots",
-                None if emb_t is None else emb_t[test_idx],
-            )
-            t0 = time.perf_counter()
-            mean, _ = pred.predict(context, regions)
-            t_pred = time.perf_counter() - t0
-            n_train = sum(len(train_idx[j]) for j in train_is)
-            train_names = {j: list(base[j][0].obs_names[train_idx[j]]) for j in train_is}
-            test_names = list(sl_test.obs_names[test_idx])
-        scores, fold_row = score_fold(
-            f, sl_test.name, y_true, mean, panel=panel, how=how, n_train=n_train, t_fit=t_fit, t_pred=t_pred
-        )
-        rows.append(scores)
-        fold_rows.append(fold_row)
-        fold_genes[f] = list(panel)
-        fold_how[f] = how
-        splits.append(
-            Split(
-                f,
-                test_i,
-                list(train_is),
-                train_names if isinstance(train_names, dict) else {test_i: train_names},
-                test_names,
-            )
-        )
-        logger.info("cv %s fold %d (%s): mean PCC %.3f", proto_pred.name, f, sl_test.name, fold_row["pearson_mean"])
+    spec = FoldSpec(protocol, proto_pred, inputs, plan, run, genes, n_genes, pool, condition, max_epochs, seed)
+    outs, failures = run_folds(spec, client=client, progress=progress, raise_on_error=raise_on_error)
+    done = sorted(outs)
+    rows = [outs[f].scores for f in done]
+    fold_rows = [outs[f].row for f in done]
+    splits: list[Split] = [outs[f].split for f in done]
+    fold_genes = {f: outs[f].genes for f in done}
+    fold_how = {f: outs[f].how for f in done}
     params = {
         "model": proto_pred.name,
         "config": proto_pred.config,
@@ -268,30 +205,27 @@ def cross_validate(
         "embed_seconds": round(inputs.cache.seconds if inputs.cache is not None else 0.0, 3),
         "gene_selection": gene_selection_record(fold_how),
     }
-    return CVResult(pd.concat(rows, ignore_index=True), pd.DataFrame(fold_rows), splits, fold_genes, params)
+    scores = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
+    folds = pd.DataFrame(fold_rows) if fold_rows else pd.DataFrame(columns=FOLD_COLUMNS)  # every fold failed
+    return CVResult(scores, folds, splits, fold_genes, params, failures)
 
 
-def _fold_inputs(
-    inputs: Inputs, train_is: Sequence[int], test_i: int, run: Compute, embeddings: Callable[[int], Any]
-) -> tuple[Callable[[int], SlideData], Callable[[int], Any]]:
-    """A fold's slides and their embeddings: as prepared, or normalised onto the fold's own stain reference.
+def _prepare(
+    items: Sequence[str | SpatialData], predictor: Predictor, transfer: Transfer, options: dict[str, Any]
+) -> Inputs:
+    """The slides' inputs (a store opened here, its images lazy), checked before any heavy work."""
+    sdatas = [open_store(it) if isinstance(it, str) else it for it in items]
+    return prepare_slides(sdatas, predictor, **options, transfer=transfer)
 
-    With a stain method, the reference is fitted on the fold's training slides and every slide of the fold is
-    normalised onto it and embedded through a cache of the fold's (its dense maps are dropped with it).
-    """
-    if inputs.stains is None:
-        return inputs.slides.__getitem__, embeddings
-    reference = inputs.stains.reference([inputs.slides[j] for j in train_is])
-    slides = {j: inputs.stains.normalize(inputs.slides[j], reference) for j in (*train_is, test_i)}
-    cache = EmbeddingCache(inputs.backbone, inputs.patch_size_um) if inputs.backbone is not None else None
-    done: dict[int, Any] = {}
 
-    def emb_of(j: int) -> Any:
-        if j not in done:
-            before = cache.seconds if cache is not None else 0.0
-            done[j] = inputs.slide_embeddings(j, slides[j], run, cache=cache)
-            if cache is not None and inputs.cache is not None:  # the call's embedding time counts them
-                inputs.cache.seconds += cache.seconds - before
-        return done[j]
+def _embed_stores(items: Sequence[str | SpatialData], inputs: Inputs, run: Compute, client: Any) -> bool:
+    """Embed the stores on the client's workers, cached in each store (the folds read them); whether any were."""
+    from ._cohort import embed_on_client
 
-    return slides.__getitem__, emb_of
+    stores = [it for it in items if isinstance(it, str)]
+    if not stores or inputs.backbone is None or inputs.stains is not None:
+        return False  # nothing to embed, a model that reads pixels, or embeddings of each fold's normalised slides
+    embed_on_client(
+        stores, inputs.backbone, patch_size_um=inputs.patch_size_um, elements=Elements(), run=run, client=client
+    )
+    return True

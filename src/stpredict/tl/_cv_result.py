@@ -12,7 +12,40 @@ from ..metrics import score_table, summarize
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CVResult", "Split", "gene_selection_record", "score_fold"]
+__all__ = [
+    "FAILURE_COLUMNS",
+    "FOLD_COLUMNS",
+    "SCORE_COLUMNS",
+    "CVResult",
+    "Split",
+    "gene_selection_record",
+    "score_fold",
+]
+
+#: columns of :attr:`CVResult.scores`
+SCORE_COLUMNS = ["fold", "slide", "gene", "pearson", "spearman", "mse", "mae", "truth_var", "n"]
+#: columns of :attr:`CVResult.folds`
+FOLD_COLUMNS = [
+    "fold",
+    "slide",
+    "n_train",
+    "n_test",
+    "n_genes",
+    "gene_selection",
+    "pearson_mean",
+    "pearson_median",
+    "n_nan_genes",
+    "fit_seconds",
+    "predict_seconds",
+]
+#: columns of :attr:`CVResult.failures`
+FAILURE_COLUMNS = ["fold", "slide", "seconds", "worker", "error"]
+
+
+def _no_failures() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(columns=FAILURE_COLUMNS)
 
 
 @dataclass
@@ -44,6 +77,9 @@ class CVResult:
         The gene panel of every fold (chosen on that fold's training data only).
     params
         Model, protocol, seed and options.
+    failures
+        One row per fold that failed with ``raise_on_error=False`` (``fold``, ``slide``, ``seconds``, ``worker``,
+        ``error``: type and message); such a fold has no scores, row of ``folds``, split or genes. Empty otherwise.
     """
 
     scores: pd.DataFrame
@@ -51,6 +87,7 @@ class CVResult:
     splits: list[Split]
     genes: dict[int, list[str]]
     params: dict[str, Any]
+    failures: pd.DataFrame = field(default_factory=_no_failures)
 
     def summary(self) -> dict[str, float]:
         """Mean ± sd over folds of the per-fold mean PCC, and quartiles / MSE over all (fold, gene) scores.
@@ -77,9 +114,10 @@ class CVResult:
 
     def __repr__(self) -> str:
         s = self.summary()
+        failed = f", {len(self.failures)} failed" if len(self.failures) else ""
         return (
             f"CVResult({self.params['model']!r}, {self.params['protocol']!r}: mean PCC {s['pcc_mean']:.3f} ± "
-            f"{s['pcc_sd_folds']:.3f} over {s['n_folds']} folds)"
+            f"{s['pcc_sd_folds']:.3f} over {s['n_folds']} folds{failed})"
         )
 
 
