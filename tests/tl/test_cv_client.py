@@ -95,6 +95,17 @@ def test_a_torch_model_trains_in_the_workers(slides, client):
     _assert_same(serial, on_dask, exact=False)  # torch's CPU kernels may sum in another order with other threads
 
 
+@pytest.mark.slow
+def test_per_fold_stains_on_the_workers(client):
+    """With a stain method each fold normalises and embeds its slides on its worker (and its re-stained copies)."""
+    few = [_synthetic(s, size=512, embed=False) for s in (0, 1, 2)]
+    kw = {"protocol": "loso", "stain": "macenko", "feature_norm": "slide", "stain_augment": 1, "n_genes": 4}
+    serial = stp.tl.cross_validate(few, "ridge", progress=False, **kw)
+    on_dask = stp.tl.cross_validate(few, "ridge", client=client, progress=False, **kw)
+    _assert_same(serial, on_dask)
+    assert on_dask.params["embed_seconds"] > 0  # the workers' embedding time is counted
+
+
 @pytest.fixture(scope="module")
 def raw():
     """Three smaller slides without features."""

@@ -148,13 +148,14 @@ def embed_on_client(
     elements: Elements,
     run: Compute,
     client: Any,
-) -> None:
+) -> pd.DataFrame:
     """Embed ``stores`` on the client's workers (:func:`embed_cohort`), the features cached in each store.
 
     What :func:`~stpredict.tl.fit` and :func:`~stpredict.tl.cross_validate` do with a client before reading the
     stores' embeddings through their cache; a store that fails raises :class:`~stpredict.tl.CohortError`.
+    Returns the status table.
     """
-    embed_cohort(
+    return embed_cohort(
         stores,
         backbone,
         patch_size_um=patch_size_um,

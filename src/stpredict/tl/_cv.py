@@ -1,7 +1,8 @@
 """``cross_validate``: honest protocols across and within slides, one code path for every predictor.
 
-This module runs the folds; the argument checks are in :mod:`._cv_args`, the folds' plans and the pooled
-fold in :mod:`._cv_folds`, the scoring and the result in :mod:`._cv_result`.
+This module checks the call, prepares the slides and assembles the result; the argument checks are in
+:mod:`._cv_args`, the folds' plans and the pooled fold in :mod:`._cv_folds`, one fold's training, prediction and
+scores (here or as a Dask task) in :mod:`._cv_run`, the scoring and the result in :mod:`._cv_result`.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def cross_validate(
     options = {"backbone": backbone, "weights": weights, "patch_size_um": patch_size_um, "names": names}
     inputs = _prepare(items, proto_pred, transfer, options)
     if client is not None and _embed_stores(items, inputs, run, client):
-        inputs = _prepare(items, proto_pred, transfer, options)  # re-read: the stores now hold the features
+        # re-read: the stores now hold the features (the backbone as resolved, not loaded again)
+        inputs = _prepare(items, proto_pred, transfer, {**options, "backbone": inputs.backbone})
     base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
     plan = plan_folds(protocol, base, groups, fraction, seed)
     spec = FoldSpec(protocol, proto_pred, inputs, plan, run, genes, n_genes, pool, condition, max_epochs, seed)
@@ -219,13 +221,13 @@ def _prepare(
 
 
 def _embed_stores(items: Sequence[str | SpatialData], inputs: Inputs, run: Compute, client: Any) -> bool:
-    """Embed the stores on the client's workers, cached in each store (the folds read them); whether any were."""
+    """Embed the stores on the client's workers, cached in each store (the folds read them); whether any was new."""
     from ._cohort import embed_on_client
 
     stores = [it for it in items if isinstance(it, str)]
     if not stores or inputs.backbone is None or inputs.stains is not None:
         return False  # nothing to embed, a model that reads pixels, or embeddings of each fold's normalised slides
-    embed_on_client(
+    status = embed_on_client(
         stores, inputs.backbone, patch_size_um=inputs.patch_size_um, elements=Elements(), run=run, client=client
     )
-    return True
+    return bool((status["status"] == "done").any())  # "cached": the stores opened here hold them already
