@@ -13,6 +13,9 @@ copies of those stores (no cached features), in its own subprocess:
 - ``rerun``: the same call again on the same stores, which now hold the features (every slide ``cached``);
 - ``warm``: the same cluster on fresh copies: the workers have imported everything (a long cohort's case).
 
+- ``cross_validate``: leave-one-section-out over the same stores (their features cached by then) with
+  ``--cv-model``, serially in the ``serial`` process and with ``client=`` on the warm cluster (one task per fold).
+
 Peak memory is ``ru_maxrss`` of the process (serial) and of each worker (cluster). Ratios are printed last:
 speed-up serial / cluster, cold and warm (goal >= 1.6 with 2 workers on 2 cores), serial 1 thread / warm
 cluster (how well the workers share the cores) and rerun / first run (goal < 5 %).
@@ -86,6 +89,8 @@ def _measure(mode: str, stores: list[str], args: argparse.Namespace) -> dict:
         out["seconds"] = time.perf_counter() - t0
         out["peak_mib"] = _peak_mib()
         out["peak_mib_over_imports"] = out["peak_mib"] - base
+        if mode == "serial":
+            out["cv_seconds"], out["cv_pcc"] = _cross_validate(stores, args, None)
     else:
         from distributed import Client, LocalCluster
 
@@ -104,6 +109,7 @@ def _measure(mode: str, stores: list[str], args: argparse.Namespace) -> dict:
         warm = stp.tl.embed_cohort(args.warm_stores, args.backbone, client=client, progress=False)
         out["warm_seconds"] = time.perf_counter() - t0
         out["warm_status"] = warm["status"].value_counts().to_dict()
+        out["cv_seconds"], out["cv_pcc"] = _cross_validate(args.warm_stores, args, client)
         out["worker_peak_mib"] = sorted(client.run(_peak_mib).values())
         client.close()
         cluster.close()
@@ -113,6 +119,17 @@ def _measure(mode: str, stores: list[str], args: argparse.Namespace) -> dict:
     return out
 
 
+def _cross_validate(stores: list[str], args: argparse.Namespace, client) -> tuple[float, float]:
+    """Seconds and mean PCC of ``cross_validate(stores, --cv-model, protocol="loso")``, here or on ``client``."""
+    import stpredict as stp
+
+    t0 = time.perf_counter()
+    res = stp.tl.cross_validate(
+        stores, args.cv_model, protocol="loso", max_epochs=args.cv_epochs, client=client, progress=False
+    )
+    return time.perf_counter() - t0, res.summary()["pcc_mean"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-slides", type=int, default=8)
@@ -120,6 +137,8 @@ def main() -> None:
     ap.add_argument("--microns-per-pixel", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--backbone", default="handcrafted")
+    ap.add_argument("--cv-model", default="ridge", help="model of the cross_validate timing")
+    ap.add_argument("--cv-epochs", type=int, default=None, help="its max_epochs (iterative models)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "stpredict_bench_cohort"))
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -161,6 +180,11 @@ def main() -> None:
         f"speed-up serial 1 thread / warm cluster: {s1['seconds'] / c['warm_seconds']:.2f} (how the workers share the cores)"
     )
     print(f"rerun / first cluster run: {100 * c['rerun_seconds'] / c['seconds']:.1f} % (goal < 5 %)")
+    print(
+        f"cross_validate loso ({args.cv_model}, {args.n_slides} folds, features cached): serial {s['cv_seconds']:.1f} s, "
+        f"client {c['cv_seconds']:.1f} s, speed-up {s['cv_seconds'] / c['cv_seconds']:.2f}; "
+        f"mean PCC {s['cv_pcc']:.4f} / {c['cv_pcc']:.4f}"
+    )
 
 
 if __name__ == "__main__":
