@@ -22,7 +22,7 @@ from ._pipeline import Compute, Elements, prepare_slides
 from ._transfer import Transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from spatialdata import SpatialData
 
@@ -176,9 +176,10 @@ def cross_validate(
     # validate and resolve every slide before any heavy work
     options = {"backbone": backbone, "weights": weights, "patch_size_um": patch_size_um, "names": names}
     inputs = _prepare(items, proto_pred, transfer, options)
-    if client is not None and _embed_stores(items, inputs, run, client):
-        # re-read: the stores now hold the features (the backbone as resolved, not loaded again)
-        inputs = _prepare(items, proto_pred, transfer, {**options, "backbone": inputs.backbone})
+    if client is not None:
+        inputs = _embed_stores(
+            items, inputs, run, client, lambda bb: _prepare(items, proto_pred, transfer, {**options, "backbone": bb})
+        )
     base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
     plan = plan_folds(protocol, base, groups, fraction, seed)
     spec = FoldSpec(protocol, proto_pred, inputs, plan, run, genes, n_genes, pool, condition, max_epochs, seed)
@@ -220,14 +221,26 @@ def _prepare(
     return prepare_slides(sdatas, predictor, **options, transfer=transfer)
 
 
-def _embed_stores(items: Sequence[str | SpatialData], inputs: Inputs, run: Compute, client: Any) -> bool:
-    """Embed the stores on the client's workers, cached in each store (the folds read them); whether any was new."""
+def _embed_stores(
+    items: Sequence[str | SpatialData], inputs: Inputs, run: Compute, client: Any, again: Callable[[Any], Inputs]
+) -> Inputs:
+    """Embed the stores on the client's workers, cached in each store, where the folds read them.
+
+    When any store got new features, the inputs are prepared ``again`` (the stores re-read, the backbone passed as
+    resolved, not loaded again) and the workers' seconds count in the call's embedding time.
+    """
     from ._cohort import embed_on_client
 
     stores = [it for it in items if isinstance(it, str)]
     if not stores or inputs.backbone is None or inputs.stains is not None:
-        return False  # nothing to embed, a model that reads pixels, or embeddings of each fold's normalised slides
+        return inputs  # nothing to embed, a model that reads pixels, or embeddings of each fold's normalised slides
     status = embed_on_client(
         stores, inputs.backbone, patch_size_um=inputs.patch_size_um, elements=Elements(), run=run, client=client
     )
-    return bool((status["status"] == "done").any())  # "cached": the stores opened here hold them already
+    done = status["status"] == "done"
+    if not done.any():  # all "cached": the stores opened here hold the features already
+        return inputs
+    inputs = again(inputs.backbone)
+    if inputs.cache is not None:
+        inputs.cache.seconds += float(status.loc[done, "seconds"].sum())
+    return inputs

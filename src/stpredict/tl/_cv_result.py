@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 #: columns of :attr:`CVResult.scores`
-SCORE_COLUMNS = ["fold", "slide", "gene", "pearson", "spearman", "mse", "mae", "truth_var", "n"]
+SCORE_COLUMNS = ["gene", "fold", "slide", "pearson", "spearman", "mse", "mae", "truth_var", "n"]
 #: columns of :attr:`CVResult.folds`
 FOLD_COLUMNS = [
     "fold",
