@@ -320,11 +320,21 @@ class SyntheticTissue:
 
     # --- spots ----------------------------------------------------------------------------------------
     def spot_layout(self) -> tuple[np.ndarray, np.ndarray]:
-        """Spot centres (µm) on tissue and their array coordinates (row, col)."""
+        """Spot centres (µm) on tissue and their array coordinates (row, col).
+
+        ``"visium_hd"``: the square bins of side ``pitch_um`` that tile the image from its origin (bin
+        ``(row, col)`` spans ``[col · s, (col + 1) · s) × [row · s, (row + 1) · s)`` µm), kept where their centre
+        is on tissue.
+        """
         p = self.p
         w, h = self.extent_um
         r = p.spot_diameter_um / 2
-        if p.layout == "visium":
+        if p.layout == "visium_hd":
+            s = p.pitch_um
+            rr, cc = np.meshgrid(np.arange(int(h // s)), np.arange(int(w // s)), indexing="ij")
+            arr = np.column_stack([rr.ravel(), cc.ravel()])
+            pts = (arr[:, ::-1] + 0.5) * s
+        elif p.layout == "visium":
             dy = p.pitch_um * np.sqrt(3) / 2
             rows = np.arange(int((h - 2 * r) // dy) + 1)
             pts, arr = [], []
@@ -339,7 +349,7 @@ class SyntheticTissue:
             pts = [(x, y) for y in ys for x in xs]
             arr = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
         else:
-            msg = f"layout must be 'visium' or 'st', got {p.layout!r}."
+            msg = f"layout must be 'visium', 'st' or 'visium_hd', got {p.layout!r}."
             raise ValueError(msg)
         pts = np.asarray(pts, dtype=float).reshape(-1, 2)
         arr = np.asarray(arr, dtype=int).reshape(-1, 2)
