@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-NOTEBOOKS = ["quickstart", "histosge"]
+NOTEBOOKS = ["quickstart", "histosge", "visium_hd"]
 CELL_TIMEOUT_S = 600
 KERNEL_NAME = "stpredict-tests"
 
@@ -161,3 +161,18 @@ def test_histosge_runs(executed):
     assert "ridge" in table
     assert "histosge" in table
     print(f"histosge: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_visium_hd_runs(executed):
+    nb, seconds = executed("visium_hd")
+    assert all(c.execution_count is not None for c in nb.cells if c.cell_type == "code")
+    # the scores table has both references and every method
+    table = _text(_cell(nb, "scores = pd.DataFrame"))
+    assert "vs truth" in table and "vs measured bins" in table
+    for method in ["copy", "neighbors", "'none'", "'measured'", "'denoised'"]:
+        assert method in table
+    assert "ARI with the true domains" in _text(_cell(nb, "def leiden"))
+    # the reader of real data is shown, not run
+    assert not any("read_visium_hd" in c.source for c in nb.cells if c.cell_type == "code")
+    print(f"visium_hd: {seconds:.1f} s")
