@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..pp._aggregate import RegionSums, region_masks
-from ._pixnet_net import normalise
+from ._image_tensors import network_input
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,9 +78,7 @@ def tile_maps(
     with torch.inference_mode(), autocast(dev):
         for s0 in range(0, len(origins_um), bs):
             idx = np.arange(s0, min(s0 + bs, len(origins_um)))
-            x = normalise(torch.as_tensor(ext.read(idx), device=dev).float())
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = network_input(torch.as_tensor(ext.read(idx), device=dev).float(), dev, divide_first=False)
             maps = net(x).float()[:, :, ctx : ctx + n_map, ctx : ctx + n_map] * win
             for j, i in enumerate(idx):
                 yield origins_um[i], maps[j].cpu().numpy()

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._image_tensors import IMAGENET_MEAN, IMAGENET_STD
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["build_network", "dihedral", "normalise"]
+__all__ = ["build_network"]
 
 
 def _gaussian_kernel(sigma: float) -> np.ndarray:
@@ -38,8 +40,9 @@ def _build_handcrafted(n_genes: int, channels: int, out_stride: int, input_mpp: 
     from ..pp._stain import RUIFROK_HED
 
     hed = torch.as_tensor(np.linalg.inv(RUIFROK_HED).astype(np.float32))
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1) * 255
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) * 255
+    # the inverse of imagenet_normalise(divide_first=False), which made the network's input
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     kernels = {
         name: torch.as_tensor(_gaussian_kernel(sig / input_mpp))
         for name, sig in (("fine", 0.7), ("s1", 1.5), ("s2", 4.0))
@@ -142,21 +145,3 @@ def build_network(
             return torch.exp(self.head(self.smooth(y)).clamp(-20.0, 20.0))
 
     return Net()
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th (0-7) of the 8 dihedral transforms of the last two dimensions."""
-    import torch
-
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of 0-255 RGB ``(b, 3, h, w)``."""
-    import torch
-
-    mean = torch.tensor((0.485, 0.456, 0.406), device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor((0.229, 0.224, 0.225), device=x.device).view(1, 3, 1, 1) * 255
-    return (x - mean) / std

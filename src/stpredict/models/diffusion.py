@@ -59,7 +59,7 @@ import numpy as np
 
 from .._logging import get_logger
 from ..pp._lattice import LatticeMap, lattice_map
-from ._base import Predictor, register_predictor
+from ._base import register_predictor
 from ._diffusion_net import build_denoiser, denoising_batches, denoising_loss, standardisation
 from ._diffusion_sampler import (
     coarse_condition,
@@ -69,7 +69,8 @@ from ._diffusion_sampler import (
     region_samples,
     training_pair,
 )
-from ._torch import check_budget, fit_module, load_module_state, module_state, resolve_budget, seed_everything
+from ._torch import check_budget, fit_module, load_module_state, module_state
+from ._torch_predictor import TorchPredictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -88,7 +89,7 @@ _STATE = ("mu", "sd", "rsd", "spread", "gate", "img_mu", "img_sd", "adj")
 
 
 @register_predictor("diffusion")
-class CrossModalDiffusion(Predictor):
+class CrossModalDiffusion(TorchPredictor):
     """Cross-modal conditional diffusion (Wang et al. 2024): sampled super-resolved maps with uncertainty.
 
     A within-slide super-resolution method: it refines the measured map of the slide it predicts (see the
@@ -137,6 +138,7 @@ class CrossModalDiffusion(Predictor):
     default_backbone = None
     provides_std = True
     uses_slide_targets = True
+    budgets = BUDGETS
 
     def __init__(
         self,
@@ -204,11 +206,8 @@ class CrossModalDiffusion(Predictor):
         """Train the denoiser on low/high pairs made by pooling the slides' measured maps."""
         import torch
 
-        from ._device import resolve_device
-
         cfg = self.config
-        seed = seed_everything(seed)
-        dev = resolve_device(self.device)
+        dev, seed = self._start_fit(seed)
         pairs = [training_pair(s) for s in slides]
         # a random fifth of the measured cells is kept out of the loss to calibrate the sampled spread on
         split_rng = np.random.default_rng(seed)
@@ -235,9 +234,7 @@ class CrossModalDiffusion(Predictor):
             data, crop=cfg["crop"], batch_size=cfg["batch_size"], steps_per_epoch=cfg["steps_per_epoch"],
             timesteps=cfg["timesteps"], p_uncond=cfg["p_uncond"], device=dev,
         )  # fmt: skip
-        budget = resolve_budget(cfg, BUDGETS, dev)
-        if max_epochs is not None:
-            budget["max_epochs"] = int(max_epochs)
+        budget = self._budget(dev, max_epochs)
         log = fit_module(
             net, train_batches, denoising_loss, val_batches=None, max_epochs=int(budget["max_epochs"]), patience=10**9,
             lr=cfg["lr"], weight_decay=cfg["weight_decay"], device=dev, seed=seed, progress=self.progress, desc="diffusion",

@@ -48,16 +48,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .._logging import get_logger
-from ._base import Predictor, register_predictor
-from ._torch import (
-    check_budget,
-    fit_module,
-    load_module_state,
-    module_state,
-    resolve_budget,
-    seed_everything,
-    split_validation,
-)
+from ._base import register_predictor
+from ._torch import check_budget, fit_module, load_module_state, module_state, seed_everything
+from ._torch_predictor import TorchPredictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -154,7 +147,7 @@ def _build_net(d_in: int, n_genes: int, cfg: dict[str, Any]) -> torch.nn.Module:
 
 
 @register_predictor("histosge")
-class HisToSGE(Predictor):
+class HisToSGE(TorchPredictor):
     """HisToSGE (Shi et al. 2024): foundation-model spot features through a transformer over spatial context.
 
     Each query region attends over itself and its ``n_neighbors`` nearest measured spots, with continuous
@@ -195,6 +188,7 @@ class HisToSGE(Predictor):
     default_backbone = "auto"
     provides_std = True
     uses_slide_embeddings = True
+    budgets = BUDGETS
 
     def __init__(
         self,
@@ -267,26 +261,18 @@ class HisToSGE(Predictor):
         """Fit ``n_models`` seeded networks on the slides' spots (contexts within each slide)."""
         import torch
 
-        from ..pp._folds import spatial_folds
-        from ._device import resolve_device
-
         cfg = self.config
-        dev = resolve_device(self.device)
+        dev, seed = self._start_fit(seed)
         X = np.concatenate([np.asarray(s.embeddings, np.float64) for s in slides])
         self._mu, self._sd = X.mean(0), X.std(0)
         self._sd[self._sd < 1e-8] = 1.0
-        seed = seed_everything(seed)
-        budget = resolve_budget(cfg, BUDGETS, dev)
-        if max_epochs is not None:
-            budget["max_epochs"] = int(max_epochs)
+        budget = self._budget(dev, max_epochs)
         epochs = int(budget["max_epochs"])
         # per slide: train/validation spots (spatial blocks), context indices among training spots
         parts = []
-        for si, s in enumerate(slides):
+        for s, (tr, va) in zip(slides, self._validation_split(slides, seed, per_slide=True), strict=True):
             feat = ((np.asarray(s.embeddings, np.float64) - self._mu) / self._sd).astype(np.float32)
             xy = s.centers_um
-            blocks, _ = spatial_folds(xy, 10, seed=seed + si)
-            tr, va = split_validation(s.n, cfg["val_fraction"], seed + si, groups=blocks)
             tr_idx, tr_valid = self._context(xy[tr], xy[tr], exclude_self=True)
             va_idx, va_valid = self._context(xy[tr], xy[va], exclude_self=True) if len(va) else (None, None)
             parts.append((feat, xy, np.asarray(s.y, np.float32), tr, va, tr_idx, tr_valid, va_idx, va_valid))
@@ -340,13 +326,13 @@ class HisToSGE(Predictor):
         """Ensemble mean and sd at the regions, each attending over its nearest measured spots of ``slide``."""
         import torch
 
-        from ._device import autocast, resolve_device
+        from ._device import autocast
 
         self._check_fitted()
         if regions.embeddings is None or slide.embeddings is None:
             msg = "histosge needs embeddings of the regions and of the slide's measured spots (built by stp.tl)."
             raise ValueError(msg)
-        dev = resolve_device(self.device)
+        dev = self._torch_device()
         ctx_feat = ((np.asarray(slide.embeddings, np.float64) - self._mu) / self._sd).astype(np.float32)
         q_feat = ((np.asarray(regions.embeddings, np.float64) - self._mu) / self._sd).astype(np.float32)
         ctx_xy, q_xy = slide.centers_um, regions.centers_um(slide)

@@ -44,8 +44,9 @@ import numpy as np
 
 from .._logging import get_logger
 from ..pp._stain import RUIFROK_HED, rgb_to_od
-from ._base import Predictor, register_predictor
-from ._torch import check_budget, fit_module, resolve_budget, seed_everything, split_validation
+from ._base import register_predictor
+from ._torch import check_budget, fit_module
+from ._torch_predictor import TorchPredictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -92,7 +93,7 @@ def _build(n_genes: int, activation: str) -> torch.nn.Module:
 
 
 @register_predictor("nsl")
-class NeuralStainLearning(Predictor):
+class NeuralStainLearning(TorchPredictor):
     """Neural Stain Learning (Dawood et al. 2021): 11 trainable weights per gene on stain absorption.
 
     Parameters
@@ -125,6 +126,7 @@ class NeuralStainLearning(Predictor):
     consumes = "patches"
     default_backbone = None
     provides_std = False
+    budgets = BUDGETS
 
     def __init__(
         self,
@@ -177,16 +179,11 @@ class NeuralStainLearning(Predictor):
         """Fit every gene's 11 weights on the slides' patches."""
         import torch
 
-        from ..pp._folds import spatial_folds
-        from ._device import resolve_device
-
         cfg = self.config
-        seed = seed_everything(seed)
-        dev = resolve_device(self.device)
+        dev, seed = self._start_fit(seed)
         od = np.concatenate([self._od(s.patches(cfg["patch_size_um"], cfg["patch_px"])) for s in slides])
         y = np.concatenate([np.asarray(s.y, np.float32) for s in slides])
-        groups = np.concatenate([spatial_folds(s.centers_um, 10, seed=seed)[0] + 100 * i for i, s in enumerate(slides)])
-        tr, va = split_validation(len(y), cfg["val_fraction"], seed, groups=groups)
+        tr, va = self._validation_split(slides, seed)
         net = _build(len(genes), cfg["activation"]).to(dev)
         od_t = torch.as_tensor(od, device=dev)
         y_t = torch.as_tensor(y, device=dev)
@@ -198,9 +195,7 @@ class NeuralStainLearning(Predictor):
                 sol, *_ = np.linalg.lstsq(A, y[tr, g], rcond=None)
                 net.v[g] = torch.as_tensor(sol[:2])
                 net.a[g] = float(sol[2])
-        budget = resolve_budget(cfg, BUDGETS, dev)
-        if max_epochs is not None:
-            budget["max_epochs"] = int(max_epochs)
+        budget = self._budget(dev, max_epochs)
         pps = cfg["pixels_per_step"]
         n_pix = od.shape[-1]
 
@@ -248,10 +243,8 @@ class NeuralStainLearning(Predictor):
         """Predictions from the regions' patches."""
         import torch
 
-        from ._device import resolve_device
-
         self._check_fitted()
-        dev = resolve_device(self.device)
+        dev = self._torch_device()
         od = self._od(regions.patches(slide, self.config["patch_size_um"], self.config["patch_px"]))
         net = self._net.to(dev).eval()
         out = []

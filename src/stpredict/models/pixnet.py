@@ -40,18 +40,12 @@ import numpy as np
 
 from .._logging import get_logger
 from ..pp._aggregate import region_masks
-from ._base import Predictor, register_predictor
+from ._base import register_predictor
+from ._image_tensors import channels_last, dihedral, network_input
 from ._pixnet_maps import region_means, stitched_map
-from ._pixnet_net import build_network, dihedral, normalise
-from ._torch import (
-    check_budget,
-    fit_module,
-    load_module_state,
-    module_state,
-    resolve_budget,
-    seed_everything,
-    split_validation,
-)
+from ._pixnet_net import build_network
+from ._torch import check_budget, fit_module, load_module_state, module_state
+from ._torch_predictor import TorchPredictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -69,7 +63,7 @@ BUDGETS = {
 
 
 @register_predictor("pixnet")
-class PixNet(Predictor):
+class PixNet(TorchPredictor):
     """PixNet (Zhang et al. 2025): a dense expression map trained through spot-disk aggregation.
 
     Parameters
@@ -104,6 +98,7 @@ class PixNet(Predictor):
     consumes = "tiles"
     default_backbone = None
     provides_std = False
+    budgets = BUDGETS
 
     def __init__(
         self,
@@ -133,7 +128,7 @@ class PixNet(Predictor):
 
     # -- geometry ------------------------------------------------------------------------------------
     def _resolve(self, dev: Any) -> dict[str, Any]:
-        r = resolve_budget(self.config, BUDGETS, dev)
+        r = self._budget(dev)
         mpp = float(r["input_mpp"])
         stride = self.config["out_stride"]
         map_um = mpp * stride
@@ -149,9 +144,7 @@ class PixNet(Predictor):
             g = {**g, "tile_map_px": n, "tile_px": n * self.config["out_stride"], "tile_um": n * g["map_um"]}
         if g:
             return g
-        from ._device import resolve_device
-
-        return self._resolve(resolve_device(self.device))
+        return self._resolve(self._torch_device())
 
     # -- training ------------------------------------------------------------------------------------
     def fit(
@@ -165,12 +158,8 @@ class PixNet(Predictor):
         """Train encoder and decoder through spot-disk aggregation on tiles around the slides' spots."""
         import torch
 
-        from ..pp._folds import spatial_folds
-        from ._device import resolve_device
-
-        dev = resolve_device(self.device)
+        dev, seed = self._start_fit(seed)
         geo = self._resolve(dev)
-        seed = seed_everything(seed)
         net = build_network(
             self.config["encoder"], len(genes), self.config["channels"], self.config["out_stride"], geo["input_mpp"]
         )
@@ -179,19 +168,16 @@ class PixNet(Predictor):
         )
         with torch.no_grad():
             net.head.bias.copy_(torch.as_tensor(np.log(np.maximum(lin.mean(0), 1e-3)), dtype=torch.float32))
-        if self.config["encoder"] == "handcrafted":
+        handcrafted = self.config["encoder"] == "handcrafted"
+        init = self._weights_init("encoder", self.config["encoder"], log=not handcrafted)
+        if handcrafted:
             logger.info("pixnet: weight-free 'handcrafted' stain/texture pyramid encoder.")
         elif self.config["weights"]:
             self._load_encoder(net)
-        else:
-            logger.info("pixnet: no encoder weights given; training %s from scratch.", self.config["encoder"])
-        if dev.type == "cuda":
-            net = net.to(dev, memory_format=torch.channels_last)
+        net = channels_last(net, dev)
         tile_um, n_map, map_um = geo["tile_um"], geo["tile_map_px"], geo["map_um"]
         items = []  # per slide: centres µm, diameter µm, targets, train/val masks
-        for i, s in enumerate(slides):
-            blocks, _ = spatial_folds(s.centers_um, 10, seed=seed + i)
-            tr, va = split_validation(s.n, self.config["val_fraction"], seed + i, groups=blocks)
+        for s, (_, va) in zip(slides, self._validation_split(slides, seed, per_slide=True), strict=True):
             is_val = np.zeros(s.n, bool)
             is_val[va] = True
             items.append((s, s.centers_um, s.spot_diameter_um, np.asarray(s.y, np.float32), is_val))
@@ -269,7 +255,7 @@ class PixNet(Predictor):
             "seed": seed,
             "geometry": geo,
             "budget": {k: geo[k] for k in ("budget", *BUDGETS[geo["budget"]])},
-            "init": f"weights {self.config['weights']}" if self.config["weights"] else "random (trained from scratch)",
+            "init": init,
             **log.as_dict(),
         }
         return self
@@ -291,25 +277,17 @@ class PixNet(Predictor):
         if rng is not None:
             k = int(rng.integers(8))
             x, mk = dihedral(x, k), dihedral(mk, k)
-        x = normalise(x)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = network_input(x, dev, divide_first=False)
         return x, mk, torch.as_tensor(ys, device=dev), torch.as_tensor(valid, device=dev)
 
     def _load_encoder(self, net) -> None:
-        from .backbones import load_trunk_weights, load_weights_file
-
-        path = self.config["weights"]
-        what = f"encoder {self.config['encoder']} from {path}"
-        load_trunk_weights(net.encoder, load_weights_file(path), what=what, features_only=True)
+        self._load_weights(net.encoder, f"encoder {self.config['encoder']}", features_only=True)
 
     # -- inference ---------------------------------------------------------------------------------
     def predict(self, slide: SlideData, regions: Regions) -> tuple[np.ndarray, None]:
         """Region means of the stitched map (linear), then log1p — the package's output scale."""
-        from ._device import resolve_device
-
         self._check_fitted()
-        dev = resolve_device(self.device)
+        dev = self._torch_device()
         geo = self._geometry()
         lin = region_means(
             self._net, slide, regions, geo, dev, out_stride=self.config["out_stride"], n_genes=len(self.genes)
@@ -331,10 +309,8 @@ class PixNet(Predictor):
         overrides the tile size (in map pixels) used for inference; ``single_tile`` runs the network once on
         the whole box (for small boxes: the reference the stitched map is tested against).
         """
-        from ._device import resolve_device
-
         self._check_fitted()
-        dev = resolve_device(self.device)
+        dev = self._torch_device()
         geo = self._geometry(tile_map_px)
         return stitched_map(
             self._net, slide, bbox_um, geo, dev, out_stride=self.config["out_stride"], n_genes=len(self.genes),

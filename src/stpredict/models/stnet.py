@@ -25,17 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._logging import get_logger
-from ._base import Predictor, register_predictor
-from ._torch import (
-    check_budget,
-    fit_module,
-    load_module_state,
-    module_state,
-    resolve_budget,
-    seed_everything,
-    split_validation,
-)
+from ._base import register_predictor
+from ._image_tensors import channels_last, dihedral, network_input
+from ._torch import check_budget, fit_module, load_module_state, module_state
+from ._torch_predictor import TorchPredictor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,24 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = ["STNet"]
 
-logger = get_logger(__name__)
-
 BUDGETS = {
     "cpu": {"patch_px": 112, "max_epochs": 4, "batch_size": 32},
     "gpu": {"patch_px": 224, "max_epochs": 50, "batch_size": 64},
 }
 
 
-def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    import torch
-
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
 @register_predictor("stnet")
-class STNet(Predictor):
+class STNet(TorchPredictor):
     """ST-Net (He et al. 2020): a timm CNN fine-tuned end to end on spot patches.
 
     Parameters
@@ -92,6 +75,7 @@ class STNet(Predictor):
     consumes = "patches"
     default_backbone = None
     provides_std = True
+    budgets = BUDGETS
 
     def __init__(
         self,
@@ -120,7 +104,7 @@ class STNet(Predictor):
         self._resolved: dict[str, Any] = {}
 
     def _resolve(self, dev: Any) -> dict[str, Any]:
-        out = resolve_budget(self.config, BUDGETS, dev)
+        out = self._budget(dev)
         return {k: v if k == "budget" else int(v) for k, v in out.items()}
 
     def _build(self, n_genes: int, *, load: bool) -> torch.nn.Module:
@@ -128,10 +112,7 @@ class STNet(Predictor):
 
         net = timm.create_model(self.config["trunk"], pretrained=False, num_classes=n_genes)
         if load and self.config["weights"]:
-            from .backbones import load_trunk_weights, load_weights_file
-
-            path = self.config["weights"]
-            load_trunk_weights(net, load_weights_file(path), what=f"{self.config['trunk']} from {path}")
+            self._load_weights(net, self.config["trunk"])
         return net
 
     def _read(self, reader) -> np.ndarray:
@@ -139,14 +120,6 @@ class STNet(Predictor):
         for idx, batch in reader.batches(256):
             out[idx] = batch
         return out
-
-    @staticmethod
-    def _normalise(x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        mean = torch.tensor((0.485, 0.456, 0.406), device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor((0.229, 0.224, 0.225), device=x.device).view(1, 3, 1, 1)
-        return (x.float() / 255.0 - mean) / std
 
     def fit(
         self,
@@ -159,38 +132,26 @@ class STNet(Predictor):
         """Fine-tune the CNN on the slides' spot patches."""
         import torch
 
-        from ..pp._folds import spatial_folds
-        from ._device import resolve_device
-
-        dev = resolve_device(self.device)
+        dev, seed = self._start_fit(seed)
         r = self._resolve(dev)
         self._resolved = r
-        seed = seed_everything(seed)
         px = r["patch_px"]
         imgs = np.concatenate([self._read(s.patches(self.config["patch_size_um"], px)) for s in slides])
         y = np.concatenate([np.asarray(s.y, np.float32) for s in slides])
-        groups = np.concatenate([spatial_folds(s.centers_um, 10, seed=seed)[0] + 100 * i for i, s in enumerate(slides)])
-        tr, va = split_validation(len(y), self.config["val_fraction"], seed, groups=groups)
-        net = self._build(len(genes), load=True)
-        init = f"weights {self.config['weights']}" if self.config["weights"] else "random (trained from scratch)"
-        if not self.config["weights"]:
-            logger.info("stnet: no trunk weights given; training %s from scratch.", self.config["trunk"])
-        if dev.type == "cuda":
-            net = net.to(dev, memory_format=torch.channels_last)
+        tr, va = self._validation_split(slides, seed)
+        net = channels_last(self._build(len(genes), load=True), dev)
+        init = self._weights_init("trunk", self.config["trunk"])
         bs = r["batch_size"]
 
         def loss_fn(m, x, t):
-            x = self._normalise(x)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            return torch.nn.functional.mse_loss(m(x).float(), t)
+            return torch.nn.functional.mse_loss(m(network_input(x, dev)).float(), t)
 
         def train_batches(rng):
             order = tr[rng.permutation(len(tr))]
             for s0 in range(0, len(order), bs):
                 i = order[s0 : s0 + bs]
                 x = torch.as_tensor(imgs[i], device=dev)
-                x = _dihedral(x, int(rng.integers(8)))
+                x = dihedral(x, int(rng.integers(8)))
                 yield x, torch.as_tensor(y[i], device=dev)
 
         def val_batches():
@@ -213,10 +174,10 @@ class STNet(Predictor):
         """Predictions from the regions' patches (mean of the 8 dihedral views with ``tta``)."""
         import torch
 
-        from ._device import autocast, resolve_device
+        from ._device import autocast
 
         self._check_fitted()
-        dev = resolve_device(self.device)
+        dev = self._torch_device()
         px = int(self.training.get("patch_px") or self._resolve(dev)["patch_px"])
         reader = regions.patches(slide, self.config["patch_size_um"], px)
         net = self._net.to(dev).eval()
@@ -224,10 +185,8 @@ class STNet(Predictor):
         means, stds = [], []
         with torch.inference_mode(), autocast(dev):
             for _, batch in reader.batches(64, order=np.arange(len(reader))):
-                x = self._normalise(torch.as_tensor(batch, device=dev))
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                outs = torch.stack([net(_dihedral(x, k)).float() for k in views])
+                x = network_input(torch.as_tensor(batch, device=dev), dev)
+                outs = torch.stack([net(dihedral(x, k)).float() for k in views])
                 means.append(outs.mean(0).cpu().numpy())
                 stds.append(outs.std(0, unbiased=False).cpu().numpy())
         mean = np.maximum(np.concatenate(means), 0.0) if means else np.zeros((0, len(self.genes)))

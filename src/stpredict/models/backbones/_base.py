@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._logging import get_logger
 from .._device import autocast, resolve_device
+from .._image_tensors import IMAGENET_MEAN, IMAGENET_STD, channels_last
 
 if TYPE_CHECKING:
     import numpy as np
@@ -14,9 +15,6 @@ if TYPE_CHECKING:
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "TorchBackbone"]
 
 logger = get_logger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Backbone:
@@ -154,9 +152,7 @@ class TorchBackbone(Backbone):
 
         dev = resolve_device(device)
         if self._device != dev:
-            self.module.to(dev)
-            if dev.type == "cuda":
-                self.module.to(memory_format=torch.channels_last)
+            channels_last(self.module.to(dev), dev)
             self._device = dev
             # normalisation constants live on the device once, not rebuilt per batch
             self._norm = (
@@ -186,10 +182,7 @@ class TorchBackbone(Backbone):
         else:
             mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        x = x.sub_(mean).div_(std)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return channels_last(x.sub_(mean).div_(std), device)
 
     def embed(self, patches: np.ndarray, *, device: Any = None) -> np.ndarray:
         """Features of a batch of uint8 patches, under ``inference_mode`` (and autocast on CUDA)."""
