@@ -10,10 +10,11 @@ from ._base import (
     create_predictor,
     get_predictor_class,
     list_predictors,
+    load,
     predictors_table,
     register_predictor,
 )
-from ._checkpoint import CheckpointError, digest, load, read_header
+from ._checkpoint import CheckpointError, digest, read_header
 from .backbones import Backbone, HandcraftedBackbone, TorchBackbone, get_backbone, list_backbones
 from .baselines import MeanBaseline, NearestBaseline, NeighborsBaseline, RidgeNeighborsBaseline
 from .diffusion import CrossModalDiffusion

@@ -20,7 +20,9 @@ from .._records import jsonable
 from .._version import __version__
 
 if TYPE_CHECKING:
-    from ._base import Predictor
+    from collections.abc import Callable
+
+    from ._predictor import Predictor
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "digest", "load", "read_header", "save"]
 
@@ -293,36 +295,20 @@ def _accepted_options(cls: type) -> list[str] | None:
     return [p.name for p in params if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-def load(path: str | Path) -> Predictor:
-    """Load a predictor saved with :meth:`Predictor.save`.
+def load(path: str | Path, *, lookup: Callable[[str], type[Predictor]]) -> Predictor:
+    """Load a predictor saved with :meth:`Predictor.save`, its class found by ``lookup(name)``.
 
-    Parameters
-    ----------
-    path
-        The checkpoint; ``.safetensors`` is added when ``path`` does not exist as given (as ``save`` does).
-
-    Returns
-    -------
-    The fitted predictor, with its genes, preprocessing and backbone settings.
-
-    Raises
-    ------
-    FileNotFoundError
-        If no checkpoint exists at ``path`` (the message lists the paths tried).
-    CheckpointError
-        If the file is not a readable stpredict checkpoint (see :func:`read_header`), names a predictor that is
-        not registered, holds options its predictor does not take, or tensors missing, unexpected or of the
-        wrong shape for it.
+    :func:`stpredict.models.load` passes the registry's ``get_predictor_class`` (this module does not import the
+    registry, which imports the predictor base class, which imports this module to save). Parameters, result
+    and errors: :func:`stpredict.models.load`; ``lookup`` raises :class:`KeyError` for a name it does not know.
     """
     from safetensors.numpy import load_file
-
-    from ._base import get_predictor_class
 
     path = _resolve(path)
     header = read_header(path)
     name = header["predictor"]
     try:
-        cls = get_predictor_class(name)
+        cls = lookup(name)
     except KeyError as e:
         msg = (
             f"{str(path)!r} is a checkpoint of predictor {name!r}, which is not registered here "

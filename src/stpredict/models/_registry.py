@@ -215,7 +215,26 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path) -> Predictor:
-    """Load a predictor saved with :meth:`Predictor.save`; see :func:`stpredict.models._checkpoint.load`."""
+    """Load a predictor saved with :meth:`Predictor.save`.
+
+    Parameters
+    ----------
+    path
+        The checkpoint; ``.safetensors`` is added when ``path`` does not exist as given (as ``save`` does).
+
+    Returns
+    -------
+    The fitted predictor, with its genes, preprocessing and backbone settings.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no checkpoint exists at ``path`` (the message lists the paths tried).
+    CheckpointError
+        If the file is not a readable stpredict checkpoint (see :func:`read_header`), names a predictor that is
+        not registered, holds options its predictor does not take, or tensors missing, unexpected or of the
+        wrong shape for it.
+    """
     from ._checkpoint import load as _load
 
-    return _load(path)
+    return _load(path, lookup=get_predictor_class)
