@@ -19,11 +19,12 @@ symbol column, how to add one; a name that matches several genes raises a :class
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from ._args import close_matches
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -227,11 +228,10 @@ def _unknown_message(
     unknown: Sequence[str], names: Sequence[str], symbols: dict[str, list[str]], col: str | None, what: str
 ) -> str:
     vocabulary = list(dict.fromkeys([*names, *symbols]))
-    lower = {w.casefold(): w for w in vocabulary}
     parts = []
     for g in unknown[:10]:
-        close = difflib.get_close_matches(g.casefold(), list(lower), n=3, cutoff=0.6)
-        parts.append(f"{g!r}" + (f" (did you mean {', '.join(repr(lower[c]) for c in close)}?)" if close else ""))
+        close = close_matches(g, vocabulary, n=3, cutoff=0.6)
+        parts.append(f"{g!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
     more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
     msg = f"{len(unknown)} of the genes asked for are not in {what}: {', '.join(parts)}{more}."
     if col is None and _looks_like_ids(names):

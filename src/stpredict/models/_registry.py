@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .._args import close_matches
 from .._logging import get_logger
 from ._predictor import Predictor
 
@@ -163,8 +163,7 @@ def get_predictor_class(name: str) -> type[Predictor]:
         if len(folded) == 1:  # "HisToSGE", the method's own spelling, is "histosge"
             return _REGISTRY[folded[0]]
     if name not in _REGISTRY:
-        lower = {k.casefold(): k for k in _REGISTRY}
-        close = [lower[c] for c in difflib.get_close_matches(str(name).casefold(), list(lower), n=3)]
+        close = close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         msg = f"Unknown model {name!r}.{hint} Registered predictors: {', '.join(sorted(_REGISTRY))}."
         raise KeyError(msg)

@@ -5,10 +5,10 @@ Importing this module imports neither torch nor timm.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from ..._args import close_matches
 from ._base import Backbone, TorchBackbone
 from ._lookup import foundation_weights_available
 from ._table import FOUNDATION_MODELS
@@ -31,7 +31,7 @@ def _check_spelling(spec: str) -> None:
     """Refuse a near miss of a built-in name (``"handcraftd"``, ``"unii"``) before timm is asked about it."""
     if ":" in spec or "." in spec:  # hf-hub:/local-dir: ids and timm name.tag specs
         return
-    close = difflib.get_close_matches(spec.lower(), _builtin_names(), n=3, cutoff=_TYPO_CUTOFF)
+    close = close_matches(spec, _builtin_names(), n=3, cutoff=_TYPO_CUTOFF)
     if close:
         msg = (
             f"Unknown backbone {spec!r}. Did you mean {', '.join(map(repr, close))}? Built-in backbones: "

@@ -5,13 +5,13 @@ Importing this module imports neither torch nor timm.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._base import IMAGENET_MEAN, IMAGENET_STD
+from ..._args import close_matches
+from .._image_tensors import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -318,7 +318,7 @@ def get_foundation_cfg(name: str) -> FoundationModelCfg:
     """The entry of :data:`FOUNDATION_MODELS` for ``name`` (case-insensitive); a ValueError with close matches."""
     key = str(name).lower()
     if key not in FOUNDATION_MODELS:
-        close = difflib.get_close_matches(key, list(FOUNDATION_MODELS), n=3, cutoff=0.5)
+        close = close_matches(key, FOUNDATION_MODELS, n=3, cutoff=0.5)
         msg = f"Unknown foundation model {name!r}; known: {sorted(FOUNDATION_MODELS)}." + (
             f" Did you mean {close}?" if close else ""
         )

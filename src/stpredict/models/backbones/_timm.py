@@ -7,11 +7,11 @@ torch nor timm.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..._args import close_matches
 from ..._settings import settings
 from ._base import TorchBackbone
 from ._lookup import download, find_in_dir, hf_cache_dir, hf_cached, timm_zoo_local
@@ -47,7 +47,7 @@ def _unknown_timm(spec: str) -> ValueError:
     import timm
 
     pool = timm.list_pretrained() if "." in spec else timm.list_models()
-    close = difflib.get_close_matches(spec.lower(), [*pool, *FOUNDATION_MODELS], n=5, cutoff=0.6)
+    close = close_matches(spec, [*pool, *FOUNDATION_MODELS], n=5, cutoff=0.6)
     hint = f" Close matches: {close}." if close else ""
     msg = (
         f"Unknown backbone {spec!r}: not a foundation model of list_backbones() nor a timm model.{hint} "
