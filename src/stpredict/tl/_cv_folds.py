@@ -183,7 +183,7 @@ def pool_fold(
             desc="embed pooled",
         )
         if sl.meta.get("feature_stats") is not None:  # feature_norm="slide": the slide's spot statistics
-            from ._transfer import standardize
+            from ._embeddings import standardize
 
             emb, _ = standardize(emb, sl.meta["feature_stats"])
     sizes = np.bincount(member)

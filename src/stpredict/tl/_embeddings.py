@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..pp._spots import SpotGeometry
     from ._options import Compute
 
-__all__ = ["EmbeddingCache", "backbone_record", "plan_regions", "region_embeddings"]
+__all__ = ["EmbeddingCache", "backbone_record", "plan_regions", "region_embeddings", "standardize"]
 
 logger = get_logger(__name__)
 
@@ -198,8 +198,6 @@ def region_embeddings(
     emb, info = _region_features(slide, points, cache, run=run)
     stats = slide.meta.get("feature_stats")
     if stats is not None:
-        from ._transfer import standardize
-
         emb, _ = standardize(emb, stats)
         info = dict(info, feature_norm="slide")
     return emb, info
@@ -272,3 +270,16 @@ def _region_features(
         + grid_emb[y0 + 1, x0 + 1] * tx * ty
     )
     return emb.astype(np.float32), {"path": f"lattice of windows, stride {stride:g} µm, bilinear"}
+
+
+def standardize(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, tuple]:
+    """Standardise ``(n, d)`` embeddings with ``stats = (mean, sd)`` (default: their own); returns both.
+
+    Features constant over the slide (sd 0) are centred only.
+    """
+    emb = np.asarray(emb, dtype=np.float32)
+    if stats is None:
+        mean = emb.mean(0)
+        sd = emb.std(0)
+        stats = (mean, np.where(sd > 1e-8, sd, 1.0).astype(np.float32))
+    return ((emb - stats[0]) / stats[1]).astype(np.float32), stats

@@ -25,6 +25,7 @@ import numpy as np
 from .._logging import get_logger
 from ..pp._stain import StainNormalizer
 from ..pp._stain_slide import normalized_levels, slide_stain_map, tissue_pixels
+from ._embeddings import EmbeddingCache, standardize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from ..models._base import Predictor, SlideData
     from ..models.backbones import Backbone
     from ..pp._spots import SpotGeometry
-    from ._embeddings import EmbeddingCache
     from ._options import Compute
 
 __all__ = [
@@ -238,8 +238,6 @@ class StainCopies:
         return out
 
     def _whole_copy(self, i: int, src: SlideData, c: int, run: Compute) -> SlideData:
-        from ._embeddings import EmbeddingCache
-
         key = (id(src), c)
         if key not in self._whole:
             slide = augment_slide(src, i, c)
@@ -253,19 +251,6 @@ class StainCopies:
                     self.cache.seconds += cache.seconds
             self._whole[key] = (src, slide)  # src held: its id stays its own
         return self._whole[key][1]
-
-
-def standardize(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, tuple]:
-    """Standardise ``(n, d)`` embeddings with ``stats = (mean, sd)`` (default: their own); returns both.
-
-    Features constant over the slide (sd 0) are centred only.
-    """
-    emb = np.asarray(emb, dtype=np.float32)
-    if stats is None:
-        mean = emb.mean(0)
-        sd = emb.std(0)
-        stats = (mean, np.where(sd > 1e-8, sd, 1.0).astype(np.float32))
-    return ((emb - stats[0]) / stats[1]).astype(np.float32), stats
 
 
 def _digest(rec: dict[str, Any]) -> str:
