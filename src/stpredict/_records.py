@@ -21,7 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["StepTimes", "jsonable", "sanitize", "uns_safe"]
+__all__ = ["StepTimes", "jsonable", "read_record", "sanitize", "uns_safe"]
 
 
 def sanitize(obj: Any, *, target: Literal["json", "uns"]) -> Any:
@@ -88,3 +88,15 @@ class StepTimes:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def read_record(table: Any, key: str) -> dict[str, Any]:
+    """The run record ``table.uns["stpredict"][key]`` as stored, or ``{}`` when there is none.
+
+    The reader of run records for ``pl`` and ``tl`` where a missing record is not an error (the public reader,
+    :func:`stpredict.get.record`, raises instead).
+    """
+    from ._keys import UNS_KEY
+
+    rec = table.uns.get(UNS_KEY, {}).get(key)
+    return rec if isinstance(rec, dict) else {}

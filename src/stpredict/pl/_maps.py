@@ -11,6 +11,7 @@ import numpy as np
 from .._genes import display_names, resolve_genes
 from .._image import image_levels
 from .._keys import LAYER_IMAGE_ONLY, LAYER_PREDICTED
+from .._records import read_record
 from ..pp._spots import spots as resolve_spots
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def predicted_vs_measured(
         panels = [(geo.centers, y[:, i], geo.diameter, f"{label} measured")]
         panels.append((geo.centers, pred[:, i], geo.diameter, f"{label} predicted{suffix}"))
         if grid is not None:
-            size = float(grid.uns["stpredict"]["superresolve"]["region_size_um"]) / geo.microns_per_pixel
+            size = float(read_record(grid, "superresolve")["region_size_um"]) / geo.microns_per_pixel
             where = np.asarray(grid.obsm["spatial"])
             tag = " (conditioned)" if LAYER_IMAGE_ONLY in grid.layers else ""
             # two lines: a gene and a grid name side by side overrun the neighbouring panel's title
@@ -336,7 +337,7 @@ def grid_values(
     if region not in sdata.shapes:
         msg = f"Table {table!r} does not annotate shapes (it annotates {region!r}); grid_values draws grids of shapes."
         raise ValueError(msg)
-    rec = t.uns.get("stpredict", {}).get("superresolve", {})
+    rec = read_record(t, "superresolve")
     image_key = image_key or rec.get("image_key") or next(iter(sdata.images))
     if coordinate_system is None:
         both = set(get_transformation(sdata.images[image_key], get_all=True)) & set(

@@ -9,6 +9,7 @@ import numpy as np
 from .._docs import doc_params
 from .._genes import match_genes
 from .._keys import LAYER_PREDICTED, UNS_KEY
+from .._records import read_record
 from ..metrics import fold_scores, score_table, summarize
 from ._pipeline import Elements, slide_data, spot_geometry
 
@@ -108,7 +109,7 @@ def evaluate(
     cols = table.var_names.get_indexer(genes)
     pred = np.asarray(table.layers[key])[np.ix_(geo.rows, cols)]
     ok = np.isfinite(pred).all(1)
-    rec = table.uns.get(UNS_KEY, {}).get(key, {})
+    rec = read_record(table, key)
     folds = rec.get("oof_fold")
     if folds is not None:
         folds = np.asarray(folds).ravel()
