@@ -10,10 +10,46 @@ import pytest
 from smoke import smoke_config
 
 import stpredict as stp
-from stpredict.models import Regions, list_predictors
+from stpredict.models import Predictor, Regions, list_predictors, register_predictor
 
 #: tiny budgets so that every predictor runs in seconds here
 TINY = {"max_epochs": 2}
+
+
+@register_predictor("_contract_plugin")
+class _NearestCentroid(Predictor):
+    """A predictor written the way docs/contributing.md says, here and nowhere else: one class, one decorator.
+
+    Registering it is all it takes for the parametrised tests below to run it through fit, predict, the
+    checkpoint and superresolve (each region gets the mean targets of the training spots nearest in feature space).
+    """
+
+    consumes = "embeddings"
+    default_backbone = "handcrafted"
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__(k=k)
+
+    def fit(self, slides, *, genes, max_epochs=None, seed=None):
+        self.X_ = np.concatenate([np.asarray(s.embeddings, np.float64) for s in slides])
+        self.Y_ = np.concatenate([np.asarray(s.y, np.float64) for s in slides])
+        self.training = {"n_spots": len(self.X_)}
+        return self
+
+    def predict(self, slide, regions):
+        d = ((np.asarray(regions.embeddings, np.float64)[:, None] - self.X_[None]) ** 2).sum(-1)
+        near = np.argsort(d, axis=1)[:, : self.config["k"]]
+        return self.Y_[near].mean(1).astype(np.float32), None
+
+    def get_state(self):
+        return {"X": self.X_, "Y": self.Y_}
+
+    def set_state(self, state):
+        self.X_, self.Y_ = np.asarray(state["X"]), np.asarray(state["Y"])
+
+
+def test_a_predictor_registered_here_is_in_the_contract_tests():
+    assert "_contract_plugin" in list_predictors()
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +132,6 @@ def test_registry_errors_and_plugins():
     assert stp.models.create_predictor("HisToSGE").name == "histosge"  # the method's own spelling
     with pytest.raises(KeyError, match="Did you mean 'histosge'"):
         stp.models.create_predictor("HisToSG")
-    from stpredict.models import Predictor, register_predictor
-
     with pytest.raises(ValueError, match="already registered"):
 
         @register_predictor("ridge")
