@@ -12,15 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.spatial import cKDTree
 
 from .._logging import get_logger
-from ._condition_core import correction_kernel, overlap_matrix, rel_error, solve_blended
-from ._condition_gate import check_weights, resolve_weights
-from ._denoise import denoise_measured
+from ._condition_plan import RegionSource, condition_summary, plan_condition
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
     from numpy.typing import ArrayLike
 
 __all__ = ["ConditionResult", "condition_on_spots"]
@@ -91,47 +88,7 @@ class ConditionResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable record for ``.uns["stpredict"]`` (weights, consistency, kernel)."""
-        return {
-            "condition": "measured",
-            "weights": self.weights.astype(float).tolist(),
-            "weight_median": float(np.median(self.weights)) if self.weights.size else float("nan"),
-            "max_rel_error": self.max_rel_error,
-            "mean_rel_error": self.mean_rel_error,
-            "n_constrained_spots": int(self.constrained.sum()),
-            "n_unconstrained_spots": int((~self.constrained).sum()),
-            "gap_fraction": float(np.mean(self.coverage == 0)) if self.coverage.size else 0.0,
-            "pitch_um": self.pitch_um,
-            "sigma_um": self.sigma_um,
-            "n_clipped": self.n_clipped,
-            "n_ipf": self.n_ipf,
-            **({"denoise": self.denoise} if self.denoise is not None else {}),
-            **(
-                {
-                    "degree_weights": self.degree_weights.astype(float).tolist(),
-                    "degree_weight_median": float(np.median(self.degree_weights)),
-                }
-                if self.degree_weights is not None and self.degree_weights.size
-                else {}
-            ),
-        }
-
-
-def _check(name: str, a: np.ndarray, shape: tuple[int | None, ...], *, nonneg: bool) -> np.ndarray:
-    a = np.asarray(a, dtype=float)
-    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape, strict=True)):
-        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")"
-        msg = f"{name} has shape {a.shape}, expected {want}."
-        raise ValueError(msg)
-    if not np.all(np.isfinite(a)):
-        msg = f"{name} holds {int((~np.isfinite(a)).sum())} NaN or infinite values."
-        raise ValueError(msg)
-    if nonneg and (a < 0).any():
-        msg = (
-            f"{name} holds {int((a < 0).sum())} negative values (min {a.min():.3g}): conditioning works on "
-            "non-negative linear normalised expression (expm1 of log1p values); clip or convert it first."
-        )
-        raise ValueError(msg)
-    return a
+        return condition_summary(self)
 
 
 def condition_on_spots(
@@ -276,120 +233,23 @@ def condition_on_spots(
     >>> bool(np.allclose(res.overlap @ res.values, m, rtol=1e-4))
     True
     """
-    measured = _check("measured", measured, (None, None), nonneg=True)
-    n_spots, n_genes = measured.shape
-    pred = _check("pred", pred, (None, n_genes), nonneg=True)
-    n_regions = pred.shape[0]
-    rxy = _check("region_centers_um", region_centers_um, (n_regions, 2), nonneg=False)
-    sxy = _check("spot_centers_um", spot_centers_um, (n_spots, 2), nonneg=False)
-    std_in = None if std is None else _check("std", std, (n_regions, n_genes), nonneg=True)
-    if region_kind not in ("circle", "square"):
-        msg = f"region_kind must be 'circle' or 'square', got {region_kind!r}."
-        raise ValueError(msg)
-    if not (region_size_um > 0 and spot_diameter_um > 0):
-        msg = f"region_size_um and spot_diameter_um must be positive, got {region_size_um} and {spot_diameter_um}."
-        raise ValueError(msg)
-    if n_spots < 2:
-        msg = f"At least 2 measured spots are needed, got {n_spots}."
-        raise ValueError(msg)
-    gate_w, degree_w = check_weights(gate, "gate", n_genes), check_weights(degree, "degree", n_genes)
-
-    if overlap is not None:
-        area = sp.csr_matrix(overlap, dtype=float)
-        if area.shape != (n_spots, n_regions) or (area.data < 0).any() or not np.all(np.isfinite(area.data)):
-            msg = f"overlap must be a non-negative finite ({n_spots}, {n_regions}) matrix, got shape {area.shape}."
-            raise ValueError(msg)
-    else:
-        area = overlap_matrix(sxy, spot_diameter_um, rxy, region_kind, region_size_um)
-    if (
-        overlap is None
-        and region_kind == "circle"
-        and abs(region_size_um - spot_diameter_um) <= 1e-6 * spot_diameter_um
-    ):
-        # a pseudo-spot that is the spot's own disk stands for it: its value is the measurement
-        d, near = cKDTree(rxy).query(sxy)
-        same = d <= 1e-6 * spot_diameter_um
-        if same.any():
-            keep = sp.diags((~same).astype(float))
-            own = sp.csr_matrix(
-                (np.full(int(same.sum()), np.pi * spot_diameter_um**2 / 4), (np.flatnonzero(same), near[same])),
-                shape=area.shape,
-            )
-            area = sp.csr_matrix(keep @ area + own)
-    row_area = np.asarray(area.sum(1)).ravel()
-    constrained = row_area > 0
-    if not constrained.any():
-        msg = (
-            f"None of the {n_regions} regions overlaps any of the {n_spots} measured spots: the grid and the spots "
-            "are not in the same coordinates (both must be in µm from one origin) or the grid is off the tissue."
-        )
-        raise ValueError(msg)
-    if not constrained.all():
-        logger.info("condition: %d of %d spots overlap no region and constrain nothing.", (~constrained).sum(), n_spots)
-    w_full = sp.csr_matrix(sp.diags(1.0 / np.where(constrained, row_area, 1.0)) @ area)
-    idx = np.flatnonzero(constrained)
-    w = sp.csr_matrix(w_full[idx])
-    m = measured[idx]
-    if pitch_um is None:
-        pitch_um = float(np.median(cKDTree(sxy[idx]).query(sxy[idx], k=2)[0][:, 1])) if len(idx) > 1 else 1.0
-    sigma = smoothing * pitch_um
-
-    scale = pred.mean(0)
-    flat = scale <= 0
-    scale = np.where(flat, 1.0, scale)
-    if spot_pattern is None:
-        at_spots = w @ pred
-    else:
-        at_spots = _check("spot_pattern", spot_pattern, (n_spots, n_genes), nonneg=True)[idx]
-    weights, blend, gate_info, degree_info = resolve_weights(
-        gate_w, degree_w, sxy[idx], m, at_spots, pitch=pitch_um, smoothing=smoothing, tol=tol
-    )
-    weights[flat] = 0.0
-    q = (1.0 - weights) * scale + weights * pred
-    q = np.maximum(q, 1e-6 * scale)
-
-    denoise = None
-    if library_size is not None:
-        lib = _check("library_size", library_size, (n_spots,), nonneg=True)[idx]
-        den = denoise_measured(m, lib, at_spots)
-        m, denoise = den.values, den.summary()
-    kernels = {
-        d: correction_kernel(rxy, sxy[idx], sigma, degree=d)
-        for d in (0, 1)
-        if ((blend > 0) if d == 1 else (blend < 1)).any()
-    }
-    g, n_clipped, n_ipf = solve_blended(w, kernels, q, m, blend, tol=min(tol, 1e-6) * 0.1, max_iter=max_iter)
-    err = rel_error(w @ g, m)
-    if err.max() > tol:
-        logger.warning("condition: consistency error %.2g exceeds tol %.2g.", err.max(), tol)
-
-    std_out = None
-    if std_in is not None:
-        sq = w.multiply(w).tocsr()
-        norm2 = np.asarray(sq.sum(1)).ravel()
-        share = sp.csr_matrix(sp.diags(1.0 / norm2) @ sq)
-        with np.errstate(divide="ignore"):
-            share.data = np.log(np.clip(1.0 - share.data, 0.0, None))
-        shrink = np.exp(np.asarray(share.sum(0)).ravel())
-        std_out = std_in * (g / q) * np.sqrt(shrink)[:, None]
-
-    region_area = np.pi * region_size_um**2 / 4 if region_kind == "circle" else region_size_um**2
+    source = RegionSource(pred, std)
+    plan = plan_condition(
+        source, region_centers_um, spot_centers_um, measured, region_kind=region_kind, region_size_um=region_size_um,
+        spot_diameter_um=spot_diameter_um, gate=gate, spot_pattern=spot_pattern, smoothing=smoothing,
+        pitch_um=pitch_um, tol=tol, max_iter=max_iter, degree=degree, overlap=overlap, library_size=library_size,
+    )  # fmt: skip
+    shape = (plan.n_regions, len(plan.weights))
+    values = np.empty(shape)
+    std_out = None if std is None else np.empty(shape)
+    for rows in plan.chunks():  # block by block: no full-size temporaries
+        values[rows], s = plan.values(rows)
+        if std_out is not None:
+            std_out[rows] = s
     return ConditionResult(
-        values=g,
-        std=std_out,
-        weights=weights,
-        max_rel_error=float(err.max()) if err.size else 0.0,
-        mean_rel_error=float(err.mean()) if err.size else 0.0,
-        rel_error=err.max(0) if err.size else np.zeros(n_genes),
-        overlap=w_full,
-        coverage=np.asarray(area.sum(0)).ravel() / region_area,
-        constrained=constrained,
-        gate=gate_info,
-        pitch_um=float(pitch_um),
-        sigma_um=float(sigma),
-        n_clipped=n_clipped,
-        n_ipf=n_ipf,
-        denoise=denoise,
-        degree_weights=blend,
-        degree_info=degree_info,
-    )
+        values=values, std=std_out, weights=plan.weights, max_rel_error=plan.max_rel_error,
+        mean_rel_error=plan.mean_rel_error, rel_error=plan.rel_error, overlap=plan.overlap, coverage=plan.coverage,
+        constrained=plan.constrained, gate=plan.gate, pitch_um=plan.pitch_um, sigma_um=plan.sigma_um,
+        n_clipped=plan.n_clipped, n_ipf=plan.n_ipf, denoise=plan.denoise, degree_weights=plan.degree_weights,
+        degree_info=plan.degree_info,
+    )  # fmt: skip

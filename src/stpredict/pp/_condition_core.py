@@ -28,6 +28,7 @@ __all__ = [
     "overlap_matrix",
     "rel_error",
     "solve_conditioned",
+    "solve_spots",
 ]
 
 logger = get_logger(__name__)
@@ -119,6 +120,7 @@ def correction_kernel(
     k: int = 8,
     degree: Literal[0, 1] = 1,
     ridge: float = 0.05,
+    tree: cKDTree | None = None,
 ) -> sp.csr_matrix:
     """Smooth partition of unity ``(n_regions, n_spots)``: how much each spot's correction reaches each region.
 
@@ -128,11 +130,13 @@ def correction_kernel(
     normalised; flat near each spot). Every row stores exactly ``min(k, n_spots)`` entries (some may be 0). ``degree=1`` (default): moving least squares with a linear basis, whose
     shape functions reproduce linear fields, so a correction field has no flat spot at the spots and keeps
     its gradient across their borders; ``ridge`` shrinks the local slope (relative to the weights' spread, in
-    units of σ) so that it never extrapolates far beyond the outermost spots.
+    units of σ) so that it never extrapolates far beyond the outermost spots. Each row depends on its region
+    alone, so the kernel of a block of regions is those rows of the whole grid's; ``tree``: a KD-tree of
+    ``spot_centers`` built once for many blocks.
     """
     n_spots = len(spot_centers)
     kk = min(k + 1, n_spots)
-    d, idx = cKDTree(spot_centers).query(region_centers, k=kk)
+    d, idx = (cKDTree(spot_centers) if tree is None else tree).query(region_centers, k=kk)
     d = d.reshape(len(region_centers), kk)
     idx = idx.reshape(len(region_centers), kk)
     d2 = d**2 - d[:, :1] ** 2
@@ -200,33 +204,51 @@ def solve_conditioned(
 
     ``w``: ``(S, N)`` row-normalised overlaps (no empty row); ``phi``: ``(N, S)`` kernel from
     :func:`correction_kernel`; ``q``: ``(N, G)`` positive pattern; ``m``: ``(S, G)`` non-negative targets.
+    The solve (:func:`solve_spots`) involves only the regions that overlap a spot; every other region is
+    ``q ⊙ max(Φ λ, 0)`` of its own row. Returns ``g``, the number of constrained regions of positive spots
+    where ``Φλ < 0`` had to be clipped, and the proportional-fitting sweeps that restored exactness there.
+    """
+    cols = np.unique(w.indices)
+    lam, g_cols, n_clipped, n_ipf = solve_spots(
+        sp.csr_matrix(w[:, cols]), sp.csr_matrix(phi[cols]), q[cols], m, tol=tol, max_iter=max_iter
+    )
+    g = q * np.maximum(phi @ lam, 0.0)
+    g[cols] = g_cols
+    return g, n_clipped, n_ipf
+
+
+def solve_spots(
+    wc: sp.csr_matrix, phic: sp.csr_matrix, qc: np.ndarray, m: np.ndarray, *, tol: float = 1e-7, max_iter: int = 30
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The solve of :func:`solve_conditioned` on the regions that overlap a spot: ``(λ, g there, n_clipped, n_ipf)``.
+
+    ``wc``: ``(S, C)`` row-normalised overlaps restricted to the ``C`` regions inside some spot (no empty row);
+    ``phic``: ``(C, S)`` their rows of the kernel; ``qc``: ``(C, G)`` their pattern; ``m``: ``(S, G)``.
+    ``λ`` is ``(S, G)``: a region outside every spot has ``g = q ⊙ max(Φλ, 0)`` from its own kernel row.
 
     Spots measured at 0 force every region they overlap to 0 (the only non-negative exact solution); their
     ``λ`` is set, alternately with the linear solve of the other spots, to the largest value keeping
-    ``Φλ ≤ 0`` over their regions, so the field leaves them continuously. Returns ``g``, the number of
-    constrained regions of positive spots where ``Φλ < 0`` had to be clipped, and the proportional-fitting
-    sweeps that restored exactness there.
+    ``Φλ ≤ 0`` over their regions, so the field leaves them continuously. Proportional fitting then rescales
+    the regions of spots where clipping ``Φλ < 0`` removed mass; it only touches regions inside spots.
     """
-    n_spots, n_regions = w.shape
-    n_genes = q.shape[1]
-    cols = np.unique(w.indices)
-    wc = sp.csr_matrix(w[:, cols])
-    phic = sp.csr_matrix(phi[cols])
-    kc = int(np.diff(phi.indptr).max())
+    n_spots, n_cols = wc.shape
+    n_genes = qc.shape[1]
+    kc = int(np.diff(phic.indptr).max())
     pidx, pw = phic.indices.reshape(-1, kc), phic.data.reshape(-1, kc)
     pair = wc.tocoo()
     pair_spot, pair_reg = pair.row, pair.col
     phi_self = (pw[pair_reg] * (pidx[pair_reg] == pair_spot[:, None])).sum(1)
-    g = np.zeros((n_regions, n_genes))
+    g = np.zeros((n_cols, n_genes))
+    lams = np.zeros((n_spots, n_genes))
     n_clipped = 0
     for j in range(n_genes):
-        qj, mj = q[:, j], m[:, j]
+        qj, mj = qc[:, j], m[:, j]
         if not np.any(mj > 0):
             continue
         zero = mj <= 0
-        forced = np.zeros(len(cols), dtype=bool)
+        forced = np.zeros(n_cols, dtype=bool)
         forced[pair_reg[zero[pair_spot]]] = True
-        qf = qj[cols] * ~forced
+        qf = qj * ~forced
         mat = sp.csr_matrix(sp.csr_matrix(wc.multiply(qf[None, :])) @ phic)
         pos = ~zero & (wc @ qf > 0)  # positive spots whose every region is forced to 0 cannot be met
         lam = np.zeros(n_spots)
@@ -248,22 +270,22 @@ def solve_conditioned(
                 if change <= 1e-9 * max(np.abs(lam).max(), 1e-300):
                     break
             lam[pos] = _solve(m_pp, mj[pos] - m_pz @ lam[~pos])
-        f = phi @ lam
-        f_c = f[cols]
+        f_c = phic @ lam
         n_clipped += int(((f_c < 0) & ~forced).sum())
-        out = qj * np.maximum(f, 0.0)
-        out[cols[forced]] = 0.0
+        out = qj * np.maximum(f_c, 0.0)
+        out[forced] = 0.0
         g[:, j] = out
+        lams[:, j] = lam
     # proportional fitting: rescale each spot's regions (shared regions by the weighted geometric mean of their
     # spots' factors) until W g = m; exact in one sweep where no region overlaps two spots, and a no-op where
     # the smooth solve above was exact (factors 1)
-    area_share = sp.csr_matrix(w.T)
+    area_share = sp.csr_matrix(wc.T)
     area_share = sp.csr_matrix(sp.diags(1.0 / np.maximum(np.asarray(area_share.sum(1)).ravel(), 1e-300)) @ area_share)
-    member = sp.csr_matrix(w.T, copy=True)
+    member = sp.csr_matrix(wc.T, copy=True)
     member.data[:] = 1.0
     n_ipf = 0
     for _ in range(max_iter * 4):
-        wg = w @ g
+        wg = wc @ g
         if rel_error(wg, m).max() <= tol:
             break
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -272,10 +294,10 @@ def solve_conditioned(
         g = g * np.exp(area_share @ log_ratio)
         need = (wg <= 0) & (m > 0)  # every region of the spot is at 0: put the target back on the pattern
         if need.any():
-            add = np.where(need, m / np.maximum(w @ q, 1e-300), 0.0)
-            g = g + q * (member @ add)
+            add = np.where(need, m / np.maximum(wc @ qc, 1e-300), 0.0)
+            g = g + qc * (member @ add)
         n_ipf += 1
-    return g, n_clipped, n_ipf
+    return lams, g, n_clipped, n_ipf
 
 
 def solve_blended(
