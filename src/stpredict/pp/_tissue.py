@@ -73,14 +73,18 @@ def tissue_mask(
     *,
     image_key: str | None = None,
     microns_per_pixel: float | None = None,
-    min_side_px: int = 512,
+    resolution_um: float = 8.0,
+    min_side_px: int = 128,
     closing_um: float = 30.0,
     min_area_um2: float = 2.0e4,
 ) -> TissueMask:
     """Detect tissue: saturated or dark pixels, against a bright unsaturated slide background.
 
-    Works on the coarsest pyramid level with both sides ≥ ``min_side_px``: Otsu thresholds on saturation
-    and on grey level, a morphological closing, hole filling and removal of small specks.
+    Works at about ``resolution_um`` µm per pixel, whatever the slide's size: the pyramid level nearest that
+    pixel size, averaged over blocks of pixels toward it (both sides kept ≥ ``min_side_px``);
+    Otsu thresholds on saturation and on grey level, a morphological closing, hole filling and removal of small
+    specks. The cost so grows with the tissue's area, not with the pyramid's depth (a 1 mm slide is not
+    analysed at 1 µm/px).
 
     Parameters
     ----------
@@ -91,8 +95,11 @@ def tissue_mask(
         Level-0 pixel size, to size the morphology in µm; ``None`` resolves it as :func:`stpredict.pp.spots`
         does (the image's ``"micrometers"`` transformation, else the spots' pixel size) and raises a
         :class:`ValueError` when it is unknown.
+    resolution_um
+        Pixel size of the mask in µm (8: finer than a Visium spot's radius and than an 8 µm bin's centre
+        spacing, enough to keep bins and pseudo-spots on tissue).
     min_side_px
-        Smallest side of the level used.
+        Smallest side of the mask in pixels (small images are analysed finer than ``resolution_um``).
     closing_um
         Radius of the closing that bridges gaps between cells.
     min_area_um2
@@ -111,13 +118,10 @@ def tissue_mask(
     from skimage import filters, morphology
 
     image_key = pick_key(sdata, "images", image_key)
-    element = sdata.images[image_key]
-    levels = image_levels(element)
-    ok = [i for i, lv in enumerate(levels) if min(lv.shape_yx) >= min_side_px]
-    lv = levels[max(ok) if ok else 0]
+    levels = image_levels(sdata.images[image_key])
     mpp0 = image_microns_per_pixel(sdata, image_key=image_key, microns_per_pixel=microns_per_pixel)
-    mpp = mpp0 * np.sqrt(lv.factor_x * lv.factor_y)
-    rgb = np.asarray(lv.array[:3].compute()).astype(np.float32) / 255.0
+    rgb, factor_x, factor_y = _read_coarse(levels, mpp0, resolution_um, min_side_px)
+    mpp = mpp0 * np.sqrt(factor_x * factor_y)
     mx, mn = rgb.max(axis=0), rgb.min(axis=0)
     sat = (mx - mn) / np.maximum(mx, 1e-3)
     grey = rgb.mean(axis=0)
@@ -133,4 +137,27 @@ def tissue_mask(
     mask = morphology.remove_small_objects(mask, max_size=min_px)
     if not mask.any():
         return TissueMask.full(levels[0].shape_yx)
-    return TissueMask(mask.astype(bool), factor_x=lv.factor_x, factor_y=lv.factor_y)
+    return TissueMask(mask.astype(bool), factor_x=factor_x, factor_y=factor_y)
+
+
+def _read_coarse(levels: list, mpp0: float, resolution_um: float, min_side_px: int) -> tuple[np.ndarray, float, float]:
+    """``(rgb (3, h, w) in [0, 1], factor_x, factor_y)`` at about ``resolution_um`` µm/px (see :func:`tissue_mask`).
+
+    The level whose pixel size is nearest ``resolution_um`` (by ratio) among those with both sides ≥
+    ``min_side_px`` (level 0 if none), then means over ``k × k`` blocks (edge pixels repeated to fill the last
+    ones), ``k`` the nearest integer to the remaining ratio, kept to sides ≥ ``min_side_px``.
+    """
+
+    def mpp(lv) -> float:
+        return mpp0 * float(np.sqrt(lv.factor_x * lv.factor_y))
+
+    ok = [lv for lv in levels if min(lv.shape_yx) >= min_side_px] or [levels[0]]
+    lv = min(ok, key=lambda lv: abs(np.log(mpp(lv) / resolution_um)))
+    k = max(1, min(round(resolution_um / mpp(lv)), min(lv.shape_yx) // max(min_side_px, 1)))
+    rgb = np.asarray(lv.array[:3].compute()).astype(np.float32) / 255.0
+    if k > 1:
+        h, w = rgb.shape[1:]
+        hk, wk = -(-h // k), -(-w // k)
+        rgb = np.pad(rgb, ((0, 0), (0, hk * k - h), (0, wk * k - w)), mode="edge")
+        rgb = rgb.reshape(3, hk, k, wk, k).mean(axis=(2, 4))
+    return rgb, lv.factor_x * k, lv.factor_y * k
