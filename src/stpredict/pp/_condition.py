@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from .._logging import get_logger
 from ._condition_plan import RegionSource, condition_summary, plan_condition
 
 if TYPE_CHECKING:
+    import numpy as np
     import scipy.sparse as sp
     from numpy.typing import ArrayLike
 
@@ -239,17 +238,5 @@ def condition_on_spots(
         spot_diameter_um=spot_diameter_um, gate=gate, spot_pattern=spot_pattern, smoothing=smoothing,
         pitch_um=pitch_um, tol=tol, max_iter=max_iter, degree=degree, overlap=overlap, library_size=library_size,
     )  # fmt: skip
-    shape = (plan.n_regions, len(plan.weights))
-    values = np.empty(shape)
-    std_out = None if std is None else np.empty(shape)
-    for rows in plan.chunks():  # block by block: no full-size temporaries
-        values[rows], s = plan.values(rows)
-        if std_out is not None:
-            std_out[rows] = s
-    return ConditionResult(
-        values=values, std=std_out, weights=plan.weights, max_rel_error=plan.max_rel_error,
-        mean_rel_error=plan.mean_rel_error, rel_error=plan.rel_error, overlap=plan.overlap, coverage=plan.coverage,
-        constrained=plan.constrained, gate=plan.gate, pitch_um=plan.pitch_um, sigma_um=plan.sigma_um,
-        n_clipped=plan.n_clipped, n_ipf=plan.n_ipf, denoise=plan.denoise, degree_weights=plan.degree_weights,
-        degree_info=plan.degree_info,
-    )  # fmt: skip
+    values, std_out = plan.values_all()
+    return ConditionResult(values=values, std=std_out, **plan.result_fields())

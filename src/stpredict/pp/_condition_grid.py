@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._condition import condition_on_spots
+from ._condition import ConditionResult
+from ._condition_plan import RegionSource, plan_condition
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from ._condition import ConditionResult
+    from ._condition_plan import ConditionPlan
     from ._grid import GridPoints
     from ._spots import SpotGeometry
 
-__all__ = ["condition_grid"]
+__all__ = ["condition_grid", "plan_grid"]
 
 
 def condition_grid(
@@ -52,13 +53,26 @@ def condition_grid(
     -------
     A :class:`ConditionResult` in the grid's region order.
     """
+    plan = plan_grid(RegionSource(pred, kwargs.pop("std", None)), grid, geo, measured, **kwargs)
+    values, std = plan.values_all()
+    return ConditionResult(values=values, std=std, **plan.result_fields())
+
+
+def plan_grid(
+    source: RegionSource, grid: GridPoints, geo: SpotGeometry, measured: ArrayLike, **kwargs: Any
+) -> ConditionPlan:
+    """:func:`~stpredict.pp._condition_plan.plan_condition` for a grid, as :func:`condition_grid` conditions it.
+
+    ``source`` holds the grid's prediction (and std); the plan's :meth:`~ConditionPlan.values` then gives the
+    conditioned values block by block.
+    """
     if grid.kind == "polygon":
         from ._cells import polygon_disk_overlap, polygons_to_um
 
         polys = polygons_to_um(grid.polygons, geo.microns_per_pixel_xy)
         area = polygon_disk_overlap(geo.centers_um, geo.diameter_um, polys)
-        res = condition_on_spots(
-            pred,
+        plan = plan_condition(
+            source,
             geo.px_to_um(grid.centers),
             geo.centers_um,
             measured,
@@ -70,10 +84,10 @@ def condition_grid(
         )
         import shapely
 
-        res.coverage = np.asarray(area.sum(0)).ravel() / shapely.area(polys)
-        return res
-    return condition_on_spots(
-        pred,
+        plan.coverage = np.asarray(area.sum(0)).ravel() / shapely.area(polys)
+        return plan
+    return plan_condition(
+        source,
         geo.px_to_um(grid.centers),
         geo.centers_um,
         measured,

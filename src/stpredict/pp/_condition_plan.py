@@ -206,6 +206,23 @@ class ConditionPlan:
         shrink[inside] = self.shrink_cols[lo:hi]
         return g, std_in * (g / q) * np.sqrt(shrink)[:, None]
 
+    def values_all(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The whole grid's conditioned values and std (float64), filled block by block (no full-size temporaries)."""
+        shape = (self.n_regions, len(self.weights))
+        values = np.empty(shape)
+        std = None if self.source.std is None else np.empty(shape)
+        for rows in self.chunks():
+            values[rows], s = self.values(rows)
+            if std is not None:
+                std[rows] = s
+        return values, std
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields of a ``ConditionResult`` other than ``values`` and ``std``."""
+        names = ("weights", "max_rel_error", "mean_rel_error", "rel_error", "overlap", "coverage", "constrained",
+                 "gate", "pitch_um", "sigma_um", "n_clipped", "n_ipf", "denoise", "degree_weights", "degree_info")  # fmt: skip
+        return {k: getattr(self, k) for k in names}
+
     def summary(self) -> dict[str, Any]:
         """The record for ``.uns["stpredict"]`` (as :meth:`ConditionResult.summary`)."""
         return condition_summary(self)

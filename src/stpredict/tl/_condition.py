@@ -78,7 +78,8 @@ def apply_condition(
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Condition a grid's log1p prediction on the measured spots: ``(mean, std, record)`` on the log1p scale.
 
-    Works in linear normalised units (``expm1``), through :func:`stpredict.pp.condition_grid`: pooling the
+    Works in linear normalised units (``expm1``), as :func:`stpredict.pp.condition_grid`, a block of regions at
+    a time (the spot-level solve once, :func:`~stpredict.pp._condition_grid.plan_grid`): pooling the
     grid back over each measured spot (overlap-area weighted) gives its measured value; the predictor
     supplies the pattern, shrunk per gene toward a consistent interpolation where the image does not explain
     the gene (the weights are learned on the slide one pooling level up, from the model's out-of-fold spot
@@ -87,19 +88,26 @@ def apply_condition(
     With ``denoise``, the level is the measured spots denoised toward the image-only prediction at the spots
     by their count noise (:func:`stpredict.pp.denoise_measured`), not the raw measurement.
     """
-    from ..pp._condition_grid import condition_grid
+    from ..pp._condition_grid import plan_grid
+    from ..pp._condition_plan import RegionSource
 
-    lin = np.clip(np.expm1(np.asarray(mean, dtype=float)), 0.0, None)
-    std_lin = None if std is None else np.asarray(std, dtype=float) * (1.0 + lin)
     pattern = _spot_pattern(table, geo, model, genes)
     lib = np.asarray(slide.library_size, dtype=float) if denoise else None
-    res = condition_grid(
-        lin, points, geo, np.asarray(slide.y_linear, dtype=float), std=std_lin, spot_pattern=pattern, library_size=lib
-    )
-    out = np.log1p(res.values)
-    out_std = None if res.std is None else res.std / (1.0 + res.values)
+    # the spot-level solve once, then the regions block by block: linear float64 inside a block, the log1p
+    # results stored as float32 (no full-size float64 temporaries)
+    plan = plan_grid(
+        RegionSource(mean, std, log1p=True), points, geo, np.asarray(slide.y_linear, dtype=float),
+        spot_pattern=pattern, library_size=lib,
+    )  # fmt: skip
+    out = np.empty(np.shape(mean), dtype=np.float32)
+    out_std = None if std is None else np.empty(np.shape(mean), dtype=np.float32)
+    for rows in plan.chunks():
+        values, s = plan.values(rows)
+        out[rows] = np.log1p(values)
+        if out_std is not None:
+            out_std[rows] = s / (1.0 + values)
     record = {
-        **res.summary(),
+        **plan.summary(),
         "condition": "denoised" if denoise else "measured",
         "gate_from": "out-of-fold spot predictions (stp.tl.predict)"
         if pattern is not None
@@ -109,7 +117,7 @@ def apply_condition(
     logger.info(
         "condition=%r: consistency error max %.2g, median image weight %.2f.",
         record["condition"],
-        res.max_rel_error,
+        plan.max_rel_error,
         record["weight_median"],
     )
-    return out.astype(np.float32), None if out_std is None else out_std.astype(np.float32), record
+    return out, out_std, record

@@ -123,6 +123,10 @@ class DenseMaps:
             )
         return self.backbone.map_features(cmap, centers_um, window_um)
 
+    def release(self) -> None:
+        """Drop the computed maps (a later :meth:`features` computes them again, over its plan)."""
+        self._maps.clear()
+
     @staticmethod
     def record() -> dict[str, Any]:
         """How features read from a map are identified in records."""

@@ -25,6 +25,7 @@ from ._grid_out import check_output_names, map_element, same_geometry
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, prepare_prediction, prepare_training, require_measured
 from ._reuse import fit_or_reuse
+from ._rowwise import predict_regions
 from ._targets import OUTPUT_SPACE
 from ._transfer import Transfer
 
@@ -271,10 +272,12 @@ def superresolve(
     if bb is not None:
         with steps("grid_features"):
             emb, emb_info = region_embeddings(slide, points, inputs.cache, run=run)
+        inputs.cache.maps.release()  # every window is read: the map is not needed again
     regions = Regions(points.centers, points.kind, points.size_um, points.name, emb, polygons_px=points.polygons)
     regions.meta["seed"] = seed
     with steps("predict"):
-        mean, std = predictor.predict(slide, regions)
+        mean, std = predict_regions(predictor, slide, regions)
+    emb = regions = None  # the grid's features are not needed again
     genes_out = list(predictor.genes)
     image_only = np.asarray(mean, dtype=np.float32)
     cond_record: dict[str, Any] = {"condition": "none"}
