@@ -5,7 +5,8 @@ with its pyramid, read back lazily as a user's slide is), ``stp.tl.superresolve(
 ``handcrafted`` backbone is timed on each grid, in a fresh process per run so that its peak host memory is its
 own. Every run prints the seconds of each step the verb records (``uns[...]["superresolve"]["step_seconds"]``:
 tissue mask, grid, spot features, fit, grid features, predict, condition, output) plus writing the new elements
-into the store with :func:`stpredict.io.write_back`, the regions per second, and the peak resident memory. The
+into the store with :func:`stpredict.io.write_back` (removed again after the run, so every run reads the same
+store), the regions per second, and the peak resident memory. The
 per-window reference (``dense=False``) runs beside the dense map (``dense=True``) in the same invocation, on the
 sizes ``--windows-sizes`` allows (it takes an hour on a whole capture area); the ratios between them, and of
 each size's time to the area ratio, are printed at the end.
@@ -82,6 +83,9 @@ def one_run(store: Path, model: str, grid: str, dense: bool, out: Path) -> None:
     write = time.perf_counter() - t1
     steps = {k: float(v) for k, v in dict(rec["step_seconds"]).items()}
     peak_mb = _peak_mb()
+    # leave the store as this run found it: read_zarr loads every table and shapes element, so a later run would
+    # otherwise hold this one's outputs (hundreds of MB for 8 µm bins) and report them in its peak memory
+    sdata.delete_element_from_disk([key, shapes_key])
     row = {
         "model": model,
         "grid": grid,
