@@ -131,6 +131,26 @@ def test_bins_are_a_measured_slide_for_the_verbs(hd):
     assert grid.uns["stpredict"]["superresolve"]["condition"]["max_rel_error"] <= 1e-4
 
 
+def test_a_grid_coarser_than_the_bins_is_not_conditioned(hd, caplog):
+    sdata = _copy(hd)
+    genes = list(sdata.tables["table"].var_names[:3])
+    before = set(sdata.tables), set(sdata.shapes)
+    # 16 µm squares each cover four measured 8 µm bins: one value cannot equal four measurements
+    for condition in ("measured", "denoised"):
+        with pytest.raises(ValueError, match=r"16 µm, larger than the 8 µm measured regions.*condition='none'"):
+            stp.tl.superresolve(
+                sdata, "ridge", genes=genes, bin_size=16, condition=condition, tissue=False, progress=False
+            )
+    assert (set(sdata.tables), set(sdata.shapes)) == before  # refused before any work
+    # the default falls back to the image-only prediction, with a warning
+    with caplog.at_level("WARNING", logger="stpredict"):
+        stp.tl.superresolve(sdata, "ridge", genes=genes, bin_size=16, tissue=False, progress=False)
+    assert "cannot agree with the measurement" in caplog.text
+    grid = sdata.tables["ridge_spots_bin16um"]
+    assert grid.uns["stpredict"]["superresolve"]["condition"] == {"condition": "none"}
+    assert "image_only" not in grid.layers
+
+
 def test_lazy_and_fast():
     """A 1.5 mm square at 0.5 µm/px (~15,000 bins on tissue, 35,000 in the square) builds without rendering."""
     import time

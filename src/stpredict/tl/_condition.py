@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..pp._grid import GridPoints
     from ..pp._spots import SpotGeometry
 
-__all__ = ["CONDITIONED", "CONDITIONS", "apply_condition", "resolve_condition"]
+__all__ = ["CONDITIONED", "CONDITIONS", "apply_condition", "check_grid_finer", "resolve_condition"]
 
 logger = get_logger(__name__)
 
@@ -46,6 +46,32 @@ def resolve_condition(condition: str | None, slide: SlideData, genes: Sequence[s
         )
         raise ValueError(msg)
     return condition  # type: ignore[return-value]
+
+
+def check_grid_finer(points: GridPoints, geo: SpotGeometry, condition: Condition, *, asked: str | None) -> Condition:
+    """The condition mode for this grid: refuse to condition regions larger than the measured regions.
+
+    A region larger than a measured spot (or bin) covers several of them, and one value cannot equal several
+    measurements: exact agreement is impossible and the grid would not refine anything. Sizes compare the
+    grid's diameter or side (cells: the median equal-area diameter) with the spots' (a 1 % tolerance).
+    With the default (``asked`` is ``None``) such a grid gets the image-only prediction, with a warning; an
+    explicit ``"measured"``/``"denoised"`` raises before any work.
+    """
+    if condition not in CONDITIONED or points.size_um <= geo.diameter_um * 1.01:
+        return condition
+    what = {"circle": "pseudo-spots", "square": "bins", "polygon": "cells"}[points.kind]
+    why = (
+        f"the grid {points.name!r} has {what} of {points.size_um:.3g} µm, larger than the {geo.diameter_um:.3g} µm "
+        f"measured regions of {geo.spots_key!r} it would refine, so they cannot agree with the measurement"
+    )
+    if asked is None:
+        logger.warning("superresolve: %s; the grid gets the image-only prediction (condition='none').", why)
+        return "none"
+    msg = (
+        f"condition={condition!r}: {why}. Pass a finer grid (bin_size <= {geo.diameter_um:.3g}, 'ps4', 'ps16') "
+        "or condition='none' for the image-only prediction on this grid."
+    )
+    raise ValueError(msg)
 
 
 def _spot_pattern(table: AnnData | None, geo: SpotGeometry, model: str, genes: Sequence[str]) -> np.ndarray | None:

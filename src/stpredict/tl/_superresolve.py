@@ -19,7 +19,7 @@ from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describ
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._cells import cells_argument
 from ._commit import Staged
-from ._condition import CONDITIONED, apply_condition, resolve_condition
+from ._condition import CONDITIONED, apply_condition, check_grid_finer, resolve_condition
 from ._embeddings import plan_regions, region_embeddings
 from ._grid_out import check_output_names, map_element, same_geometry
 from ._models import resolve_model, train
@@ -134,6 +134,9 @@ def superresolve(
         only choice on an H&E-only slide). The image weight is learned from the out-of-fold spot predictions
         that ``stp.tl.predict(sdata, model, oof_folds=5)`` stores (recommended for flexible models such as
         ``histosge``, whose in-sample fit over-trusts the image), else from the grid pooled over the spots.
+        A grid coarser than the measured regions (e.g. ``bin_size=16`` on 8 µm bins, cells larger than the
+        bins) cannot agree with them: ``"measured"``/``"denoised"`` raise before any work, and the default
+        gives it the image-only prediction with a warning.
     max_epochs
         Training budget of iterative predictors.
     {seed}
@@ -228,7 +231,7 @@ def superresolve(
             elements=elements, layer=layer, stain=stain, feature_norm=feature_norm, stain_augment=stain_augment,
         )  # fmt: skip
     slide, geo, bb = inputs.slides[0], inputs.geos[0], inputs.backbone
-    condition = resolve_condition(condition, slide, inputs.genes)
+    asked, condition = condition, resolve_condition(condition, slide, inputs.genes)
     steps = StepTimes()
     # grid first: it validates bin size and lattice before any training
     if cells is None:
@@ -243,6 +246,7 @@ def superresolve(
             if condition in CONDITIONED:
                 check_cells_touch_spots(points, geo)
         out_shapes = cells.shapes_key  # the table annotates the user's segmentation itself
+    condition = check_grid_finer(points, geo, condition, asked=asked)
     table_name = key_added if key_added is not None else grid_table_key(predictor.name, geo.spots_key, grid_name)
     image_name = (f"{predictor.name}_{geo.spots_key}_map" if map_key is True else map_key) or None
     # the names of the outputs, checked before any work: only an earlier superresolve's outputs are replaced
