@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import spatialdata as sd
+from _dask import local_cluster
 
 import stpredict as stp
 
@@ -104,8 +105,13 @@ def test_bad_cohort_input_is_refused_before_any_work(stores):
         stp.tl.embed_cohort([], progress=False)
     with pytest.raises(TypeError, match=r"slides\[1\] is a int"):
         stp.tl.embed_cohort([stores[0], 3], progress=False)
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="more than once: two tasks would write into the same store"):
         stp.tl.embed_cohort([stores[0], str(stores[0])], progress=False)
+    # reading verbs say why a repeated slide is wrong for them: counted twice, held out while trained on
+    with pytest.raises(ValueError, match="more than once: the slide would count twice .*held-out"):
+        stp.tl.cross_validate([stores[0], stores[1], stores[0]], "ridge", protocol="loso", progress=False)
+    with pytest.raises(ValueError, match="more than once: the slide would count twice"):
+        stp.tl.fit([stores[0], stores[0]], "ridge", progress=False)
     with pytest.raises(ValueError, match="fitted predictor or a checkpoint"):
         stp.tl.predict_cohort(stores, "ridge", progress=False)
     with pytest.raises(ValueError, match="batch_size"):
@@ -137,11 +143,8 @@ def test_fit_on_stores_caches_features_and_predict_cohort_resumes(stores, tmp_pa
 
 @pytest.fixture(scope="module")
 def client():
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        distributed.Client(cluster) as c,
-    ):
+    pytest.importorskip("distributed")
+    with local_cluster() as (_, c):
         yield c
 
 
@@ -156,16 +159,13 @@ def test_cohort_on_a_local_cluster(stores, client):
 
 
 def test_a_killed_worker_does_not_lose_the_run(stores, tmp_path):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     more = []
     for i in range(4, 8):
         more.append(tmp_path / f"slide{i}.zarr")
         shutil.copytree(stores[0], more[-1])
     cohort = stores + more
-    with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_cluster() as (cluster, client):
         result = {}
         runner = threading.Thread(
             target=lambda: result.update(status=stp.tl.embed_cohort(cohort, client=client, progress=False))

@@ -7,13 +7,13 @@ rows, the splits, the genes and the parameters.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 import spatialdata as sd
+from _dask import local_cluster
 
 import stpredict as stp
 
@@ -46,12 +46,8 @@ def slides():
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    c = distributed.Client(cluster)
-    yield c
-    with contextlib.suppress(TimeoutError):  # a loaded machine may be slow to stop the workers: not a failure
-        c.close()
-        cluster.close(timeout=60)
+    with local_cluster() as (_, c):
+        yield c
 
 
 def _assert_same(a: stp.tl.CVResult, b: stp.tl.CVResult, *, exact: bool = True) -> None:

@@ -68,8 +68,12 @@ class CohortError(RuntimeError):
         super().__init__(f"{len(bad)} of {len(status)} slides failed:\n" + "\n".join(lines))
 
 
-def check_slides(slides: Any) -> list[str | SpatialData]:
-    """The cohort as a list of store paths (``str``) and in-memory SpatialData; refuses bad input before any work."""
+def check_slides(slides: Any, *, writes: bool = True) -> list[str | SpatialData]:
+    """The cohort as a list of store paths (``str``) and in-memory SpatialData; refuses bad input before any work.
+
+    ``writes``: whether each slide's task writes into its store (the cohort verbs) or the slides are read to
+    train and score (``fit``, ``cross_validate``); it only changes why a repeated store is refused.
+    """
     from spatialdata import SpatialData
 
     if isinstance(slides, str | Path | SpatialData):
@@ -94,7 +98,12 @@ def check_slides(slides: Any) -> list[str | SpatialData]:
     paths = [p for p in out if isinstance(p, str)]
     dup = sorted({p for p in paths if paths.count(p) > 1})
     if dup:
-        msg = f"Stores {dup} are listed more than once: two tasks would write into the same store."
+        why = (
+            "two tasks would write into the same store"
+            if writes
+            else "the slide would count twice (and a held-out slide would also be trained on)"
+        )
+        msg = f"Stores {dup} are listed more than once: {why}. List each slide once."
         raise ValueError(msg)
     return out
 

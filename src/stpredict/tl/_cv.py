@@ -163,7 +163,7 @@ def cross_validate(
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     check_flag("raise_on_error", raise_on_error)
     check_client(client, "cross_validate")
-    items = check_slides(slides)
+    items = check_slides(slides, writes=False)
     protocol, proto_pred = check_arguments(protocol, condition, model, model_kwargs, n_slides=len(items), groups=groups)
     run = Compute(device, batch_size, num_workers, progress, dense)
     if client is None:

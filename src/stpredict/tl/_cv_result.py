@@ -66,8 +66,8 @@ class CVResult:
     Attributes
     ----------
     scores
-        One row per (fold, gene): ``fold``, ``slide``, ``gene``, ``pearson``, ``spearman``, ``mse``, ``mae``,
-        ``truth_var``, ``n``.
+        One row per (fold, gene): ``gene``, ``fold``, ``slide``, ``pearson``, ``spearman``, ``mse``, ``mae``,
+        ``truth_var``, ``n`` (:data:`SCORE_COLUMNS`).
     folds
         One row per fold: slide, number of train/test spots, genes, how they were chosen (``gene_selection``), fit
         and predict seconds, mean PCC.

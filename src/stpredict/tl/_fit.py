@@ -191,7 +191,7 @@ def fit(
     check_genes_arg(genes, n_genes)
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     check_client(client, "fit")
-    items = check_slides(sdata)
+    items = check_slides(sdata, writes=False)
     predictor, fitted = resolve_model(model, model_kwargs)
     if fitted:
         msg = "fit() takes a model name or an unfitted predictor; this one is already fitted."
