@@ -11,6 +11,8 @@ Layout written (the parts of Space Ranger's output that readers use)::
         spatial/scalefactors_json.json       spot_diameter_fullres, bin_size_um, microns_per_pixel, tissue_*_scalef, ...
         spatial/tissue_hires_image.png, tissue_lowres_image.png
     tissue_fullres.tif                      the full-resolution H&E given to Space Ranger (beside outs/)
+    outs/microscope_image/tissue_image.tif  with ``microscope_image=True``: the same H&E, tiled 256 px, where
+                                            spatialdata-io looks for it when no ``fullres_image_file`` is given
 
 Bins are nested as in Space Ranger: a bin of side ``k · s`` sums the ``k × k`` bins of side ``s`` it covers, and
 its barcode is ``s_<NNN>um_<row:05d>_<col:05d>-1``. Bin ``(row, col)`` of side ``s`` µm spans
@@ -99,11 +101,13 @@ def write_visium_hd(
     n_genes: int = 8,
     depth: float = 30.0,
     seed: int = 0,
+    microscope_image: bool = False,
 ) -> HDTruth:
     """Write a Space Ranger HD ``outs`` folder under ``root`` (see the module docstring).
 
     ``extent_um`` (width, height) must be a multiple of the largest bin size; ``image_size`` is (height, width)
-    in full-resolution pixels and must be divisible by 8 (hires 1/4, lowres 1/8).
+    in full-resolution pixels and must be divisible by 8 (hires 1/4, lowres 1/8). ``microscope_image``: also
+    write the H&E, tiled, into ``outs/microscope_image/`` (``HDTruth.fullres`` is then that copy).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -138,6 +142,10 @@ def write_visium_hd(
     lowres = _box_downsample(img, round(1 / LOWRES_SCALEF))
     fullres = Path(root) / "tissue_fullres.tif"
     tifffile.imwrite(fullres, img, photometric="rgb")
+    if microscope_image:
+        (outs / "microscope_image").mkdir()
+        fullres = outs / "microscope_image" / "tissue_image.tif"
+        tifffile.imwrite(fullres, img, photometric="rgb", tile=(256, 256), compression="zlib")
     Image.fromarray(hires).save(outs / "spatial" / "tissue_hires_image.png")
     Image.fromarray(lowres).save(outs / "spatial" / "tissue_lowres_image.png")
 

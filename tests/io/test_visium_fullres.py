@@ -13,7 +13,6 @@ from conftest import shared_data
 
 import stpredict as stp
 from stpredict._image import image_levels
-from stpredict.io import _tiff
 
 FULL = 5120  # 5 × 5 blocks of 1024 px: more than the 16 windows of the image check can touch
 
@@ -37,20 +36,6 @@ def _visium_with_fullres(tmp_path, image: np.ndarray):
     pos.to_csv(pos_path, header=False, index=False)
     tifffile.imwrite(out / "full.tif", image, tile=(256, 256), photometric="rgb", compression="zlib")
     return out
-
-
-@pytest.fixture
-def block_reads(monkeypatch):
-    """Counts the blocks of TIFF levels read through io/_tiff."""
-    reads = []
-    original = _tiff._read_block
-
-    def counting(path, level, block_info=None):
-        reads.append((level, tuple(map(tuple, block_info[None]["array-location"]))))
-        return original(path, level, block_info=block_info)
-
-    monkeypatch.setattr(_tiff, "_read_block", counting)
-    return reads
 
 
 def test_fullres_tiff_is_read_in_blocks_and_sampled(tmp_path, block_reads):

@@ -62,6 +62,28 @@ def _dataset_id(path: Path, dataset_id: str | None) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]", "_", name)
 
 
+def _discover_fullres(path: Path, dataset_id: str) -> Path | None:
+    """The full-resolution H&E that :func:`spatialdata_io.visium_hd` finds without ``fullres_image_file``.
+
+    Its places, in its order: the file in ``microscope_image/``, else ``<prefix>tissue_image.*`` in ``path`` (the
+    name in 10x's downloadable archives). Resolved here so that the image is read by the same code path as an
+    explicit ``fullres_image_file`` (a TIFF in blocks, see :func:`~stpredict.io._tiff.lazy_tiff_image`).
+    """
+    folder = path / "microscope_image"
+    if folder.is_dir():
+        found = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        prefix = "" if (path / "feature_slice.h5").is_file() else f"{dataset_id}_"
+        found = sorted(p for p in path.glob(f"{prefix}tissue_image.*") if p.is_file())
+    if len(found) > 1:
+        msg = (
+            f"Several candidate full-resolution images in Visium HD folder {str(path)!r}: "
+            f"{[str(p.relative_to(path)) for p in found]}. Pass fullres_image_file= to choose one."
+        )
+        raise ValueError(msg)
+    return found[0] if found else None
+
+
 def _check_inputs(path: Path, bin_size: Any, counts_file: str, fullres_image_file: Any) -> tuple[int, Path, dict]:
     """Every check that needs no reading of counts or pixels; returns the bin size, its folder and scalefactors."""
     if not path.is_dir():
@@ -138,7 +160,9 @@ def read_visium_hd(
       ``microns_per_pixel`` of the bins' ``scalefactors_json.json`` (µm per full-resolution pixel): the
       full-resolution image gets it as it is, the hires and lowres images divided by ``tissue_hires_scalef``
       and ``tissue_lowres_scalef``. :func:`~stpredict.pp.spots` then uses the finest image present;
-    - reads a full-resolution TIFF lazily in blocks of 1024 px (spatialdata-io decodes it whole for any read);
+    - reads a full-resolution TIFF lazily in blocks of 1024 px (spatialdata-io decodes it whole for any read),
+      whether given as ``fullres_image_file`` or found in the folder (``microscope_image/``, or
+      ``<prefix>tissue_image.*`` as in 10x's archives: the places spatialdata-io searches);
     - checks that a full-resolution image is the one Space Ranger was given: its size times
       ``tissue_hires_scalef`` must be the hires image's (a hires PNG passed as full resolution is refused).
 
@@ -152,7 +176,8 @@ def read_visium_hd(
         Prefix of the element names; default ``path``'s folder name (or the files' prefix of a 10x archive).
     fullres_image_file
         The full-resolution H&E given to Space Ranger (preferred for prediction). ``None``: the hires image
-        (about 1/4 of full resolution) is the finest H&E, unless the folder has a ``microscope_image/``.
+        (about 1/4 of full resolution) is the finest H&E, unless the folder has one image in
+        ``microscope_image/`` or a ``<prefix>tissue_image.*`` (several candidates: an error asking for this).
     filtered_counts
         Read ``filtered_feature_bc_matrix.h5`` (bins under tissue) rather than ``raw_feature_bc_matrix.h5``.
     **kwargs
@@ -162,7 +187,7 @@ def read_visium_hd(
     -------
     The SpatialData: shapes ``<dataset_id>_square_<NNN>um`` (the bins), table ``square_<NNN>um`` (obs_names
     the bin barcodes, ``obs`` ``in_tissue``, ``array_row``, ``array_col``; ``uns["stpredict_source"]`` the
-    bin size, µm per full-resolution pixel and which image is the finest), images ``<dataset_id>_full_image``
+    bin size, µm per full-resolution pixel, which image is the finest and the full-resolution file), images ``<dataset_id>_full_image``
     (when given), ``<dataset_id>_hires_image`` and ``<dataset_id>_lowres_image``.
     """
     import spatialdata_io
@@ -176,6 +201,10 @@ def read_visium_hd(
     counts_file = "filtered_feature_bc_matrix.h5" if filtered_counts else "raw_feature_bc_matrix.h5"
     bs, folder, sf = _check_inputs(path, bin_size, counts_file, fullres_image_file)
     dataset_id = _dataset_id(path, dataset_id)
+    if fullres_image_file is None:
+        fullres_image_file = _discover_fullres(path, dataset_id)
+        if fullres_image_file is not None:
+            logger.info("Found the full-resolution image %r in the Visium HD folder.", str(fullres_image_file))
     mpp = float(sf["microns_per_pixel"])
     with warnings.catch_warnings():
         # a missing full-resolution image is handled (and logged) below
@@ -229,6 +258,7 @@ def read_visium_hd(
         "microns_per_pixel_fullres": mpp,
         "finest_image": finest,
         "counts_file": counts_file,
+        "fullres_image_file": str(fullres_image_file) if finest == "fullres" else "",
     }
     return sdata
 
