@@ -10,8 +10,8 @@ measurements the methods see: each method is fitted once on them (``stp.tl.fit``
 just keep them) and super-resolves them (``stp.tl.superresolve(..., spots_key=<pooled circles>,
 table_key=<pooled table>)``) onto square bins of 8, 16 and 32 µm (``grid="bin8um"``, ``"bin16um"``,
 ``"bin32um"``: squares aligned with the image axes from the image origin, inside the tissue detected once by
-:func:`stpredict.pp.tissue_mask` and within one spot spacing of a spot), with ``condition="none"`` (image only) and ``condition="measured"`` (the grid
-pools back to the measured spots).
+:func:`stpredict.pp.tissue_mask` and within one spot spacing of a spot), with ``condition="none"`` (image only)
+and ``condition="measured"`` (the grid pools back to the measured spots).
 
 Truth of a grid square: the counts of the measured 8 µm bins whose centres fall in it (half-open square, in the
 image's µm), summed, normalised to 1e4 and log1p-transformed — the prediction scale. Only squares covered by
@@ -21,19 +21,21 @@ genes (genes constant in the truth are dropped, see :mod:`stpredict.metrics`). `
 nearest spot's value) and ``neighbors`` (inverse-distance interpolation of the spots) are the baselines.
 
 Output: printed and written to ``<out>/superres_real.md``, one row per (method, condition, grid), with
-``<out>/superres_real.csv`` holding the same rows (columns ``method, condition, grid, pcc_mean, pcc_median,
-n_regions, n_grid, n_genes, fit_s, seconds``)::
+``<out>/superres_real.csv`` holding the same rows (columns ``layout, method, condition, grid, pcc_mean,
+pcc_median, n_regions, n_grid, n_genes, fit_s, seconds``; ``layout`` is ``visium_hd``)::
 
     | method | condition | grid | mean PCC | median PCC | n regions | fit s | seconds |
     |---|---|---|---|---|---|---|---|
     | neighbors | none | bin8um | 0.412 | 0.430 | 1234 | 0.0 | 0.3 |
 
 ``n regions`` is the number of scored (covered) squares, ``n_grid`` the squares the grid holds, ``fit s`` the
-method's fit on the pooled spots and ``seconds`` the ``superresolve`` call.
+method's fit on the pooled spots and ``seconds`` the ``superresolve`` call. The Xenium mode
+(``benchmarks/_superres_xenium.py``) pools cells instead and writes rows of the same format.
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -43,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
 BIN_UM = 8
@@ -50,6 +54,7 @@ GRIDS = ("bin8um", "bin16um", "bin32um")
 CONDITIONS = ("none", "measured")
 MIN_COVERAGE = 0.75
 COLUMNS = [
+    "layout",
     "method",
     "condition",
     "grid",
@@ -114,8 +119,12 @@ def aggregate_truth(
     n_bins = np.asarray(members.sum(1)).ravel().astype(np.int64)
     expected = (side_um / bin_um) ** 2
     covered = (n_bins >= np.ceil(min_coverage * expected - 1e-9)) & (total > 0)
-    truth = np.log1p(summed / np.maximum(total, 1e-12)[:, None] * 1e4)
-    return truth, n_bins, covered
+    return log_normalised(summed, total), n_bins, covered
+
+
+def log_normalised(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """``log1p(counts / total · 1e4)`` per row: the prediction scale (``total`` is the row's library size)."""
+    return np.log1p(np.asarray(counts, np.float64) / np.maximum(np.asarray(total, np.float64), 1e-12)[:, None] * 1e4)
 
 
 def score_grid(stp: Any, truth: np.ndarray, pred: np.ndarray, ok: np.ndarray) -> tuple[float, float, int]:
@@ -162,23 +171,16 @@ def run_real(
     -------
     One row per (method, condition, grid), columns ``COLUMNS``.
     """
-    import pandas as pd
-
     import stpredict as stp
 
     path = Path(path)
-    if not methods:
-        msg = "--methods is empty: give at least one method, e.g. neighbors,copy,ridge."
-        raise ValueError(msg)
+    check_methods(methods)
     sdata = stp.io.read_visium_hd(path, bin_size=BIN_UM, fullres_image_file=fullres_image)
     bins_table = f"square_{BIN_UM:03d}um"
     bins_shapes = next(k for k in sdata.shapes if k.endswith(bins_table))
-    stp.pp.pool_to_spots(sdata, layout="visium", shapes_key=bins_shapes, table_key=bins_table)
-    spots_key = f"{bins_shapes}_pooled_visium"
-    table_key = f"{spots_key}_table"
+    spots_key, table_key, spot_geo = pool_visium(stp, sdata, shapes_key=bins_shapes, table_key=bins_table)
     # the measured bins in the image's µm, in the frame the grids are laid in
     bin_geo = stp.pp.spots(sdata, spots_key=bins_shapes, table_key=bins_table)
-    spot_geo = stp.pp.spots(sdata, spots_key=spots_key, table_key=table_key)
     if bin_geo.image_key != spot_geo.image_key:
         msg = f"Bins and pooled spots resolve different images ({bin_geo.image_key!r}, {spot_geo.image_key!r})."
         raise RuntimeError(msg)
@@ -194,6 +196,81 @@ def run_real(
     )
     # detected once, the same for every call (superresolve would detect it again each time)
     tissue = stp.pp.tissue_mask(sdata, image_key=spot_geo.image_key, microns_per_pixel=spot_geo.microns_per_pixel)
+
+    def truth_of(tab: Any, genes: list[str], side: float) -> tuple[np.ndarray, np.ndarray]:
+        centers_um = np.asarray(tab.obsm["spatial"], float) * mpp
+        truth, _, ok = aggregate_truth(bins_um, counts, centers_um, side, [gene_col[g] for g in genes])
+        return truth, ok
+
+    grids = [(g, {"grid": g, "tissue": tissue}, functools.partial(truth_of, side=float(g[3:-2]))) for g in GRIDS]
+    df, n_genes_used = fit_and_score(
+        stp, sdata, layout="visium_hd", spots_key=spots_key, table_key=table_key, methods=methods, n_genes=n_genes,
+        max_epochs=max_epochs, grids=grids,
+    )  # fmt: skip
+    caption = (
+        f"Visium HD `{path.name}` 8 µm bins pooled into {spot_geo.n_spots} Visium-like spots (55 µm, 100 µm "
+        f"hexagonal), {n_genes_used} genes. Per-gene Pearson against the measured 8 µm bins aggregated to each grid "
+        "square (log1p of counts per 1e4; squares ≥ 75 % covered by bins), mean and median over genes; seconds of "
+        "the fit and of `superresolve`."
+    )
+    write_results(df, caption, out, "superres_real", argv)
+    return df
+
+
+def check_methods(methods: list[str]) -> None:
+    """Refuse an empty method list before any reading."""
+    if not methods:
+        msg = "--methods is empty: give at least one method, e.g. neighbors,copy,ridge."
+        raise ValueError(msg)
+
+
+def pool_visium(stp: Any, sdata: Any, *, shapes_key: str, table_key: str) -> tuple[str, str, Any]:
+    """Pool the regions of ``shapes_key`` into Visium-like spots (:func:`stpredict.pp.pool_to_spots`, in place).
+
+    Returns the pooled circles' key, their table's key and their :class:`~stpredict.pp.SpotGeometry`.
+    """
+    stp.pp.pool_to_spots(sdata, layout="visium", shapes_key=shapes_key, table_key=table_key)
+    spots_key = f"{shapes_key}_pooled_visium"
+    pooled_table = f"{spots_key}_table"
+    return spots_key, pooled_table, stp.pp.spots(sdata, spots_key=spots_key, table_key=pooled_table)
+
+
+def fit_and_score(
+    stp: Any,
+    sdata: Any,
+    *,
+    layout: str,
+    spots_key: str,
+    table_key: str,
+    methods: list[str],
+    n_genes: int,
+    max_epochs: int | None,
+    grids: list[tuple[str, dict, Callable[[Any, list[str]], tuple[np.ndarray, np.ndarray]]]],
+) -> tuple[pd.DataFrame, int]:
+    """Fit each method on the pooled spots and score its super-resolved regions; the rows and the panel size.
+
+    Parameters
+    ----------
+    stp
+        The ``stpredict`` module.
+    sdata
+        The SpatialData holding the pooled spots (``spots_key``, ``table_key``) and the H&E.
+    layout
+        The ``layout`` column of the rows (``"visium_hd"``, ``"xenium"``).
+    spots_key, table_key
+        The pooled spots and their table: the only measurements the methods see.
+    methods, n_genes, max_epochs
+        As :func:`run_real`; the panel is the first method's, used by every other.
+    grids
+        ``(grid, superresolve keyword arguments, truth_of)`` per region set; ``truth_of(table, genes)`` gives the
+        truth of the super-resolved table's rows on the prediction scale and the rows to score.
+
+    Returns
+    -------
+    One row per (method, condition, grid), columns ``COLUMNS``; and the number of genes of the panel.
+    """
+    import pandas as pd
+
     genes: list[str] | None = None
     rows = []
     for method in methods:
@@ -204,47 +281,47 @@ def run_real(
         )  # fmt: skip
         fit_s = time.perf_counter() - t0
         genes = list(model.genes) if genes is None else genes
-        for grid in GRIDS:
-            side = float(grid[3:-2])
+        for grid, kwargs, truth_of in grids:
             for condition in CONDITIONS:
                 t1 = time.perf_counter()
                 stp.tl.superresolve(
-                    sdata, model, grid=grid, spots_key=spots_key, table_key=table_key, condition=condition,
-                    tissue=tissue, seed=0, key_added="bench_real",
+                    sdata, model, spots_key=spots_key, table_key=table_key, condition=condition, seed=0,
+                    key_added="bench_real", **kwargs,
                 )  # fmt: skip
                 seconds = time.perf_counter() - t1
                 tab = sdata.tables["bench_real"]
                 pred = np.asarray(tab[:, genes].X, dtype=np.float64)
-                centers_um = np.asarray(tab.obsm["spatial"], float) * mpp
-                truth, _, ok = aggregate_truth(bins_um, counts, centers_um, side, [gene_col[g] for g in genes])
+                truth, ok = truth_of(tab, genes)
                 mean, median, n_scored = score_grid(stp, truth, pred, ok)
-                rows.append({"method": method, "condition": condition, "grid": grid, "pcc_mean": mean,
-                             "pcc_median": median, "n_regions": int(ok.sum()), "n_grid": int(len(tab)),
-                             "n_genes": n_scored, "fit_s": fit_s, "seconds": seconds})  # fmt: skip
-                print(f"  {method:10s} {condition:8s} {grid:8s} PCC {mean:.3f} ({int(ok.sum())} squares)", flush=True)
+                rows.append({"layout": layout, "method": method, "condition": condition, "grid": grid,
+                             "pcc_mean": mean, "pcc_median": median, "n_regions": int(ok.sum()),
+                             "n_grid": int(len(tab)), "n_genes": n_scored, "fit_s": fit_s,
+                             "seconds": seconds})  # fmt: skip
+                print(f"  {method:10s} {condition:8s} {grid:8s} PCC {mean:.3f} ({int(ok.sum())} regions)", flush=True)
                 del sdata.tables["bench_real"]
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    table = to_markdown(df, path, spot_geo.n_spots, len(genes or []), argv)
+    return pd.DataFrame(rows, columns=COLUMNS), len(genes or [])
+
+
+def write_results(df: pd.DataFrame, caption: str, out: Path | None, stem: str, argv: list[str] | None) -> str:
+    """Print the markdown table and write ``<out>/<stem>.{csv,md}`` (nothing when ``out`` is ``None``)."""
+    table = to_markdown(df, caption, argv)
     print(table)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out / "superres_real.csv", index=False)
-        (out / "superres_real.md").write_text(table + "\n")
-    return df
+        df.to_csv(out / f"{stem}.csv", index=False)
+        (out / f"{stem}.md").write_text(table + "\n")
+    return table
 
 
-def to_markdown(df: pd.DataFrame, path: Path, n_spots: int, n_genes: int, argv: list[str] | None) -> str:
-    """The results as the markdown table of the module docstring, with a caption."""
+def to_markdown(df: pd.DataFrame, caption: str, argv: list[str] | None) -> str:
+    """The results as the markdown table of the module docstring, after the commit, the command and ``caption``."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=False
     ).stdout.strip()
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        f"Commit `{commit}`, `python benchmarks/superres.py {cmd}`: Visium HD `{Path(path).name}` 8 µm bins pooled "
-        f"into {n_spots} Visium-like spots (55 µm, 100 µm hexagonal), {n_genes} genes. Per-gene Pearson against "
-        "the measured 8 µm bins aggregated to each grid square (log1p of counts per 1e4; squares ≥ 75 % covered "
-        "by bins), mean and median over genes; seconds of the fit and of `superresolve`.",
+        f"Commit `{commit}`, `python benchmarks/superres.py {cmd}`: {caption}",
         "",
         "| method | condition | grid | mean PCC | median PCC | n regions | fit s | seconds |",
         "|---|---|---|---|---|---|---|---|",

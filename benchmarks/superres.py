@@ -24,7 +24,10 @@ markdown table (mean ± sd over seeds) and written to ``benchmarks/results/super
 With ``--real <Visium HD outs folder>`` (``[--fullres-image tissue.tif] [--methods neighbors,copy,ridge]
 [--n-genes 50]``) the truth is real instead: the 8 µm bins are pooled into Visium-like spots, the methods
 super-resolve those onto 8/16/32 µm bins, and each bin is scored against the measured bins it covers; see
-``benchmarks/_superres_real.py`` and ``benchmarks/results/superres_real.{csv,md}``.
+``benchmarks/_superres_real.py`` and ``benchmarks/results/superres_real.{csv,md}``. With ``--real <Xenium
+bundle>`` (a folder holding ``experiment.xenium``; ``[--he-image he.ome.tif --alignment alignment.csv]``) the
+cells are pooled instead, every cell is predicted and scored against its own counts; see
+``benchmarks/_superres_xenium.py`` and ``benchmarks/results/superres_real_xenium.{csv,md}``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,28 @@ def score(stp, centers_um, pitch_um, truth, pred, ok) -> tuple[float, float]:
     return pcc, ssim
 
 
+def run_real_mode(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """``--real``: the Xenium mode for a folder holding ``experiment.xenium``, the Visium HD mode otherwise."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    methods = (args.methods or "neighbors,copy,ridge").split(",")
+    common = {"methods": methods, "n_genes": args.n_genes or 50, "max_epochs": args.max_epochs, "out": args.out}
+    if (args.real / "experiment.xenium").is_file():
+        from _superres_xenium import run_xenium
+
+        if args.fullres_image is not None:
+            msg = f"{args.real} is a Xenium bundle: give its H&E as --he-image (with --alignment), not --fullres-image."
+            raise SystemExit(msg)
+        run_xenium(args.real, he_image=args.he_image, alignment=args.alignment, argv=argv, **common)
+    else:
+        from _superres_real import run_real
+
+        if args.he_image is not None or args.alignment is not None:
+            msg = f"{args.real} is not a Xenium bundle (no experiment.xenium): --he-image and --alignment are Xenium's."
+            raise SystemExit(msg)
+        run_real(args.real, fullres_image=args.fullres_image, argv=argv, **common)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (``argv``: the command line, default ``sys.argv[1:]``)."""
     warnings.filterwarnings("ignore")
@@ -84,19 +109,22 @@ def main(argv: list[str] | None = None) -> None:
         help="also score condition='denoised' (the measured spots denoised toward the prediction), rows '[denoised]'",
     )
     p.add_argument("--out", type=Path, default=HERE / "results")
-    p.add_argument("--real", type=Path, default=None, help="Visium HD outs folder: score against its 8 µm bins")
-    p.add_argument("--fullres-image", type=Path, default=None, help="with --real: the full-resolution H&E")
+    p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        help="Visium HD outs folder (scored against its 8 µm bins) or Xenium bundle (scored per cell)",
+    )
+    p.add_argument("--fullres-image", type=Path, default=None, help="with --real <Visium HD>: the full-resolution H&E")
+    p.add_argument("--he-image", type=Path, default=None, help="with --real <Xenium>: the post-Xenium H&E")
+    p.add_argument("--alignment", type=Path, default=None, help="with --he-image: Xenium Explorer's alignment CSV")
     args = p.parse_args(argv)
     stp.settings.progress = False
     if args.real is not None:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
-        from _superres_real import run_real
-
-        methods = (args.methods or "neighbors,copy,ridge").split(",")
-        run_real(args.real, methods=methods, fullres_image=args.fullres_image, n_genes=args.n_genes or 50,
-                 max_epochs=args.max_epochs, out=args.out, argv=argv)  # fmt: skip
+        run_real_mode(args, argv)
         return
+    if args.fullres_image or args.he_image or args.alignment:
+        p.error("--fullres-image, --he-image and --alignment go with --real")
     args.methods = args.methods or "neighbors,copy,ridge,histosge,pixnet,diffusion"
     args.n_genes = args.n_genes or 8
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import pytest
 from _bench import load_benchmark
 from _hd_fixture import write_visium_hd
 
+import stpredict as stp
+
 
 def test_aggregate_truth_sums_the_bins_of_each_square():
     real = load_benchmark("_superres_real")
@@ -80,3 +82,72 @@ def test_real_mode_runs_end_to_end_on_a_visium_hd_folder(tmp_path):
     md = (out / "superres_real.md").read_text()
     assert "| method | condition | grid | mean PCC | median PCC | n regions | fit s | seconds |" in md
     assert md.count("\n| ") == len(df) + 1  # header + one line per row (the separator starts "|---")
+
+
+def test_cell_truth_is_each_cells_own_counts():
+    xen = load_benchmark("_superres_xenium")
+    counts = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 4.0]])
+    ids = ["a-1", "b-1", "c-1"]
+    # predicted in another order, one cell not measured (dropped off the H&E), one with no count
+    truth, ok = xen.cell_truth(counts, ids, ["c-1", "x-1", "a-1", "b-1"], [0, 2])
+    assert ok.tolist() == [True, False, True, False]
+    np.testing.assert_allclose(truth[0], np.log1p(np.array([2.0, 4.0]) / 8.0 * 1e4))  # library size: every gene
+    np.testing.assert_allclose(truth[2], np.log1p(np.array([1.0, 0.0]) / 4.0 * 1e4))
+    assert (truth[[1, 3]] == 0).all()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_real_mode_runs_end_to_end_on_a_xenium_bundle(tmp_path):
+    from xenium_fixture import write_xenium_fixture
+
+    fx = write_xenium_fixture(
+        tmp_path / "xenium", morphology_px=2000, spacing_um=12.0, he_px=560, he_mpp=1.0, n_genes=6, depth=200.0
+    )
+    out = tmp_path / "results"
+    methods = ["neighbors", "copy", "ridge"]
+    argv = ["--real", str(fx.path), "--he-image", str(fx.he_path), "--alignment", str(fx.alignment_path)]
+    load_benchmark("superres").main([*argv, "--methods", ",".join(methods), "--n-genes", "6", "--out", str(out)])
+    assert not (out / "superres_real.csv").exists()  # a Visium HD result in the same folder is not overwritten
+    df = pd.read_csv(out / "superres_real_xenium.csv")
+    assert list(df.columns) == load_benchmark("_superres_real").COLUMNS
+    assert (df["layout"] == "xenium").all() and (df["grid"] == "cells").all()
+    assert set(zip(df["method"], df["condition"], strict=True)) == {
+        (m, c) for m in methods for c in ("none", "measured")
+    }
+    assert len(df) == 6
+    # every cell polygon is predicted; the cells with counts on the H&E are scored, the same for every row
+    n_measured = int((fx.counts.sum(1) > 0).sum())
+    assert (df["n_grid"] == len(fx.cell_ids)).all()
+    n_scored = df["n_regions"].iloc[0]
+    assert (df["n_regions"] == n_scored).all() and 0.8 * n_measured <= n_scored <= n_measured
+    assert (df["n_genes"] == 6).all()
+    assert ((df["pcc_mean"] > -1) & (df["pcc_mean"] < 1)).all() and np.isfinite(df["pcc_median"]).all()
+    # the neighbors row, recomputed from the fixture's own counts: each cell scored against its own
+    pcc = df.set_index(["method", "condition"])["pcc_mean"]
+    sdata = stp.io.read_xenium(fx.path, he_image=fx.he_path, alignment=fx.alignment_path, transcripts=False)
+    stp.pp.pool_to_spots(sdata, shapes_key="cell_circles", table_key="table", key_added="ps")
+    stp.tl.superresolve(
+        sdata, "neighbors", grid="cells", shapes_key="cell_boundaries", spots_key="ps", table_key="ps_table",
+        condition="none", key_added="cells", progress=False,
+    )  # fmt: skip
+    tab = sdata.tables["cells"]
+    row = {c: i for i, c in enumerate(fx.cell_ids)}
+    on_he = set(sdata.tables["table"].obs_names)
+    scored = [k for k, c in enumerate(tab.obs_names) if c in on_he and fx.counts[row[c]].sum() > 0]
+    assert len(scored) == df["n_regions"].iloc[0]
+    own = fx.counts[[row[tab.obs_names[k]] for k in scored]].astype(float)
+    truth = np.log1p(own / own.sum(1, keepdims=True) * 1e4)
+    pred = np.asarray(tab[:, fx.genes].X)[scored]
+    expected = np.mean([np.corrcoef(truth[:, j], pred[:, j])[0, 1] for j in range(len(fx.genes))])
+    assert pcc.loc[("neighbors", "none")] == pytest.approx(expected, abs=1e-9)
+    # the cells' expression follows the tissue: the spatial baselines find some of it from the pooled spots alone
+    # (20 spots; the synthetic tissue varies much between neighbouring cells, so per-cell PCCs stay low)
+    assert pcc.loc[("neighbors", "none")] > 0.1 and pcc.loc[("copy", "none")] > 0.05
+    md = (out / "superres_real_xenium.md").read_text()
+    assert (
+        "Xenium" in md and "| method | condition | grid | mean PCC | median PCC | n regions | fit s | seconds |" in md
+    )
+    assert md.count("\n| ") == len(df) + 1
+    # the H&E of a Xenium bundle is --he-image, not Visium HD's --fullres-image
+    with pytest.raises(SystemExit, match="--he-image"):
+        load_benchmark("superres").main(["--real", str(fx.path), "--fullres-image", str(fx.he_path)])

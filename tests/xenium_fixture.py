@@ -217,12 +217,14 @@ def write_xenium_fixture(
     theta_deg: float = 4.0,
     he_offset_px: tuple[float, float] = (0.0, 0.0),
     he_inside: bool = False,
+    depth: float = 10.0,
     seed: int = 0,
 ) -> XeniumFixture:
     """Write ``root/<name>_outs`` (the XOA bundle) and the H&E with its alignment CSV (beside it, or inside).
 
     The H&E is ``he_px`` square at ``he_mpp`` µm/px, rotated by ``theta_deg`` and centred on the morphology image
-    (shifted by ``he_offset_px`` Xenium pixels).
+    (shifted by ``he_offset_px`` Xenium pixels). A cell's counts are Poisson with mean ``depth`` times the
+    synthetic tissue's normalised rates around the cell.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -269,7 +271,7 @@ def write_xenium_fixture(
     he_xy = xen_px @ Minv[:2, :2].T + Minv[:2, 2]
     he_um = (he_xy) * he_mpp
     lam = tissue.mean_rates(he_um, 2 * radii.mean())
-    counts = rng.poisson(10.0 * lam).astype(np.int64)
+    counts = rng.poisson(depth * lam).astype(np.int64)
     genes = list(tissue.genes)
     ctrl_counts = rng.poisson(0.3, (n, len(CONTROL_PROBES) + len(CONTROL_CODEWORDS)))
 
