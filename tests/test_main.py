@@ -45,3 +45,22 @@ def test_module_help_runs():
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: python -m stpredict")
     assert "``" not in r.stdout
+
+
+@pytest.mark.slow  # scanpy's first kNN graph in a process compiles umap's numba code: ~10 s
+def test_demo_domains_on_a_grid_of_more_than_8192_regions():
+    """Where scanpy would switch to pynndescent (whose 0.7 returns a csr_array scanpy 1.11.5 fails on), the demo's
+    domains still come: from the exact kNN graph, recovering well-separated groups."""
+    import anndata as ad
+    import numpy as np
+
+    import stpredict as stp
+    from stpredict.__main__ import domains
+
+    rng = np.random.default_rng(0)
+    n = 8300
+    truth = rng.integers(0, 3, n)
+    adata = ad.AnnData((rng.normal(size=(3, 12)) * 5)[truth] + rng.normal(size=(n, 12)).astype(np.float32))
+    domains(adata, seed=0)
+    assert adata.obsp["distances"].shape == (n, n)
+    assert stp.metrics.ari(truth, adata.obs["leiden"]) > 0.9

@@ -6,6 +6,22 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+
+def domains(adata: Any, *, seed: int = 0) -> None:
+    """Leiden domains of a grid's expression, in ``adata.obs["leiden"]`` (PCA, kNN graph, Leiden).
+
+    The kNN graph is scanpy's exact one (``transformer="sklearn"``), the one scanpy takes by itself below 8,192
+    observations. Above, scanpy 1.11.5 switches to pynndescent, whose 0.7 release returns a ``csr_array`` that
+    scanpy then fails on (``'csr_array' object has no attribute 'getnnz'``): a µm-bin grid of a whole slide
+    (``--grid bin10um`` on the demo slide: 75,483 bins) would end the demo there.
+    """
+    import scanpy as sc
+
+    sc.pp.pca(adata, n_comps=min(20, adata.n_vars - 1))
+    sc.pp.neighbors(adata, use_rep="X_pca", transformer="sklearn")
+    sc.tl.leiden(adata, resolution=0.5, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
 
 
 def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, seed: int = 0) -> int:
@@ -18,7 +34,6 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
     import matplotlib as mpl
 
     mpl.use("Agg")
-    import scanpy as sc
     import squidpy as sq
 
     import stpredict as stp
@@ -34,9 +49,7 @@ def demo(out: Path, model: str = "ridge", grid: str = "ps4", n_genes: int = 50, 
     sq.gr.spatial_neighbors_knn(g, n_neighs=6) if hasattr(sq.gr, "spatial_neighbors_knn") else sq.gr.spatial_neighbors(
         g
     )
-    sc.pp.pca(g, n_comps=min(20, g.n_vars - 1))
-    sc.pp.neighbors(g, use_rep="X_pca")
-    sc.tl.leiden(g, resolution=0.5, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
+    domains(g, seed=seed)
     marker = scores["pearson"].idxmax()
     fig = stp.pl.predicted_vs_measured(sdata, [marker], grid_table=key)
     fig.savefig(out / "marker_measured_vs_predicted.png", dpi=110)
