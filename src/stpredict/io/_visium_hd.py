@@ -187,8 +187,9 @@ def read_visium_hd(
     -------
     The SpatialData: shapes ``<dataset_id>_square_<NNN>um`` (the bins), table ``square_<NNN>um`` (obs_names
     the bin barcodes, ``obs`` ``in_tissue``, ``array_row``, ``array_col``; ``uns["stpredict_source"]`` the
-    bin size, µm per full-resolution pixel, which image is the finest and the full-resolution file), images ``<dataset_id>_full_image``
-    (when given), ``<dataset_id>_hires_image`` and ``<dataset_id>_lowres_image``.
+    bin size, µm per full-resolution pixel, which image is the finest and the full-resolution file), images
+    ``<dataset_id>_full_image`` (when given or found), ``<dataset_id>_hires_image`` and
+    ``<dataset_id>_lowres_image``.
     """
     import spatialdata_io
     from spatialdata.transformations import Scale, Sequence, set_transformation
