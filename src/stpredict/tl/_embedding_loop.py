@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._logging import get_logger
 from .._settings import settings
 
 if TYPE_CHECKING:
@@ -15,6 +16,25 @@ if TYPE_CHECKING:
     from ..models.backbones import Backbone
 
 __all__ = ["compute_embeddings", "prefetched"]
+
+logger = get_logger(__name__)
+
+
+def _loader_workers(nw: int) -> int:
+    """``nw`` DataLoader workers, or 0 in a daemonic process (a Dask worker), which cannot start children.
+
+    The cohort verbs and ``client=`` run the embedding loop inside Dask's worker processes, where
+    ``DataLoader(num_workers > 0)`` fails with "daemonic processes are not allowed to have children"; there the
+    patches are read in the worker itself (and, on CUDA, ahead in a thread), and Dask's workers are the
+    parallelism.
+    """
+    import multiprocessing
+
+    if nw > 0 and multiprocessing.current_process().daemon:
+        logger.info("num_workers=%d: DataLoader workers cannot start in a daemonic process (a Dask worker); "
+                    "reading patches in this process.", nw)  # fmt: skip
+        return 0
+    return nw
 
 
 def compute_embeddings(
@@ -50,7 +70,7 @@ def compute_embeddings(
     read_um, patch_px = backbone.input_spec(patch_size_um)
     ext = PatchExtractor(slide_levels, centers_px, mpp_xy, size_um=read_um, patch_px=patch_px)
     bs = batch_size or settings.batch_size
-    nw = settings.num_workers if num_workers is None else int(num_workers)
+    nw = _loader_workers(settings.num_workers if num_workers is None else int(num_workers))
     show = settings.progress if progress is None else progress
     dev = None
     if hasattr(backbone, "to"):
