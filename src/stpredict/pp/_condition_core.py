@@ -87,11 +87,14 @@ def overlap_matrix(
     region_size: float,
     *,
     region_tree: cKDTree | None = None,
+    rotation_deg: float = 0.0,
 ) -> sp.csr_matrix:
     """Sparse ``(n_spots, n_regions)`` matrix of overlap areas (µm²) between spot disks and regions.
 
     Candidates come from a KD-tree of region centres (all regions within the spot radius plus the region's
     circumradius); areas are exact (lens formula for disks, closed-form disk–rectangle integral for squares).
+    Squares turned by ``rotation_deg`` (squares on a rotated bin lattice) overlap a disk as the axis-aligned
+    square does in their own frame, so the centre offsets are turned back by that angle first.
     Entries below 1e-9 of the smaller shape's area are dropped.
     """
     r = spot_diameter / 2
@@ -106,6 +109,10 @@ def overlap_matrix(
         area = circle_circle_area(np.hypot(delta[:, 0], delta[:, 1]), r, region_size / 2)
         smallest = np.pi * min(r, region_size / 2) ** 2
     else:
+        if rotation_deg:
+            t = np.radians(rotation_deg)
+            rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])  # turns by -rotation_deg
+            delta = delta @ rot.T
         area = circle_square_area(delta[:, 0], delta[:, 1], r, region_size)
         smallest = min(np.pi * r * r, region_size**2)
     keep = area > 1e-9 * smallest

@@ -38,7 +38,8 @@ def condition_grid(
         ``(grid.n, n_genes)`` image-only prediction for the grid's regions, linear normalised units.
     grid
         The grid from :func:`make_grid` (level-0 pixels; its centres are converted with ``geo.px_to_um``,
-        so anisotropic pixels are handled; its ``kind`` and ``size_um`` give the region shape), or cells
+        so anisotropic pixels are handled; its ``kind``, ``size_um`` and ``rotation_deg`` give the region
+        shape: squares on a rotated bin lattice overlap each disk by their rotated area), or cells
         (``kind="polygon"``): their overlap with each spot disk is the polygon ∩ disk area
         (:func:`~stpredict.pp._cells.polygon_disk_overlap`, in µm²), the same rule as for bins, and
         ``coverage`` is the share of each polygon's own area inside measured spots.
@@ -86,11 +87,20 @@ def plan_grid(
 
         plan.coverage = np.asarray(area.sum(0)).ravel() / shapely.area(polys)
         return plan
+    overlap = kwargs.pop("overlap", None)
+    if overlap is None and grid.kind == "square" and grid.rotation_deg:
+        from ._condition_core import overlap_matrix
+
+        overlap = overlap_matrix(
+            geo.centers_um, geo.diameter_um, geo.px_to_um(grid.centers), "square", float(grid.size_um),
+            rotation_deg=grid.rotation_deg,
+        )  # fmt: skip
     return plan_condition(
         source,
         geo.px_to_um(grid.centers),
         geo.centers_um,
         measured,
+        overlap=overlap,
         region_kind=grid.kind,
         region_size_um=float(grid.size_um),
         spot_diameter_um=geo.diameter_um,

@@ -12,6 +12,7 @@ from .._args import check_length
 from .._docs import doc_params
 from .._keys import canonical_grid_name, parse_grid_name
 from .._logging import get_logger
+from ._bin_lattice import IMAGE_AXES, bin_indices, lattice_bin_centers, measured_bin_lattice
 from ._lattice import Lattice, fit_lattice
 from ._tissue import TissueMask, tissue_mask
 
@@ -55,6 +56,11 @@ class GridPoints:
         True where the region coincides with a measured spot (ps grids).
     polygons
         ``(n,)`` shapely polygons in level-0 px when ``kind == "polygon"``, else ``None``.
+    rotation_deg
+        Squares: their angle from the image axes in degrees, in µm (0 unless laid on rotated measured bins).
+    lattice
+        Squares: ``"image axes"`` or the measured bins' lattice they follow, e.g.
+        ``"measured bins (rotation 0.40°)"``; ``None`` for other grids.
     """
 
     name: str
@@ -65,6 +71,8 @@ class GridPoints:
     nearest_spot: np.ndarray
     measured: np.ndarray
     polygons: Any = None
+    rotation_deg: float = 0.0
+    lattice: str | None = None
 
     @property
     def n(self) -> int:
@@ -79,6 +87,7 @@ def make_grid(
     bin_size: float | None = None,
     mask: TissueMask | None = None,
     max_distance: float | None = None,
+    indices: np.ndarray | None = None,
 ) -> GridPoints:
     """Build a grid from resolved spot geometry (see :func:`grid`).
 
@@ -93,8 +102,8 @@ def make_grid(
     grid
         ``"ps4"`` (alias ``"pseudospot4"``): pseudo-spots at half the lattice spacing, of half the spot
         diameter; ``"ps16"`` (``"pseudospot16"``): at a quarter of the spacing and diameter; ``"bin<N>um"``
-        (or ``"bin<N>"``): squares of ``N`` µm aligned with the image axes, starting at its origin. Ignored
-        when ``bin_size`` is given.
+        (or ``"bin<N>"``): squares of ``N`` µm (see :func:`grid` for their alignment). Ignored when
+        ``bin_size`` is given.
     bin_size
         Side of square bins in µm; overrides ``grid``.
     mask
@@ -104,6 +113,10 @@ def make_grid(
         Largest distance, in level-0 pixels, from a region's centre to the nearest measured spot's centre;
         farther regions are dropped. ``None``: one lattice pitch for pseudo-spots, the median
         nearest-neighbour spacing of the spots for bins.
+    indices
+        ``(n_spots, 2)`` integer ``(array_col, array_row)`` of square measured bins (Visium HD), in the order of
+        ``geo``: the exact lattice of the bins that ``bin<N>um`` squares then follow. ``None``: fitted from the
+        bins' centres.
 
     Returns
     -------
@@ -159,12 +172,25 @@ def make_grid(
         h, w = geo.image_shape
         d_nn = tree.query(geo.centers, k=2)[0][:, 1] if geo.n_spots > 1 else np.array([geo.diameter])
         reach = float(np.median(d_nn)) if max_distance is None else max_distance
-        lo = np.maximum((geo.centers.min(0) - reach) * mpp, 0.0)
-        hi = np.minimum((geo.centers.max(0) + reach) * mpp, np.array([w, h]) * mpp)
-        ix = np.arange(np.floor(lo[0] / side_um), np.ceil(hi[0] / side_um))
-        iy = np.arange(np.floor(lo[1] / side_um), np.ceil(hi[1] / side_um))
-        gx, gy = np.meshgrid(ix, iy)
-        pts = (np.column_stack([gx.ravel(), gy.ravel()]) + 0.5) * side_um / mpp
+        rotation, lattice, on_bins = 0.0, IMAGE_AXES, None
+        lat = measured_bin_lattice(geo, indices)
+        if lat is not None:
+            on_bins = lattice_bin_centers(lat, side_um, geo.centers_um, reach * mpp.max(), np.array([w, h]) * mpp)
+            if on_bins is None:
+                logger.info(
+                    "Bins of %g µm neither split nor group the %g µm measured bins: image axes.", side_um, lat.side_um
+                )
+        if on_bins is not None:
+            pts = geo.um_to_px(on_bins[0])
+            side_um, rotation, lattice = on_bins[1], lat.rotation_deg, lat.describe()
+            side_px = side_um / mpp
+        else:
+            lo = np.maximum((geo.centers.min(0) - reach) * mpp, 0.0)
+            hi = np.minimum((geo.centers.max(0) + reach) * mpp, np.array([w, h]) * mpp)
+            ix = np.arange(np.floor(lo[0] / side_um), np.ceil(hi[0] / side_um))
+            iy = np.arange(np.floor(lo[1] / side_um), np.ceil(hi[1] / side_um))
+            gx, gy = np.meshgrid(ix, iy)
+            pts = (np.column_stack([gx.ravel(), gy.ravel()]) + 0.5) * side_um / mpp
         d, nearest = tree.query(pts)
         keep = d <= reach
         if mask is not None:
@@ -190,7 +216,20 @@ def make_grid(
         size_um=float(size_um),
         nearest_spot=nearest[order],
         measured=is_measured[order],
+        **({"rotation_deg": rotation, "lattice": lattice} if kind != "ps" else {}),
     )
+
+
+def square_corners(geo: SpotGeometry, pts: GridPoints) -> np.ndarray:
+    """``(n, 4, 2)`` corners of a square grid in level-0 px: turned by ``pts.rotation_deg`` in µm, then to px."""
+    t = np.radians(pts.rotation_deg)
+    half = pts.size_um / 2.0
+    u, v = half * np.array([np.cos(t), np.sin(t)]), half * np.array([-np.sin(t), np.cos(t)])
+    if t == 0.0:  # axis-aligned: exactly the half-sides in px (anisotropic pixels included)
+        u, v = np.array([pts.size_px[0] / 2.0, 0.0]), np.array([0.0, pts.size_px[1] / 2.0])
+    else:
+        u, v = geo.um_to_px(u), geo.um_to_px(v)
+    return pts.centers[:, None, :] + np.stack([-u - v, u - v, u + v, v - u])[None]
 
 
 def grid_to_shapes(geo: SpotGeometry, pts: GridPoints) -> gpd.GeoDataFrame:
@@ -206,16 +245,7 @@ def grid_to_shapes(geo: SpotGeometry, pts: GridPoints) -> gpd.GeoDataFrame:
         return ShapesModel.parse(xy, geometry=0, radius=radius, index=np.arange(pts.n), transformations=ts)
     import geopandas as gpd
 
-    half = pts.size_px / 2.0
-    corners = np.stack(
-        [
-            pts.centers + [-half[0], -half[1]],
-            pts.centers + [half[0], -half[1]],
-            pts.centers + [half[0], half[1]],
-            pts.centers + [-half[0], half[1]],
-        ],
-        axis=1,
-    )
+    corners = square_corners(geo, pts)
     corners = geo.image_to_shapes(corners.reshape(-1, 2)).reshape(-1, 4, 2)
     polys = shapely.polygons(corners)
     gdf = gpd.GeoDataFrame(geometry=polys, index=np.arange(pts.n))
@@ -240,7 +270,12 @@ def grid(
       points ``v + (a·u1 + b·u2)/2`` — half the spacing, 4× the density (square, hexagonal and
       centred-rectangular lattices alike), circles of half the spot diameter. The measured spots are among them.
     - ``"ps16"``: the same at a quarter of the spacing, circles of a quarter of the diameter.
-    - ``bin_size=N`` (or ``"binNum"``): squares of N µm, aligned with the image axes from its origin.
+    - ``bin_size=N`` (or ``"binNum"``): squares of N µm. When the measured regions are squares on a lattice
+      (Visium HD bins) and N divides their side or is a whole multiple of it, the squares follow the measured
+      bins' own lattice, rotated and offset in the image as Space Ranger registered it (fitted from the table's
+      ``array_row``/``array_col``, else from the bins' centres): ``N`` = side gives the measured bins, side/2
+      nests four squares in each, 2 × side groups four whole bins. Otherwise (spots, H&E-only, or an N that
+      does not nest) they are aligned with the image axes from its origin.
 
     Points are kept where the tissue mask is set and within one lattice pitch (bins: one nearest-neighbour
     spacing) of a measured spot, so the grid never extrapolates far from measured tissue.
@@ -260,7 +295,9 @@ def grid(
 
     Returns
     -------
-    A GeoDataFrame (``ShapesModel``) in the spots' coordinates with their transformations, indexed 0..n-1.
+    A GeoDataFrame (``ShapesModel``) in the spots' coordinates with their transformations, indexed 0..n-1;
+    squares are polygons (rotated with the measured bins' lattice), and ``.attrs["lattice"]`` records which
+    alignment bins took (``"image axes"`` or e.g. ``"measured bins (rotation 0.40°)"``).
 
     Examples
     --------
@@ -276,8 +313,12 @@ def grid(
         sdata, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel
     )
     mask = resolve_tissue(sdata, geo, tissue)
-    pts = make_grid(geo, grid, bin_size=bin_size, mask=mask)
-    return grid_to_shapes(geo, pts)
+    indices = bin_indices(sdata.tables[geo.table_key] if geo.table_key is not None else None, geo)
+    pts = make_grid(geo, grid, bin_size=bin_size, mask=mask, indices=indices)
+    shapes = grid_to_shapes(geo, pts)
+    if pts.lattice is not None:
+        shapes.attrs["lattice"] = pts.lattice
+    return shapes
 
 
 def resolve_tissue(

@@ -15,6 +15,7 @@ from .._logging import get_logger
 from .._records import StepTimes, uns_safe
 from .._version import __version__
 from ..models._base import Regions
+from ..pp._bin_lattice import bin_indices
 from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
 from ._cells import cells_argument
@@ -101,7 +102,10 @@ def superresolve(
         ``condition="measured"`` a cell's weight in a spot is the area of polygon ∩ spot disk (shapely, µm²),
         the rule used for bins; cells outside every spot are gaps, reached by the smooth correction.
     bin_size
-        Square bins of this side in µm (overrides ``grid``). Bins under ~2 image pixels are refused.
+        Square bins of this side in µm (overrides ``grid``). Bins under ~2 image pixels are refused. On square
+        measured bins (Visium HD) a side that divides theirs or is a whole multiple of it follows their own
+        rotated lattice (``bin_size=8`` on 8 µm bins reproduces them, ``4`` nests four in each); otherwise the
+        squares are aligned with the image axes. The table's record says which (``"lattice"``).
     shapes_key
         With ``grid="cells"`` (required then, refused otherwise): the shapes element of the cells. Refused
         before any work if it is missing, is a points element or holds points without radius, shares no
@@ -238,7 +242,7 @@ def superresolve(
         with steps("tissue"):
             mask = resolve_tissue(sdata, geo, tissue)
         with steps("grid"):
-            points = make_grid(geo, grid_name, mask=mask)
+            points = make_grid(geo, grid_name, mask=mask, indices=bin_indices(inputs.table(0), geo))
         out_shapes = grid_shapes_key(geo.spots_key, grid_name)
     else:
         with steps("grid"):
@@ -330,6 +334,7 @@ def superresolve(
         "grid": grid_name,
         "region_kind": points.kind,
         "region_size_um": points.size_um,
+        **({"lattice": points.lattice} if points.lattice is not None else {}),
         "n_regions": points.n,
         "spots_key": geo.spots_key,
         "image_key": geo.image_key,
