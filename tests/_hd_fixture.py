@@ -16,7 +16,9 @@ Layout written (the parts of Space Ranger's output that readers use)::
 
 Bins are nested as in Space Ranger: a bin of side ``k · s`` sums the ``k × k`` bins of side ``s`` it covers, and
 its barcode is ``s_<NNN>um_<row:05d>_<col:05d>-1``. Bin ``(row, col)`` of side ``s`` µm spans
-``[x0 + col·s, x0 + (col + 1)·s) × [y0 + row·s, y0 + (row + 1)·s)`` µm of the image (``origin_um = (x0, y0)``).
+``[x0 + col·s, x0 + (col + 1)·s) × [y0 + row·s, y0 + (row + 1)·s)`` µm of the image (``origin_um = (x0, y0)``),
+turned by ``rotation_deg`` about ``(x0, y0)`` when given (Space Ranger's registration of a slightly rotated
+capture area).
 """
 
 from __future__ import annotations
@@ -102,12 +104,14 @@ def write_visium_hd(
     depth: float = 30.0,
     seed: int = 0,
     microscope_image: bool = False,
+    rotation_deg: float = 0.0,
 ) -> HDTruth:
     """Write a Space Ranger HD ``outs`` folder under ``root`` (see the module docstring).
 
     ``extent_um`` (width, height) must be a multiple of the largest bin size; ``image_size`` is (height, width)
     in full-resolution pixels and must be divisible by 8 (hires 1/4, lowres 1/8). ``microscope_image``: also
     write the H&E, tiled, into ``outs/microscope_image/`` (``HDTruth.fullres`` is then that copy).
+    ``rotation_deg``: the bin lattice turned by that angle (counter-clockwise in x, y) about ``origin_um``.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -129,8 +133,14 @@ def write_visium_hd(
     s0 = sizes[0]
     nx, ny = round(extent_um[0] / s0), round(extent_um[1] / s0)
     rr, cc = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    cx = origin_um[0] + (cc.ravel() + 0.5) * s0
-    cy = origin_um[1] + (rr.ravel() + 0.5) * s0
+    t = np.radians(rotation_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+    def place(col: np.ndarray, row: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:
+        xy = np.column_stack([col + 0.5, row + 0.5]) * side @ rot.T + np.asarray(origin_um)
+        return xy[:, 0], xy[:, 1]
+
+    cx, cy = place(cc.ravel(), rr.ravel(), s0)
     lam = truth.mean_rates(np.column_stack([cx, cy]), float(s0), "square", step_um=1.0)
     rng = np.random.default_rng(seed + 7)
     fine = rng.poisson(depth * lam).reshape(ny, nx, -1)
@@ -177,10 +187,11 @@ def write_visium_hd(
         r, c = np.meshgrid(np.arange(by), np.arange(bx), indexing="ij")
         r, c = r.ravel(), c.ravel()
         barcodes = [f"s_{s:03d}um_{i:05d}_{j:05d}-1" for i, j in zip(r, c, strict=True)]
+        bx_um, by_um = place(c, r, s)
         bins = pd.DataFrame(
             {
-                "centre_x_um": origin_um[0] + (c + 0.5) * s,
-                "centre_y_um": origin_um[1] + (r + 0.5) * s,
+                "centre_x_um": bx_um,
+                "centre_y_um": by_um,
                 "in_tissue": in_tissue.astype(int),
                 "row": r,
                 "col": c,

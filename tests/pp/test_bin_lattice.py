@@ -166,3 +166,25 @@ def test_conditioning_on_rotated_bins_pools_back_to_them(rotated):
     pos = measured > 0
     np.testing.assert_allclose(pooled[pos], measured[pos], rtol=1e-4)
     assert np.abs(pooled[~pos]).max() < 1e-3
+
+
+def test_a_rotated_space_ranger_folder(tmp_path):
+    """Space Ranger's bins on a lattice turned by 1.5°: our 8 and 16 µm grids are its 8 and 16 µm bins."""
+    from _hd_fixture import write_visium_hd
+    from scipy.spatial import cKDTree
+
+    truth = write_visium_hd(tmp_path / "slide", rotation_deg=1.5, origin_um=(24.0, 12.0))
+    sdata = stp.io.read_visium_hd(truth.outs, fullres_image_file=truth.fullres, bin_size=8)
+    geo = stp.pp.spots(sdata)
+    lat = measured_bin_lattice(geo, bin_indices(sdata.tables["square_008um"], geo))
+    assert lat.source == "array_row/array_col"
+    assert lat.rotation_deg == pytest.approx(1.5, abs=0.01)
+    for size in (8, 16):
+        shapes = stp.pp.grid(sdata, bin_size=size, tissue=False)
+        assert shapes.attrs["lattice"] == "measured bins (rotation 1.50°)"
+        a = geo.shapes_to_image
+        corners = geo.px_to_um(shapes.get_coordinates().to_numpy() @ a[:2, :2].T + a[:2, 2])
+        got = corners.reshape(len(shapes), 5, 2)[:, :4].mean(1)  # centres
+        bins = truth.bins[size]
+        want = bins.loc[bins["in_tissue"] == 1, ["centre_x_um", "centre_y_um"]].to_numpy()
+        assert cKDTree(got).query(want)[0].max() < 1e-6  # every Space Ranger bin of that size is a grid square

@@ -59,6 +59,9 @@ def test_bins(sdata_syn):
     np.testing.assert_allclose(areas, 16.0**2)  # 1 µm/px
     c = np.column_stack([shapes.geometry.centroid.x, shapes.geometry.centroid.y])
     assert np.allclose((c - 8) % 16, 0)  # aligned with the image origin
+    # spots are not square bins: squares on the image axes, every corner exactly on the 16 µm grid
+    assert shapes.attrs["lattice"] == "image axes"
+    np.testing.assert_array_equal(shapes.get_coordinates().to_numpy() % 16, 0)
     truth = stp.datasets.synthetic_truth(sdata_syn)
     assert truth.tissue(c[:, 0], c[:, 1]).mean() > 0.95
     assert len(shapes) > geo.n_spots
