@@ -188,3 +188,12 @@ def test_a_rotated_space_ranger_folder(tmp_path):
         bins = truth.bins[size]
         want = bins.loc[bins["in_tissue"] == 1, ["centre_x_um", "centre_y_um"]].to_numpy()
         assert cKDTree(got).query(want)[0].max() < 1e-6  # every Space Ranger bin of that size is a grid square
+
+
+def test_unrotated_bins_give_the_image_axis_squares(hd):
+    geo = stp.pp.spots(hd)
+    for size in (8, 4):
+        shapes = stp.pp.grid(hd, bin_size=size, tissue=False)
+        assert shapes.attrs["lattice"] == "measured bins (rotation 0.00°)"
+        xy = geo.px_to_um(shapes.get_coordinates().to_numpy())
+        np.testing.assert_allclose(xy / size, np.round(xy / size), atol=1e-9)  # corners on the image's N µm grid

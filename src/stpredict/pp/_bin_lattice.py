@@ -91,7 +91,8 @@ def fit_bin_lattice(centers_um: np.ndarray, side_um: float, indices: np.ndarray 
         Side of the measured squares in µm; the lattice pitch must equal it within 1 % (bins tile).
     indices
         ``(n, 2)`` integer ``(array_col, array_row)`` of each bin, when the table has them: the exact lattice
-        coordinates and the best source. ``None``: found by :func:`~stpredict.pp.fit_lattice` on the centres.
+        coordinates and the best source. ``None``: found by :func:`~stpredict.pp.fit_lattice` on the centres,
+        columns along the lattice axis closer to the image's x and increasing with x, rows with y.
 
     Returns
     -------
@@ -106,7 +107,11 @@ def fit_bin_lattice(centers_um: np.ndarray, side_um: float, indices: np.ndarray 
     centers_um = np.asarray(centers_um, dtype=float)
     n = len(centers_um)
     if indices is None:
-        idx = fit_lattice(centers_um).coords.astype(float)
+        fit = fit_lattice(centers_um)
+        basis, idx = fit.basis, fit.coords.astype(float)
+        if abs(basis[0, 0]) < abs(basis[0, 1]):  # columns along the axis closer to the image's x, rows to its y
+            basis, idx = basis[:, ::-1], idx[:, ::-1]
+        idx = idx * np.where(np.diag(basis) < 0, -1.0, 1.0)  # increasing with x and with y
         source = "centres"
     else:
         idx = np.asarray(indices, dtype=float).reshape(n, 2)
@@ -142,7 +147,7 @@ def fit_bin_lattice(centers_um: np.ndarray, side_um: float, indices: np.ndarray 
         corner_um=origin - pitch / 2 * (u + v),
         axes=np.column_stack([u, v]),
         side_um=pitch,
-        rotation_deg=(angle + 45.0) % 90.0 - 45.0,
+        rotation_deg=rotation if abs(rotation := (angle + 45.0) % 90.0 - 45.0) > 1e-12 else 0.0,
         residual_um=resid,
         index=np.round(idx).astype(np.int64),
         offsets_um=offsets,
@@ -191,8 +196,8 @@ def nesting(side_um: float, bin_um: float) -> tuple[str, int] | None:
 
 def lattice_bin_centers(
     lat: BinLattice, bin_um: float, centers_um: np.ndarray, reach_um: float, extent_um: np.ndarray
-) -> tuple[np.ndarray, float] | None:
-    """Centres (µm) and side of ``bin_um`` squares on ``lat`` around the measured bins, or ``None`` if they do not nest.
+) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """Centres (µm), side and ``(i, j)`` lattice indices of ``bin_um`` squares on ``lat``, or ``None`` if they do not nest.
 
     With ``bin_um = side / k`` each measured bin holds ``k × k`` squares that follow it exactly (its offset from
     the fitted lattice included), so ``k = 1`` gives the measured centres; with ``bin_um = k · side`` a square
@@ -223,4 +228,4 @@ def lattice_bin_centers(
         hit = enc_bins[order[pos]] == enc
         xy[hit] += lat.offsets_um[order[pos[hit]]]
     inside = (xy >= 0).all(1) & (xy <= np.asarray(extent_um, dtype=float)).all(1)
-    return xy[inside], float(step)
+    return xy[inside], float(step), ij[inside]

@@ -120,7 +120,8 @@ def make_grid(
 
     Returns
     -------
-    A :class:`GridPoints` in level-0 pixels, sorted by row (y) then x: pseudo-spots that coincide with a
+    A :class:`GridPoints` in level-0 pixels, sorted by row (y) then x (squares on measured bins' lattice: by
+    its row, then column), with the lattice in ``lattice`` and ``rotation_deg`` for bins: pseudo-spots that coincide with a
     measured spot sit at its measured centre and are flagged in ``measured``; bins are never ``measured``.
 
     Raises
@@ -172,7 +173,7 @@ def make_grid(
         h, w = geo.image_shape
         d_nn = tree.query(geo.centers, k=2)[0][:, 1] if geo.n_spots > 1 else np.array([geo.diameter])
         reach = float(np.median(d_nn)) if max_distance is None else max_distance
-        rotation, lattice, on_bins = 0.0, IMAGE_AXES, None
+        rotation, lattice, on_bins, rank = 0.0, IMAGE_AXES, None, None
         lat = measured_bin_lattice(geo, indices)
         if lat is not None:
             on_bins = lattice_bin_centers(lat, side_um, geo.centers_um, reach * mpp.max(), np.array([w, h]) * mpp)
@@ -181,7 +182,7 @@ def make_grid(
                     "Bins of %g µm neither split nor group the %g µm measured bins: image axes.", side_um, lat.side_um
                 )
         if on_bins is not None:
-            pts = geo.um_to_px(on_bins[0])
+            pts, rank = geo.um_to_px(on_bins[0]), on_bins[2]  # sorted by lattice row, then column
             side_um, rotation, lattice = on_bins[1], lat.rotation_deg, lat.describe()
             side_px = side_um / mpp
         else:
@@ -192,10 +193,12 @@ def make_grid(
             gx, gy = np.meshgrid(ix, iy)
             pts = (np.column_stack([gx.ravel(), gy.ravel()]) + 0.5) * side_um / mpp
         d, nearest = tree.query(pts)
-        keep = d <= reach
+        # on the bins' lattice, squares one pitch from a bin are kept whatever the rounding of their distance
+        keep = d <= (reach * (1 + 1e-6) if on_bins is not None else reach)
         if mask is not None:
             keep &= mask.contains(pts)
         pts, nearest = pts[keep], nearest[keep]
+        rank = pts if on_bins is None else rank[keep]
         is_measured = np.zeros(len(pts), dtype=bool)
         size = side_px
         size_um = side_um
@@ -207,7 +210,7 @@ def make_grid(
                 f"{span[1]:.0f} µm): use a bin_size well below that, e.g. bin_size=8 (or tissue=False)."
             )
             raise ValueError(msg)
-    order = np.lexsort((pts[:, 0], pts[:, 1]))
+    order = np.lexsort((pts[:, 0], pts[:, 1]) if kind == "ps" else (rank[:, 0], rank[:, 1]))
     return GridPoints(
         name=name,
         kind="circle" if kind == "ps" else "square",
