@@ -79,3 +79,43 @@ def test_dense_option_is_checked_at_the_door(sdata_syn, bad):
     with pytest.raises(ValueError, match="dense must be True, False or None"):
         stp.tl.superresolve(sdata_syn, "ridge", dense=bad)
     assert not any(k.startswith("ridge_") for k in sdata_syn.tables)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """timm's test_resnet with random weights: a convolutional backbone with a dense map."""
+    import torch
+
+    torch.manual_seed(0)
+    return stp.models.get_backbone("test_resnet", pretrained=False)
+
+
+def test_cnn_backbone_accepts_dense_true_and_records_the_path(sdata_syn, cnn):
+    from stpredict.models.backbones import TorchBackbone
+
+    calls = []
+    orig = TorchBackbone.feature_map
+
+    def spy(self, *a, **k):
+        calls.append(k["cell_um"])
+        return orig(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TorchBackbone, "feature_map", spy)
+        out = stp.tl.superresolve(
+            sdata_syn, "ridge", backbone=cnn, grid="ps4", dense=True, progress=False, inplace=False
+        )
+    assert calls == [pytest.approx(32 * 112 / 160)]  # one map, cells of one stride at the windows' µm/px
+    rec = out.tables["ridge_spots_ps4"].uns["stpredict"]["superresolve"]["embeddings"]
+    assert rec["path"] == "dense map"
+    assert (rec["stride_px"], rec["margin_px"], rec["receptive_field_px"]) == (32, 128, 195)
+    ref = stp.tl.superresolve(sdata_syn, "ridge", backbone=cnn, grid="ps4", dense=False, progress=False, inplace=False)
+    assert ref.tables["ridge_spots_ps4"].uns["stpredict"]["superresolve"]["embeddings"]["path"] == (
+        "windows at grid points"
+    )
+
+
+def test_dense_true_names_the_reason_for_a_vit(sdata_syn):
+    vit = stp.models.get_backbone("test_vit", pretrained=False)
+    with pytest.raises(ValueError, match=r"has no dense feature map \(VisionTransformer is not one of .* ViTs"):
+        stp.tl.embed(sdata_syn, vit, dense=True, progress=False)

@@ -82,7 +82,7 @@ class EmbeddingCache:
         read_px = self.backbone.input_spec(self.patch_size_um)[1]
         dense = self.maps.use(levels, centers_um, read_px, dense=run.dense)
         rec = backbone_record(self.backbone, self.patch_size_um, geo)
-        rec.update(DenseMaps.record() if dense else {"path": "windows"})
+        rec.update(self.maps.record() if dense else {"path": "windows"})
         if stain is not None:
             rec["stain"] = stain
         if table is not None and self.key in table.obsm:
@@ -212,7 +212,7 @@ def _region_features(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Embeddings of grid regions, from the call's dense map or from windows.
 
-    A backbone with a dense path (``handcrafted``) reads every region from the slide's one feature map
+    A backbone with a dense path (``handcrafted``, convolutional timm backbones) reads every region from the slide's one feature map
     (:class:`~stpredict.tl._dense.DenseMaps`, shared with the spots) when ``run.dense`` asks for it or, by
     default, when that is cheaper than a window per region; bins use it unless ``dense=False``. Bins of any
     other backbone (and of ``handcrafted`` with ``dense=False``) are read from a lattice of windows with a
@@ -224,7 +224,7 @@ def _region_features(
     centers_um = points.centers * mpp
     if _grid_uses_map(slide, points, cache, run):
         emb = cache.maps.features(slide.image_levels, slide.microns_per_pixel_xy, centers_um, patch_size_um, run)
-        return emb, DenseMaps.record()
+        return emb, cache.maps.record()
     if points.kind in ("circle", "polygon"):
         emb = compute_embeddings(
             slide.image_levels,
