@@ -4,7 +4,9 @@ For each slide, the backbone (random weights unless ``--pretrained``: nothing is
 once per window (``dense=False``'s path) and once from the dense map (the trunk's last feature map over the
 spots' extent, read as window means); printed: the per-feature Pearson correlation across spots (median, 5th
 percentile, minimum), the mean absolute difference relative to the mean absolute feature, and both paths'
-seconds. ``--block-mm`` keeps only the spots inside a square of that side around the slide's median spot (the
+seconds. Beside it, the same correlation between the windows' features and those of the same windows shifted by
+``--shift-um`` (2 µm: 4 pixels at 0.5 µm/px): how stable the backbone's features are under a shift smaller than
+the map's sub-cell interpolation, the floor of what any map of stride-32 cells can reproduce. ``--block-mm`` keeps only the spots inside a square of that side around the slide's median spot (the
 map covers the spots' bounding box, so this bounds the run time on the 2-core machine).
 
     python benchmarks/cnn_dense_agreement.py [--backbone resnet18] [--slides demo,her2st:C2] [--block-mm 2]
@@ -39,7 +41,14 @@ def _slides(names: list[str]) -> list[tuple[str, object]]:
     return out
 
 
-def agreement(sdata, backbone, *, block_mm: float | None, window_um: float = 112.0) -> dict[str, float]:
+def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ok = (a.std(0) > 1e-6) & (b.std(0) > 1e-6)
+    return np.array([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in np.flatnonzero(ok)])
+
+
+def agreement(
+    sdata, backbone, *, block_mm: float | None, window_um: float = 112.0, shift_um: float = 2.0
+) -> dict[str, float]:
     """Per-feature correlation and relative difference between the window and the dense-map features."""
     import stpredict as stp
     from stpredict.models.backbones._cellmap import map_bounds
@@ -56,22 +65,26 @@ def agreement(sdata, backbone, *, block_mm: float | None, window_um: float = 112
     t0 = time.perf_counter()
     win = compute_embeddings(slide.image_levels, centers, tuple(mpp), backbone, patch_size_um=window_um, progress=False)
     t_win = time.perf_counter() - t0
+    shifted = compute_embeddings(
+        slide.image_levels, centers + shift_um / mpp, tuple(mpp), backbone, patch_size_um=window_um, progress=False
+    )
     cell = backbone.dense_cell_um(window_um)
     lo, hi = map_bounds(um[keep], window_um / 2, cell)
     t0 = time.perf_counter()
     cmap = backbone.feature_map(tile_reader(slide.image_levels, tuple(mpp)), lo, hi, cell_um=cell)
     den = backbone.map_features(cmap, um[keep], window_um)
     t_map = time.perf_counter() - t0
-    ok = (win.std(0) > 1e-6) & (den.std(0) > 1e-6)
-    r = np.array([np.corrcoef(win[:, j], den[:, j])[0, 1] for j in np.flatnonzero(ok)])
+    r, rs = _corr(win, den), _corr(win, shifted)
     return {
         "spots": int(keep.sum()),
         "image_um_per_px": float(mpp.mean()),
-        "features": int(ok.sum()),
+        "features": len(r),
         "of": int(win.shape[1]),
         "median_r": float(np.median(r)),
         "p5_r": float(np.percentile(r, 5)),
         "min_r": float(r.min()),
+        "shift_median_r": float(np.median(rs)),
+        "shift_p5_r": float(np.percentile(rs, 5)),
         "rel_abs_diff": float(np.abs(win - den).mean() / np.abs(win).mean()),
         "windows_s": t_win,
         "map_s": t_map,
@@ -86,6 +99,7 @@ def main() -> None:
     p.add_argument("--block-mm", type=float, default=None)
     p.add_argument("--pretrained", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift-um", type=float, default=2.0)
     args = p.parse_args()
 
     import torch
@@ -99,11 +113,13 @@ def main() -> None:
         raise SystemExit(f"{args.backbone}: no dense map ({bb.dense_reason}).")
     print(f"{args.backbone} ({'pretrained' if args.pretrained else 'random weights'}): {spec}", flush=True)
     for name, sdata in _slides(args.slides.split(",")):
-        res = agreement(sdata, bb, block_mm=args.block_mm)
+        res = agreement(sdata, bb, block_mm=args.block_mm, shift_um=args.shift_um)
         print(
             f"{name}: {res['spots']} spots at {res['image_um_per_px']:.2f} µm/px, {res['features']}/{res['of']} "
             f"non-constant features: r median {res['median_r']:.4f}, 5th pct {res['p5_r']:.4f}, min "
-            f"{res['min_r']:.4f}; mean |diff| / mean |feature| {res['rel_abs_diff']:.3f}; windows "
+            f"{res['min_r']:.4f}; mean |diff| / mean |feature| {res['rel_abs_diff']:.3f}; windows vs windows "
+            f"shifted {args.shift_um:g} µm: r median {res['shift_median_r']:.4f}, 5th pct {res['shift_p5_r']:.4f}; "
+            "windows "
             f"{res['windows_s']:.1f} s, map {res['map_s']:.1f} s ({res['map_cells']} cells)",
             flush=True,
         )

@@ -13,6 +13,11 @@ each size's time to the area ratio, are printed at the end.
 
     python benchmarks/superres_speed.py [--sizes 1,3,6.5,10] [--grids ps4,ps16,bin8,bin2] [--models ridge,pixnet]
                                         [--windows-sizes 1,3] [--windows-grids ps4,bin8] [--cache DIR]
+                                        [--backbone handcrafted]
+
+``--backbone`` takes any backbone name (timm models with random weights: nothing is downloaded; a
+convolutional one, such as ``resnet18``, has a dense map too). A size of ``mob`` is the embedded mouse olfactory
+bulb demo (``stp.datasets.mob()``, written to the cache as a store) instead of a synthetic slide.
 
 Results: ``benchmarks/results/superres_speed.{csv,md}``.
 """
@@ -34,12 +39,19 @@ MPP = 0.5
 
 
 def make_store(size_mm: float, cache: Path) -> Path:
-    """A synthetic Visium slide of ``size_mm`` as a zarr store (rendered once, reused by later runs)."""
+    """A synthetic Visium slide of ``size_mm`` (NaN: the mob demo) as a zarr store (written once, then reused)."""
+    import math
+
     import numpy as np
 
     import stpredict as stp
     from stpredict._image import image_levels, to_multiscale
 
+    if math.isnan(size_mm):
+        path = cache / "mob_demo.zarr"
+        if not path.exists():
+            stp.datasets.mob().write(path)
+        return path
     path = cache / f"synthetic_{size_mm:g}mm.zarr"
     if path.exists():
         return path
@@ -61,9 +73,10 @@ def make_store(size_mm: float, cache: Path) -> Path:
     return path
 
 
-def one_run(store: Path, model: str, grid: str, dense: bool, out: Path) -> None:
+def one_run(store: Path, model: str, grid: str, dense: bool, out: Path, backbone: str = "handcrafted") -> None:
     """Child process: one superresolve on the store, its step times and peak memory as JSON."""
     warnings.filterwarnings("ignore")
+    import torch
     from spatialdata import read_zarr
 
     import stpredict as stp
@@ -71,6 +84,9 @@ def one_run(store: Path, model: str, grid: str, dense: bool, out: Path) -> None:
     stp.settings.progress = False
     sdata = read_zarr(store)
     kw = {"bin_size": float(grid[3:])} if grid.startswith("bin") else {"grid": grid}
+    if model == "ridge" and backbone != "handcrafted":
+        torch.manual_seed(0)
+        kw["backbone"] = stp.models.get_backbone(backbone, pretrained=False)
     key = f"bench_{model}_{grid}_{'dense' if dense else 'windows'}"
     t0 = time.perf_counter()
     stp.tl.superresolve(sdata, model, dense=dense, key_added=key, progress=False, **kw)
@@ -124,19 +140,20 @@ def main() -> None:
     p.add_argument("--max-bin2-mm", type=float, default=3.0, help="largest slide for 2 µm bins (memory)")
     p.add_argument("--cache", type=Path, default=HERE / "results" / "speed_cache")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--backbone", default="handcrafted", help="ridge's backbone (timm names: random weights)")
     p.add_argument("--one", nargs=5, metavar=("STORE", "MODEL", "GRID", "DENSE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         store, model, grid, dense, out = args.one
-        one_run(Path(store), model, grid, dense == "1", Path(out))
+        one_run(Path(store), model, grid, dense == "1", Path(out), args.backbone)
         return
 
     import pandas as pd
 
     args.cache.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    sizes = [float(s) for s in args.sizes.split(",")]
-    windows_sizes = {float(s) for s in args.windows_sizes.split(",") if s}
+    sizes = [float("nan") if s == "mob" else float(s) for s in args.sizes.split(",")]
+    windows_sizes = {s for s in args.windows_sizes.split(",") if s}
     rows = []
     for size in sizes:
         store = make_store(size, args.cache)
@@ -146,22 +163,24 @@ def main() -> None:
                     continue
                 if model != "ridge" and grid not in args.other_grids.split(","):
                     continue
-                ref = size in windows_sizes and model == "ridge" and grid in args.windows_grids.split(",")
+                label = "mob" if size != size else f"{size:g}"
+                ref = label in windows_sizes and model == "ridge" and grid in args.windows_grids.split(",")
                 paths = [True] + ([False] if ref else [])
                 for dense in paths:
                     res = args.cache / "row.json"
                     res.unlink(missing_ok=True)
-                    cmd = [sys.executable, __file__, "--one", str(store), model, grid, "1" if dense else "0", str(res)]
+                    cmd = [sys.executable, __file__, "--one", str(store), model, grid, "1" if dense else "0", str(res),
+                           "--backbone", args.backbone]  # fmt: skip
                     proc = subprocess.run(
                         cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
                     )
                     if proc.returncode != 0 or not res.exists():
-                        print(f"  {size:g} mm {model} {grid}: FAILED\n{proc.stderr[-2000:]}", flush=True)
+                        print(f"  {label} mm {model} {grid}: FAILED\n{proc.stderr[-2000:]}", flush=True)
                         continue
                     row = {"size_mm": size, **json.loads(res.read_text())}
                     rows.append(row)
                     print(
-                        f"  {size:g} mm {model:6s} {grid:5s} {row['path']:7s} {row['n_regions']:>9,} regions "
+                        f"  {label} mm {model:6s} {grid:5s} {row['path']:7s} {row['n_regions']:>9,} regions "
                         f"{row['superresolve_s']:7.1f} s (+ write {row['write_s']:.1f} s)  "
                         f"{row['regions_per_second']:,.0f}/s  peak {row['peak_mb']:,.0f} MB  "
                         + " ".join(f"{k[:-2]} {row[k]:.1f}" for k in row if k.endswith("_s") and k not in
@@ -170,16 +189,17 @@ def main() -> None:
                     )  # fmt: skip
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "superres_speed.csv", index=False)
-    lines = _report(df)
+    lines = _report(df, args.backbone)
     (args.out / "superres_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def _report(df) -> list[str]:
-    """Markdown: the steps table, dense/windows ratios and the scaling with area."""
+def _report(df, backbone: str = "handcrafted") -> list[str]:
+    """Markdown: the steps table, dense/windows ratios and the scaling with area (size NaN: the mob demo)."""
     step_cols = [c for c in df.columns if c.endswith("_s") and c not in ("superresolve_s", "write_s")]
     lines = [
-        f"`python benchmarks/superres_speed.py`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores; seconds.",
+        f"`python benchmarks/superres_speed.py`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores; seconds; "
+        f"ridge's backbone {backbone}.",
         "",
         "| mm | model | grid | path | spots | regions | total s | " + " | ".join(c[:-2] for c in step_cols)
         + " | write s | regions/s | peak MB |",
@@ -188,19 +208,19 @@ def _report(df) -> list[str]:
     for _, r in df.iterrows():
         steps = " | ".join("" if pd_isna(r.get(c)) else f"{r[c]:.1f}" for c in step_cols)
         lines.append(
-            f"| {r.size_mm:g} | {r.model} | {r.grid} | {r.path} | {r.n_spots:,} | {r.n_regions:,} | "
+            f"| {_size(r.size_mm)} | {r.model} | {r.grid} | {r.path} | {r.n_spots:,} | {r.n_regions:,} | "
             f"{r.superresolve_s:.1f} | {steps} | {r.write_s:.1f} | {r.regions_per_second:,.0f} | {r.peak_mb:,.0f} |"
         )
     lines += ["", "Per-window / dense time (same slide, grid and run):", ""]
-    for (size, grid), g in df[df.model == "ridge"].groupby(["size_mm", "grid"]):
+    for (size, grid), g in df[df.model == "ridge"].groupby(["size_mm", "grid"], dropna=False):
         d, w = g[g.path == "dense"], g[g.path == "windows"]
         if len(d) and len(w):
             lines.append(
-                f"- {size:g} mm {grid}: {w.superresolve_s.iloc[0] / d.superresolve_s.iloc[0]:.1f}× "
+                f"- {_size(size)} mm {grid}: {w.superresolve_s.iloc[0] / d.superresolve_s.iloc[0]:.1f}× "
                 f"(features: {(w.spot_features_s.iloc[0] + w.grid_features_s.iloc[0]) / max(d.spot_features_s.iloc[0] + d.grid_features_s.iloc[0], 1e-9):.1f}×)"
             )
     lines += ["", "Growth with area (dense path; a linear cost gives a time ratio equal to the area ratio):", ""]
-    dd = df[df.path == "dense"]
+    dd = df[(df.path == "dense") & df.size_mm.notna()]
     for (model, grid), g in dd.groupby(["model", "grid"]):
         g = g.sort_values("size_mm")
         for (_, a), (_, b) in zip(g.iloc[:-1].iterrows(), g.iloc[1:].iterrows(), strict=True):
@@ -211,6 +231,10 @@ def _report(df) -> list[str]:
                 f"(ratio {t / area:.2f})"
             )
     return lines
+
+
+def _size(size: float) -> str:
+    return "mob demo" if size != size else f"{size:g}"
 
 
 def pd_isna(v) -> bool:

@@ -92,7 +92,7 @@ def test_map_equals_windows_for_a_trunk_without_padding(image):
     cmap = conv_cell_map(features, read_tile, np.zeros(2), np.full(2, 400.0), spec=spec, cell_um=4.0, tile_px=128)
     assert cmap.shape == (100, 100)
     rng = np.random.default_rng(2)
-    corners = 4.0 * rng.integers(0, 92, (40, 2))  # window corners on the cell grid (tiles of 16 cells)
+    corners = 4.0 * rng.integers(0, 92, (40, 2))  # window corners on the cell grid (tiles of 15 cells)
     centers = corners + 16.0
     want = _windows(bb, read_tile, centers, 32.0)
     got = cmap.window_means(centers, [32.0])[0]
@@ -105,10 +105,10 @@ def test_tile_seams_do_not_show(tiny, image):
     cell = tiny.dense_cell_um(80.0)  # windows of 80 µm: 160 px at 0.5 µm/px, cells of 16 µm
     lo, hi = np.zeros(2), np.full(2, 24 * cell)
     one = tiny.feature_map(read_tile, lo, hi, cell_um=cell, tile_px=4000)  # a single 24-cell tile
-    tiled = tiny.feature_map(read_tile, lo, hi, cell_um=cell, tile_px=512)  # 16-cell cores: a seam at 16
+    tiled = tiny.feature_map(read_tile, lo, hi, cell_um=cell, tile_px=512)  # 12-cell cores: a seam at 12
     assert one.shape == tiled.shape == (24, 24)
     np.testing.assert_allclose(tiled.means, one.means, rtol=1e-4, atol=1e-4 * np.abs(one.means).max())
-    straddling = np.array([[16 * cell, 16 * cell], [16 * cell + 7.3, 10 * cell - 3.1], [14 * cell, 17.5 * cell]])
+    straddling = np.array([[12 * cell, 12 * cell], [12 * cell + 7.3, 10 * cell - 3.1], [14 * cell, 11.5 * cell]])
     np.testing.assert_allclose(
         tiny.map_features(tiled, straddling, 80.0), tiny.map_features(one, straddling, 80.0), rtol=1e-4, atol=1e-5
     )

@@ -176,12 +176,13 @@ def conv_map_spec(
 def tile_plan(n_cells_xy: tuple[int, int], spec: ConvMapSpec, tile_px: int) -> tuple[int, int, int]:
     """``(core_cells, margin_cells, n_tiles)`` of a map of ``n_cells_xy`` cells in tiles of about ``tile_px``.
 
-    The core is at least four margins wide (so the margins cost at most 2.25× the core's pixels) and no wider
-    than the map.
+    The widest core is ``tile_px`` or four margins (then margins cost at most 2.25× the core's pixels),
+    whichever is larger; the core is then shrunk to split the map's longer side into equal tiles.
     """
     k = spec.margin_px // spec.stride
-    core = max(1, tile_px // spec.stride, 4 * k)
-    core = min(core, max(n_cells_xy))
+    widest = max(1, tile_px // spec.stride, 4 * k)
+    n = max(n_cells_xy)
+    core = math.ceil(n / math.ceil(n / widest))
     n_tiles = math.ceil(n_cells_xy[0] / core) * math.ceil(n_cells_xy[1] / core)
     return core, k, n_tiles
 
