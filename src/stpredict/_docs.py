@@ -38,10 +38,13 @@ progress
     Show a progress bar; ``None`` uses :attr:`stpredict.settings.progress`.""",
     "dense": """\
 dense
-    Read backbone features of spots and grid regions from one dense feature map of the slide (backbones that
-    have one: ``handcrafted``; agrees with the windows' features to a per-feature correlation ≥ 0.99) instead
-    of one window each. ``None`` takes whichever reads fewer pixels (the map for µm bins and for most spot
-    layouts); ``False`` is the per-window reference.""",
+    Read backbone features of spots and grid regions from one dense feature map of the slide instead of one
+    window each. Backbones that have one: ``handcrafted`` (agrees with the windows' features to a per-feature
+    correlation ≥ 0.99) and convolutional timm backbones whose embedding averages a local feature map (resnet,
+    densenet, convnext v1, ...: their last feature map, read as window means; windows pad their edges and a
+    CNN's features move with sub-stride shifts, so agreement depends on the weights — see
+    ``docs/benchmarks.md``); ViTs and models with squeeze-excitation have none. ``None`` takes whichever reads
+    fewer pixels (the map for µm bins and for most spot layouts); ``False`` is the per-window reference.""",
     "transfer": """\
 stain
     Stain normalisation of every slide, as a whole, before it is read: ``"macenko"`` (hematoxylin and eosin

@@ -119,3 +119,18 @@ def test_dense_true_names_the_reason_for_a_vit(sdata_syn):
     vit = stp.models.get_backbone("test_vit", pretrained=False)
     with pytest.raises(ValueError, match=r"has no dense feature map \(VisionTransformer is not one of .* ViTs"):
         stp.tl.embed(sdata_syn, vit, dense=True, progress=False)
+
+
+def test_cnn_default_counts_tiles_with_their_margins(cnn):
+    """``dense=None`` for a CNN: the map's cost is its tiles' pixels, margins included."""
+    from stpredict.tl._dense import DenseMaps
+
+    maps = DenseMaps(cnn, 112.0)
+    assert maps.cell_um == pytest.approx(22.4)
+    read_px = cnn.input_spec(112.0)[1]
+    grid = np.stack(np.meshgrid(np.arange(0, 2000, 50.0), np.arange(0, 2000, 50.0)), -1).reshape(-1, 2)
+    sparse = grid[::16]  # 100 windows over the same 2 mm: fewer pixels than the map's 9 tiles
+    lo, hi = maps._bounds(grid)
+    assert cnn.map_cost_px(lo, hi, 112.0) > len(sparse) * read_px**2
+    assert maps.use([], grid, read_px, dense=None)
+    assert not maps.use([], sparse, read_px, dense=None)

@@ -212,12 +212,12 @@ def _region_features(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Embeddings of grid regions, from the call's dense map or from windows.
 
-    A backbone with a dense path (``handcrafted``, convolutional timm backbones) reads every region from the slide's one feature map
-    (:class:`~stpredict.tl._dense.DenseMaps`, shared with the spots) when ``run.dense`` asks for it or, by
-    default, when that is cheaper than a window per region; bins use it unless ``dense=False``. Bins of any
-    other backbone (and of ``handcrafted`` with ``dense=False``) are read from a lattice of windows with a
-    stride of a quarter window (or the bin size, if larger), interpolated bilinearly at the bin centres;
-    pseudo-spots and cells (polygons, at their centroid) without the map are one window each.
+    A backbone with a dense path (``handcrafted``; convolutional timm backbones such as ``resnet18``) reads every
+    region from the slide's one feature map (:class:`~stpredict.tl._dense.DenseMaps`, shared with the spots) when
+    ``run.dense`` asks for it or, by default, when that is cheaper than a window per region; bins use it unless
+    ``dense=False``. Bins of any other backbone (and of any backbone with ``dense=False``) are read from a
+    lattice of windows with a stride of a quarter window (or the bin size, if larger), interpolated bilinearly at
+    the bin centres; pseudo-spots and cells (polygons, at their centroid) without the map are one window each.
     """
     backbone, patch_size_um = cache.backbone, cache.patch_size_um
     mpp = np.asarray(slide.microns_per_pixel_xy)
