@@ -43,8 +43,9 @@ dense
     correlation ≥ 0.99) and convolutional timm backbones whose embedding averages a local feature map (resnet,
     densenet, convnext v1, ...: their last feature map, read as window means; windows pad their edges and a
     CNN's features move with sub-stride shifts, so agreement depends on the weights — see
-    ``docs/benchmarks.md``); ViTs and models with squeeze-excitation have none. ``None`` takes whichever reads
-    fewer pixels (the map for µm bins and for most spot layouts); ``False`` is the per-window reference.""",
+    ``docs/benchmarks.md``), taken only with ``True``; ViTs and models with squeeze-excitation have none.
+    ``None``: ``handcrafted`` takes whichever reads fewer pixels (the map for µm bins and for most spot
+    layouts), every other backbone its windows; ``False`` is the per-window reference.""",
     "transfer": """\
 stain
     Stain normalisation of every slide, as a whole, before it is read: ``"macenko"`` (hematoxylin and eosin

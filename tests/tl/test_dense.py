@@ -121,8 +121,8 @@ def test_dense_true_names_the_reason_for_a_vit(sdata_syn):
         stp.tl.embed(sdata_syn, vit, dense=True, progress=False)
 
 
-def test_cnn_default_counts_tiles_with_their_margins(cnn):
-    """``dense=None`` for a CNN: the map's cost is its tiles' pixels, margins included."""
+def test_cnn_map_is_on_request_and_counts_tiles_with_their_margins(cnn, monkeypatch):
+    """A CNN's map serves ``dense=True`` only; its cost is its tiles' pixels, margins included."""
     from stpredict.tl._dense import DenseMaps
 
     maps = DenseMaps(cnn, 112.0)
@@ -132,5 +132,8 @@ def test_cnn_default_counts_tiles_with_their_margins(cnn):
     sparse = grid[::16]  # 100 windows over the same 2 mm: fewer pixels than the map's 9 tiles
     lo, hi = maps._bounds(grid)
     assert cnn.map_cost_px(lo, hi, 112.0) > len(sparse) * read_px**2
+    assert not maps.use([], grid, read_px, dense=None)  # map features approximate the windows': on request
+    assert maps.use([], grid, read_px, dense=True)
+    monkeypatch.setattr(type(cnn), "dense_by_default", True)  # a backbone that allows it: the cheaper path
     assert maps.use([], grid, read_px, dense=None)
     assert not maps.use([], sparse, read_px, dense=None)

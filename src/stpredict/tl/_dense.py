@@ -94,6 +94,9 @@ class DenseMaps:
     def use(self, levels: list, centers_um: np.ndarray, read_px: int, *, dense: bool | None) -> bool:
         """Whether windows at ``centers_um`` are read from the map (``dense=None``: when that is cheaper).
 
+        ``dense=None`` takes a map only for a backbone whose ``dense_by_default`` allows it (``handcrafted``;
+        not the convolutional backbones, whose map features only approximate the windows').
+
         The map costs the pixels of its area once (a convolutional backbone's tiles with their margins:
         ``map_cost_px``); windows cost ``read_px²`` pixels each (the context view at the analysis resolution).
         A map this call already holds, or has planned, counts as paid for.
@@ -102,6 +105,8 @@ class DenseMaps:
             return False
         if dense is True:
             return True
+        if not getattr(self.backbone, "dense_by_default", True):
+            return False  # a map whose features only approximate the windows' serves on request only
         key = id(levels)
         lo, hi = self._bounds(centers_um)
         if key in self._maps and self._maps[key].covers(lo, hi):
