@@ -16,6 +16,10 @@ quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the tabl
 
 ``--stain``, ``--feature-norm`` and ``--stain-augment`` run every method once per combination of options (cross-slide tasks only: within one slide
 the stain reference is the slide itself); rows name the variant, e.g. ``ridge [macenko+aug2]``.
+``--handcrafted base+lbp+glcm`` computes the hand-crafted embeddings with those feature groups
+(:class:`~stpredict.models.backbones.HandcraftedBackbone`'s ``features``; default ``base``), for every method that
+consumes embeddings; rows name a non-default set, e.g. ``ridge [hc=base+lbp+macenko]``. One set per run (each
+set's embeddings replace the previous ones in the slides' cache): compare sets with ``--merge``.
 ``--condition`` runs the pool2 task once per option; conditioned rows read e.g. ``ridge [conditioned]`` or
 ``ridge [denoised]`` (the mean
 and the copy are skipped there: conditioned on the pools, both are the copy).
@@ -68,6 +72,11 @@ def main() -> None:
         default="auto",
         help="hand-crafted features from the slide's dense map (on), one window per spot (off), or the cheaper",
     )
+    p.add_argument(
+        "--handcrafted",
+        default="base",
+        help="the hand-crafted backbone's feature groups, '+'-joined (base, colour, lbp, glcm, nuclei)",
+    )
     p.add_argument("--stain", default="none", help="comma-separated stain options to run (none,macenko,reinhard)")
     p.add_argument("--feature-norm", default="none", help="comma-separated feature_norm options (none,slide)")
     p.add_argument("--stain-augment", default="0", help="comma-separated re-stained copies per training slide (0,2)")
@@ -92,6 +101,8 @@ def main() -> None:
         return
 
     dense = {"auto": None, "on": True, "off": False}[args.dense]
+    hc_features = tuple(args.handcrafted.split("+"))
+    backbone = stp.models.HandcraftedBackbone(features=hc_features)  # checked before any data is read
     commit = _commit()  # the code that runs, recorded before anything can change the checkout
     methods = args.methods.split(",") if args.methods else stp.models.list_predictors()
     loaders = {"her2st": her2st, "mob": mob}
@@ -111,7 +122,7 @@ def main() -> None:
         # embeddings of the default backbone once per slide, reused by every method through the obsm cache
         t0 = time.perf_counter()
         for s_ in slides:
-            stp.tl.embed(s_, "handcrafted", progress=False, dense=dense)
+            stp.tl.embed(s_, backbone, progress=False, dense=dense)
         embed_s[ds] = time.perf_counter() - t0
         print(f"{ds}: handcrafted embeddings in {embed_s[ds]:.0f} s", flush=True)
         for task in args.tasks.split(","):
@@ -135,7 +146,8 @@ def main() -> None:
                     continue  # the options change what is read from the image, and only across slides
                 if cond != "none" and m in ("mean", "copy"):
                     continue  # conditioned on the pools, both are the copy itself
-                opts = [v for v in (stain, fnorm) if v != "none"] + ([f"aug{aug}"] if aug else [])
+                opts = [f"hc={args.handcrafted}"] if hc_features != ("base",) and cls.consumes == "embeddings" else []
+                opts += [v for v in (stain, fnorm) if v != "none"] + ([f"aug{aug}"] if aug else [])
                 opts += {"none": [], "measured": ["conditioned"], "denoised": ["denoised"]}[cond]
                 label = m if not opts else f"{m} [{'+'.join(opts)}]"
                 if label in skipped:
@@ -151,6 +163,7 @@ def main() -> None:
                         max_epochs=args.max_epochs,
                         progress=False,
                         dense=dense,
+                        backbone=backbone if cls.consumes == "embeddings" else None,
                         stain=stain,
                         feature_norm=fnorm,
                         stain_augment=aug,

@@ -128,7 +128,9 @@ def resolve_backbone(predictor: Predictor | None, backbone: Any, weights: Any) -
             from ..models.backbones import HandcraftedBackbone
 
             return HandcraftedBackbone(
-                mpp=float(predictor.backbone.get("mpp", 1.0)), context=float(predictor.backbone.get("context", 3.0))
+                mpp=float(predictor.backbone.get("mpp", 1.0)),
+                context=float(predictor.backbone.get("context", 3.0)),
+                features=tuple(predictor.backbone.get("features", ("base",))),
             )
         return get_backbone(fitted, weights=weights)
     spec = backbone if backbone is not None else predictor.default_backbone

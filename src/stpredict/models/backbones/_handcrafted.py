@@ -15,9 +15,10 @@ from scipy import ndimage as ndi
 
 from ._base import Backbone
 from ._cellmap import build_cell_map, map_bounds
+from ._texture import GROUPS, Images, MapGroup
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from ._cellmap import CellMap
 
@@ -45,13 +46,6 @@ STD_MAPS = ("hematoxylin", "eosin", "grey", "blob_h")
 _STD_IDX = [MAP_NAMES.index(n) for n in STD_MAPS]
 
 
-def _hed_matrix() -> np.ndarray:
-    """OD → (H, E, DAB) deconvolution: the inverse of the Ruifrok–Johnston stain matrix (as scikit-image's)."""
-    from ...pp._stain import RUIFROK_HED
-
-    return np.linalg.inv(RUIFROK_HED).astype(np.float32)
-
-
 def _sobel(a: np.ndarray, axis: int) -> np.ndarray:
     """Sobel derivative of ``(b, h, w)`` images along ``axis`` (1 or 2), image by image.
 
@@ -65,19 +59,18 @@ def _sobel(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
-    """Per-pixel feature maps of RGB images ``(b, 3, h, w)`` uint8 → ``(b, n_maps, h, w)`` float32.
+    """Per-pixel base maps of RGB images ``(b, 3, h, w)`` uint8 → ``(b, n_maps, h, w)`` float32 (:data:`MAP_NAMES`).
 
     Colour deconvolution uses the Ruifrok–Johnston HED matrix (:data:`stpredict.pp.RUIFROK_HED`);
     texture is Sobel gradient energy; nuclei are hematoxylin blobs (difference of Gaussians at the scale of a
     nucleus, ~3 µm) and their local maxima (counts). Filters are sized in µm via ``mpp``.
     """
-    from ...pp._stain import rgb_to_od
+    return _base_maps(Images(rgb, mpp))
 
-    x = np.asarray(rgb, dtype=np.float32) / 255.0
-    od = rgb_to_od(rgb)
-    hed = np.einsum("bchw,cd->bdhw", od, _hed_matrix())
-    hed = np.maximum(hed, 0.0)
-    grey = x.mean(axis=1)
+
+def _base_maps(im: Images) -> np.ndarray:
+    """:func:`pixel_maps` of a batch's shared intermediate images."""
+    mpp, x, od, hed, grey = im.mpp, im.x, im.od, im.hed, im.grey
     mx, mn = x.max(axis=1), x.min(axis=1)
     sat = (mx - mn) / np.maximum(mx, 1e-3)
     s_fine = (0, 0.7 / mpp, 0.7 / mpp)
@@ -114,12 +107,31 @@ def pixel_maps(rgb: np.ndarray, mpp: float = 1.0) -> np.ndarray:
     return maps.astype(np.float32, copy=False)
 
 
-def _window_stats(maps: np.ndarray, reducer: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-    """Means of the maps and standard deviations of STD_MAPS, from a reducer taking window means."""
-    mean = reducer(maps)
-    sq = reducer(maps[:, _STD_IDX] ** 2)
-    std = np.sqrt(np.maximum(sq - mean[:, _STD_IDX] ** 2, 0.0))
-    return [mean, std]
+def _base_pixels(im: Images) -> np.ndarray:
+    """The base maps, then the squares of :data:`STD_MAPS`."""
+    maps = _base_maps(im)
+    return np.concatenate([maps, maps[:, _STD_IDX] ** 2], axis=1)
+
+
+def _base_reduce(v: np.ndarray) -> np.ndarray:
+    """Window means of :func:`_base_pixels` → the maps' means and the standard deviations of STD_MAPS."""
+    mean = v[:, : len(MAP_NAMES)]
+    std = np.sqrt(np.maximum(v[:, len(MAP_NAMES) :] - mean[:, _STD_IDX] ** 2, 0.0))
+    return np.concatenate([mean, std], axis=1)
+
+
+#: the base group: the features of version 2
+BASE = MapGroup(
+    "base",
+    tuple(f"mean_{n}" for n in MAP_NAMES) + tuple(f"std_{n}" for n in STD_MAPS),
+    len(MAP_NAMES) + len(STD_MAPS),
+    _base_pixels,
+    _base_reduce,
+)
+#: every group, by name, in their canonical order
+ALL_GROUPS = {"base": BASE, **GROUPS}
+#: a patch batch is turned into per-pixel maps this many patches at a time (bounds the memory of the maps)
+_CHUNK = 16
 
 
 class HandcraftedBackbone(Backbone):
@@ -145,19 +157,41 @@ class HandcraftedBackbone(Backbone):
         Side of the context view as a multiple of the window (1 disables it).
     mpp
         Analysis resolution in µm/px.
+    features
+        Feature groups, in order: ``"base"`` (the 18 above) and any of the optional groups of
+        :mod:`~stpredict.models.backbones._texture` — ``"colour"`` (RGB moments, grey/H/E level fractions),
+        ``"lbp"`` (uniform LBP histograms at two radii), ``"glcm"`` (co-occurrence statistics at two distances
+        over four angles), ``"nuclei"`` (count and area from an opened hematoxylin mask). Each group's features
+        come from window means of its per-pixel maps, so every group has a dense path.
     """
 
     name = "handcrafted"
     has_dense = True
 
-    def __init__(self, window_um: float = 112.0, context: float = 3.0, mpp: float = 1.0) -> None:
+    def __init__(
+        self, window_um: float = 112.0, context: float = 3.0, mpp: float = 1.0, features: Sequence[str] = ("base",)
+    ) -> None:
+        if isinstance(features, str):
+            features = (features,)
+        features = tuple(features)
+        unknown = [f for f in features if f not in ALL_GROUPS]
+        if not features or unknown or len(set(features)) < len(features):
+            msg = (
+                f"HandcraftedBackbone(features={features!r}): give each feature group once, from "
+                f"{', '.join(map(repr, ALL_GROUPS))}"
+                + (f"; unknown: {', '.join(map(repr, unknown))}." if unknown else ".")
+            )
+            raise ValueError(msg)
         self.default_patch_um = float(window_um)
         self.context = float(context)
         self.mpp = float(mpp)
+        self.features = features
+        self.groups: list[MapGroup] = [ALL_GROUPS[f] for f in features]
+        self.n_channels = sum(g.n_channels for g in self.groups)
         self.patch_px = round(self.default_patch_um * self.context / self.mpp)
         #: views as fractions of the read patch: context, window, centre
         self.views = (1.0, 1.0 / self.context, 0.5 / self.context) if self.context > 1 else (1.0, 0.5)
-        self.dim = len(self.views) * (len(MAP_NAMES) + len(STD_MAPS))
+        self.dim = len(self.views) * sum(len(g.features) for g in self.groups)
 
     def input_spec(self, size_um: float) -> tuple[float, int]:
         """Read ``context × size_um`` at ``mpp`` µm/px."""
@@ -167,33 +201,52 @@ class HandcraftedBackbone(Backbone):
     @property
     def feature_names(self) -> list[str]:
         """Names of the features."""
-        base = [f"mean_{n}" for n in MAP_NAMES] + [f"std_{n}" for n in STD_MAPS]
+        base = [n for g in self.groups for n in g.features]
         names = ("context", "window", "centre") if len(self.views) == 3 else ("window", "centre")
         return [f"{b}_{v}" for v in names for b in base]
+
+    def _pixels(self, rgb: np.ndarray) -> np.ndarray:
+        """Per-pixel channels of every group of ``(b, 3, h, w)`` uint8 images → ``(b, n_channels, h, w)``."""
+        im = Images(rgb, self.mpp)
+        return np.concatenate([g.pixels(im) for g in self.groups], axis=1)
+
+    def _reduce(self, means: np.ndarray) -> np.ndarray:
+        """Window means of the channels ``(n, n_channels)`` → features ``(n, dim / n_views)``."""
+        out, start = [], 0
+        for g in self.groups:
+            out.append(g.reduce(means[:, start : start + g.n_channels]))
+            start += g.n_channels
+        return np.concatenate(out, axis=1)
 
     def embed(self, patches: np.ndarray, *, device: Any = None) -> np.ndarray:
         """Features of ``(b, 3, P, P)`` uint8 patches covering the context view at ``mpp`` µm/px."""
         p = np.asarray(patches)
-        maps = pixel_maps(p, self.mpp)
-        h = maps.shape[-1]
-        feats = []
-        for frac in self.views:
-            k = max(1, round(h * frac))
-            a = (h - k) // 2
-            feats += _window_stats(maps, lambda m, a=a, k=k: m[:, :, a : a + k, a : a + k].mean(axis=(2, 3)))
-        return np.concatenate(feats, axis=1).astype(np.float32)
+        out = []
+        for i in range(0, len(p), _CHUNK):
+            maps = self._pixels(p[i : i + _CHUNK])
+            h = maps.shape[-1]
+            feats = []
+            for frac in self.views:
+                k = max(1, round(h * frac))
+                a = (h - k) // 2
+                feats.append(self._reduce(maps[:, :, a : a + k, a : a + k].mean(axis=(2, 3))))
+            out.append(np.concatenate(feats, axis=1))
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
 
     def params(self) -> dict[str, Any]:
-        """Name, dimension, views and analysis resolution."""
+        """Name, dimension, views, analysis resolution and feature groups (when not the base set alone)."""
         out = super().params()
         # version 2: Sobel gradients image by image (version 1's depended on the batch): caches of 1 are stale
         out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)", "version": 2})
+        if self.features != ("base",):
+            out["features"] = list(self.features)
         return out
 
     def map_pixels(self, rgb: np.ndarray) -> np.ndarray:
-        """Per-pixel channels of a ``(1, 3, h, w)`` tile: the maps, then the squares of STD_MAPS."""
-        maps = pixel_maps(rgb, self.mpp)[0]
-        return np.concatenate([maps, maps[_STD_IDX] ** 2], axis=0)
+        """Per-pixel channels of a ``(1, 3, h, w)`` tile, every group's in turn (:attr:`n_channels`)."""
+        return self._pixels(rgb)[0]
 
     def read_um(self, window_um: float) -> float:
         """Side of the largest view (the context) of a window of ``window_um``: what :meth:`input_spec` reads."""
@@ -212,14 +265,15 @@ class HandcraftedBackbone(Backbone):
         """The slide's per-pixel maps over ``[lo_um, hi_um]``, as cell means (one pass, tile by tile).
 
         Windows are then read from it with :meth:`map_features`. Memory: the map holds
-        ``(14 + 4) × area / cell_um²`` float32 values (about 250 MB for a 6.5 mm capture area at 4 µm).
+        ``n_channels × area / cell_um²`` float32 values (18 channels for the base set: about 250 MB for a 6.5 mm
+        capture area at 4 µm).
         """
         return build_cell_map(
             self.map_pixels,
             read_tile,
             lo_um,
             hi_um,
-            n_channels=len(MAP_NAMES) + len(STD_MAPS),
+            n_channels=self.n_channels,
             mpp=self.mpp,
             cell_um=cell_um,
             tile_um=tile_um,
@@ -231,11 +285,7 @@ class HandcraftedBackbone(Backbone):
         """Features of windows of ``window_um`` at ``centers_um`` (µm), read from a :meth:`feature_map`."""
         read_um = self.read_um(window_um)
         sides = [frac * read_um for frac in self.views]
-        feats = []
-        for vals in cmap.window_means(centers_um, sides):
-            mean = vals[:, : len(MAP_NAMES)]
-            std = np.sqrt(np.maximum(vals[:, len(MAP_NAMES) :] - mean[:, _STD_IDX] ** 2, 0.0))
-            feats += [mean, std]
+        feats = [self._reduce(vals) for vals in cmap.window_means(centers_um, sides)]
         return np.concatenate(feats, axis=1).astype(np.float32)
 
     def dense(
