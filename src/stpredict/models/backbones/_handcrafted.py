@@ -176,7 +176,12 @@ class HandcraftedBackbone(Backbone):
     has_dense = True
 
     def __init__(
-        self, window_um: float = 112.0, context: float = 3.0, mpp: float = 1.0, features: Sequence[str] = ("base",)
+        self,
+        window_um: float = 112.0,
+        context: float = 3.0,
+        mpp: float = 1.0,
+        *,
+        features: Sequence[str] = ("base",),
     ) -> None:
         if isinstance(features, str):
             features = (features,)
