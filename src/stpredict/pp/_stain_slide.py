@@ -15,7 +15,6 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import numpy as np
 
@@ -80,8 +79,8 @@ def tissue_pixels(
     h, w = levels[i].shape_yx
     step = max(1, int(np.ceil(np.sqrt(h * w / _MAX_READ))))
     rgb = np.asarray(arr[:, ::step, ::step].compute(), dtype=np.uint8).reshape(3, -1)
-    od = rgb_to_od(rgb)
-    tissue = np.flatnonzero((od > beta).all(axis=0))
+    dense = beta < _OD_LUT  # per uint8 value: the same test as rgb_to_od(rgb) > beta, without a float copy
+    tissue = np.flatnonzero(dense[rgb[0]] & dense[rgb[1]] & dense[rgb[2]])
     if len(tissue) > max_pixels:
         tissue = np.sort(np.random.default_rng(seed).choice(tissue, max_pixels, replace=False))
     return np.ascontiguousarray(rgb[:, tissue, None])
@@ -113,12 +112,35 @@ class SlideStainMap:
         What identifies the map in embedding records (method and statistics, rounded).
     """
 
+    #: largest entry of ``matrix - I`` below which a Macenko map is the identity on uint8 pixels
+    IDENTITY_TOL = 1e-9
+
     method: str
     matrix: np.ndarray | None = None
     offset: np.ndarray | None = None
     lab_from: np.ndarray | None = None
     lab_to: np.ndarray | None = None
     record: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the map leaves every uint8 pixel as it is (a slide normalised onto its own statistics).
+
+        Only a matrix map without offset within :attr:`IDENTITY_TOL` of the identity; its uint8 round trip through
+        optical density is exact (checked over every RGB value in the tests).
+        """
+        if self.matrix is None or self.offset is not None:
+            return False
+        return bool(np.abs(np.asarray(self.matrix, dtype=float) - np.eye(3)).max() <= self.IDENTITY_TOL)
+
+    def token(self) -> str:
+        """A digest of the map's exact parameters (names the normalised arrays, so equal maps share dask keys)."""
+        import hashlib
+
+        h = hashlib.sha1(self.method.encode(), usedforsecurity=False)
+        for a in (self.matrix, self.offset, self.lab_from, self.lab_to):
+            h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """Normalise a ``(c, h, w)`` uint8 block (c ≥ 3)."""
@@ -189,20 +211,23 @@ def hed_jitter_map(alpha: np.ndarray, beta: np.ndarray) -> SlideStainMap:
 def normalized_levels(levels: Sequence[ImageLevel], stain_map: SlideStainMap) -> list[ImageLevel]:
     """Every pyramid level seen through ``stain_map``, lazily (block by block, channels in one block).
 
-    Normalised blocks are kept in a bounded cache shared by the levels (:attr:`stpredict.settings.chunk_cache_mb`),
+    Each level's dask name is derived from its source's and the map's exact parameters (:meth:`SlideStainMap.token`),
+    so the same slide through the same map is the same array in every call (what kept fits are keyed by), and a
+    different reference gives a different name. Normalised blocks are kept in a bounded cache shared by the levels (:attr:`stpredict.settings.chunk_cache_mb`),
     so the many reads a dense map makes of one block (a tile at a time) normalise it once.
     """
     from .._image import ImageLevel
     from .._settings import settings
 
     blocks = _BlockCache(stain_map, int(settings.chunk_cache_mb) * 2**20)
+    token = stain_map.token()
     out = []
     for i, lv in enumerate(levels):
         arr = lv.array
         if arr.numblocks[0] != 1:
             arr = arr.rechunk({0: -1})
         mapped = arr.map_blocks(
-            blocks, level=i, dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8), name=f"stain-{uuid4().hex}"
+            blocks, level=i, dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8), name=f"stain-{token}-{arr.name}"
         )
         out.append(ImageLevel(mapped, factor_x=lv.factor_x, factor_y=lv.factor_y, name=lv.name))
     return out

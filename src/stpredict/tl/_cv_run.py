@@ -185,22 +185,28 @@ def _fold_inputs(
     """A fold's slides and their embeddings: as prepared, or normalised onto the fold's own stain reference.
 
     With a stain method, the reference is fitted on the fold's training slides and every slide of the fold is
-    normalised onto it and embedded through a cache of the fold's (its dense maps are dropped with it).
+    normalised onto it and embedded through a cache of the fold's (its dense maps are dropped with it). Folds
+    whose reference is the same (the same training slides, as the folds of one held-out group) share the
+    embeddings, kept in ``inputs.stains.folds`` for the call (in one process; the normalised slides, which hold
+    their blocks' cache, are made again per fold).
     """
     if inputs.stains is None:
         return inputs.slides.__getitem__, embeddings
     reference = inputs.stains.reference([inputs.slides[j] for j in train_is])
     slides = {j: inputs.stains.normalize(inputs.slides[j], reference) for j in (*train_is, test_i)}
+    done = inputs.stains.folds.setdefault(inputs.stains.digest(reference), {})
     cache = EmbeddingCache(inputs.backbone, inputs.patch_size_um) if inputs.backbone is not None else None
-    done: dict[int, Any] = {}
 
     def emb_of(j: int) -> Any:
         if j not in done:
             before = cache.seconds if cache is not None else 0.0
-            done[j] = inputs.slide_embeddings(j, slides[j], run, cache=cache)
+            emb = inputs.slide_embeddings(j, slides[j], run, cache=cache)
+            done[j] = (emb, slides[j].meta.get("feature_stats"))
             if cache is not None and inputs.cache is not None:  # the call's embedding time counts them
                 inputs.cache.seconds += cache.seconds - before
-        return done[j]
+        elif done[j][1] is not None:  # feature_norm="slide": the statistics travel with the slide
+            slides[j].meta["feature_stats"] = done[j][1]
+        return done[j][0]
 
     return slides.__getitem__, emb_of
 

@@ -17,6 +17,7 @@ Both are steps of the one input path (:mod:`stpredict.tl._pipeline`), the same f
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "StainCopies",
     "Transfer",
     "augment_slide",
+    "clear_stain_estimates",
     "fitted_transfer",
     "standardize",
 ]
@@ -60,6 +62,36 @@ _MIN_TISSUE = 1000
 AUGMENT_ALPHA = 0.15
 AUGMENT_BETA = 0.05
 _MAX_AUGMENT = 16
+#: slides whose tissue-pixel sample and own statistics are kept between calls (they do not depend on the reference)
+_KEEP_ESTIMATES = 32
+_ESTIMATES: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def clear_stain_estimates() -> None:
+    """Forget the slides' kept stain samples and statistics (:class:`SlideStains`)."""
+    _ESTIMATES.clear()
+
+
+def _slide_token(slide: SlideData) -> tuple | None:
+    """What identifies a slide's pixels between calls: its levels' dask names and pixel size (``None``: unnamed)."""
+    names = tuple(getattr(lv.array, "name", None) for lv in slide.image_levels)
+    if not names or any(n is None for n in names):
+        return None
+    return (names, tuple(float(v) for v in slide.microns_per_pixel_xy))
+
+
+def _kept(key: tuple | None, make: Any) -> Any:
+    """``make()``, kept under ``key`` for later calls (most recent :data:`_KEEP_ESTIMATES`; ``None``: not kept)."""
+    if key is None:
+        return make()
+    if key in _ESTIMATES:
+        _ESTIMATES.move_to_end(key)
+        return _ESTIMATES[key]
+    value = make()
+    _ESTIMATES[key] = value
+    while len(_ESTIMATES) > _KEEP_ESTIMATES:
+        _ESTIMATES.popitem(last=False)
+    return value
 
 
 @dataclass(frozen=True)
@@ -121,6 +153,10 @@ def fitted_transfer(predictor: Predictor, stain: str | None, feature_norm: str |
 class SlideStains:
     """Each slide's tissue-pixel sample and own stain statistics, computed once; references and normalised slides.
 
+    The sample and statistics of a slide depend only on its pixels, not on the reference: they are kept between
+    calls too (keyed by the image levels' dask names, which name their content; the :data:`_KEEP_ESTIMATES` most
+    recent slides), so fit, predict and superresolve on one slide estimate its stains once.
+
     Parameters
     ----------
     method
@@ -132,12 +168,19 @@ class SlideStains:
         self._pixels: dict[int, np.ndarray] = {}
         self._own: dict[int, StainNormalizer] = {}
         self._keep: dict[int, SlideData] = {}  # the slides the ids refer to
+        #: cross-validation folds' embeddings of the normalised slides (by slide position), by reference digest:
+        #: folds with the same training slides (leave-one-group-out) share their reference and so their passes
+        self.folds: dict[str, dict[int, Any]] = {}
 
     def pixels(self, slide: SlideData) -> np.ndarray:
         """``(3, n, 1)`` tissue pixels of ``slide`` (sampled once)."""
         key = id(slide)
         if key not in self._pixels:
-            px = tissue_pixels(slide.image_levels, slide.microns_per_pixel_xy)
+            token = _slide_token(slide)
+            px = _kept(
+                None if token is None else ("pixels", *token),
+                lambda: _read_only(tissue_pixels(slide.image_levels, slide.microns_per_pixel_xy)),
+            )
             if px.shape[1] < _MIN_TISSUE:
                 msg = (
                     f"stain={self.method!r}: slide {slide.name!r} has {px.shape[1]} tissue pixels (optical density "
@@ -152,7 +195,11 @@ class SlideStains:
         """The slide's own statistics (a normaliser fitted on its tissue pixels)."""
         key = id(slide)
         if key not in self._own:
-            self._own[key] = StainNormalizer(self.method).fit(self.pixels(slide))
+            px = self.pixels(slide)
+            token = _slide_token(slide)
+            self._own[key] = _kept(
+                None if token is None else ("own", self.method, *token), lambda: StainNormalizer(self.method).fit(px)
+            )
         return self._own[key]
 
     def reference(self, slides: Sequence[SlideData]) -> StainNormalizer:
@@ -165,10 +212,21 @@ class SlideStains:
         )
         return StainNormalizer(self.method).fit(pooled)
 
+    @staticmethod
+    def digest(reference: StainNormalizer) -> str:
+        """A digest of ``reference``'s statistics (what normalised slides and their embeddings are keyed by)."""
+        return _digest(reference.to_record())
+
     def normalize(self, slide: SlideData, reference: StainNormalizer) -> SlideData:
-        """A copy of ``slide`` whose pixels are normalised onto ``reference`` (``meta["stain"]`` records how)."""
+        """A copy of ``slide`` whose pixels are normalised onto ``reference`` (``meta["stain"]`` records how).
+
+        When the map leaves every pixel as it is (the slide is the reference's only source, as in a fit on one
+        slide), ``slide`` itself is returned: its pixels, and so its cached embeddings, are those of ``stain="none"``.
+        """
         smap = slide_stain_map(reference, self.own(slide))
-        rec = {"method": self.method, "reference": _digest(reference.to_record()), "slide": _digest(smap.record)}
+        if smap.is_identity:
+            return slide
+        rec = {"method": self.method, "reference": self.digest(reference), "slide": _digest(smap.record)}
         meta = dict(slide.meta, stain=rec)
         return dataclasses.replace(slide, image_levels=normalized_levels(slide.image_levels, smap), meta=meta)
 
@@ -251,6 +309,11 @@ class StainCopies:
                     self.cache.seconds += cache.seconds
             self._whole[key] = (src, slide)  # src held: its id stays its own
         return self._whole[key][1]
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
 
 
 def _digest(rec: dict[str, Any]) -> str:
