@@ -8,6 +8,20 @@ from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
 
+_STAIN = """\
+stain
+    Stain normalisation of every slide, as a whole, before it is read: ``"macenko"`` (hematoxylin and eosin
+    concentrations rescaled onto the reference's and re-expressed with its stain vectors; the optical density
+    the two stains do not explain is kept), ``"reinhard"`` (CIELAB mean and sd matched) or ``"none"``. The
+    reference is fitted on the training slides' tissue pixels (each slide weighted equally) and travels with the
+    fitted model, which applies it to every slide it predicts; a model saved without one predicts with
+    ``"none"``."""
+_FEATURE_NORM = """\
+feature_norm
+    ``"slide"``: standardise each slide's embeddings with the mean and sd of its own spots' embeddings (its grid
+    regions with the same statistics), a correction for shifts between slides that uses no expression.
+    ``"none"`` (or ``None``, the default): as computed. A fitted model applies what it was fitted with."""
+
 _PARAMS = {
     "sdata": """\
 sdata
@@ -46,18 +60,20 @@ dense
     ``docs/benchmarks.md``), taken only with ``True``; ViTs and models with squeeze-excitation have none.
     ``None``: ``handcrafted`` takes whichever reads fewer pixels (the map for µm bins and for most spot
     layouts), every other backbone its windows; ``False`` is the per-window reference.""",
-    "transfer": """\
-stain
-    Stain normalisation of every slide, as a whole, before it is read: ``"macenko"`` (hematoxylin and eosin
-    concentrations rescaled onto the reference's and re-expressed with its stain vectors; the optical density
-    the two stains do not explain is kept), ``"reinhard"`` (CIELAB mean and sd matched) or ``"none"``. The
-    reference is fitted on the training slides' tissue pixels (each slide weighted equally) and travels with the
-    fitted model, which applies it to every slide it predicts. ``None``: ``"none"`` for a model fitted here, the
-    model's own for a fitted one (asking for another fails).
-feature_norm
-    ``"slide"``: standardise each slide's embeddings with the mean and sd of its own spots' embeddings (its grid
-    regions with the same statistics), a correction for shifts between slides that uses no expression.
-    ``"none"`` (or ``None``, the default): as computed. A fitted model applies what it was fitted with.""",
+    "transfer": _STAIN
+    + """ ``None``: ``"none"`` for a model fitted here (a slide normalised onto its own stains is unchanged),
+    the model's own for a fitted one (asking for another fails).
+"""
+    + _FEATURE_NORM,
+    "transfer_fit": _STAIN
+    + """ ``None`` (the default): ``"macenko"``, or ``"none"``, with a
+    warning, when a training slide's stains cannot be estimated (under 1,000 tissue pixels: a blank or non-H&E
+    image); ``"none"`` for a model that never reads the image (``mean``, ``copy``, ``neighbors``) and, with
+    ``client`` and stores, ``"none"`` (their embeddings are computed on the workers). Across slides
+    Macenko is never worse than no stain handling in the benchmarks; a fit on one slide records its stains at no
+    cost (the slide is its own reference), for the slides the model will predict.
+"""
+    + _FEATURE_NORM,
     "augment": """\
 stain_augment
     Train also on this many copies of each training slide re-stained by a random HED jitter of the whole slide

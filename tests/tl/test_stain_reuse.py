@@ -134,3 +134,46 @@ def test_cross_validate_folds_with_the_same_reference_share_their_embedding_pass
     alone = stp.tl.cross_validate(slides, "ridge", **kw)
     assert len(passes) == 12
     np.testing.assert_array_equal(shared.scores["pearson"].to_numpy(), alone.scores["pearson"].to_numpy())
+
+
+def _pale(sdata):
+    """``sdata``'s spots and counts on a near-white image: no pixel is tissue by Macenko's rule (OD > 0.15)."""
+    geo = stp.pp.spots(sdata)
+    img = np.asarray(image_levels(sdata.images[geo.image_key])[0].array.compute())
+    pale = (235 + img // 64).astype(np.uint8)
+    table = sdata.tables[geo.table_key][geo.rows]
+    return stp.io.from_arrays(
+        pale, geo.centers, table.X, geo.microns_per_pixel_xy, geo.diameter_um, genes=list(table.var_names)
+    )
+
+
+def test_fit_normalises_with_macenko_by_default_and_none_stays_none(tmp_path):
+    default = stp.tl.fit([_slide(0), _slide(1)], "ridge", progress=False)
+    assert default.backbone["stain"]["method"] == "macenko"
+    plain = stp.tl.fit([_slide(0), _slide(1)], "ridge", stain="none", progress=False)
+    assert "stain" not in plain.backbone
+    plain.save(tmp_path / "plain.pt")  # a checkpoint without a stain record, as every one saved before
+    loaded = stp.models.load(tmp_path / "plain.pt")
+    transfer, reference = _transfer.fitted_transfer(loaded, None, None)
+    assert transfer.stain == "none" and reference is None
+    with pytest.raises(ValueError, match="fitted with stain='none'"):
+        stp.tl.predict(_slide(2), loaded, stain="macenko", progress=False)
+
+
+def test_default_stain_falls_back_to_none_on_a_slide_without_tissue_pixels(caplog):
+    pale = _pale(_slide(0))
+    with caplog.at_level("WARNING", logger="stpredict"):
+        model = stp.tl.fit(pale, "ridge", n_genes=4, progress=False)
+    assert "stain" not in model.backbone
+    assert "is not applied" in caplog.text
+    with pytest.raises(_transfer.StainEstimateError, match="too few to estimate its stains"):
+        stp.tl.fit(_pale(_slide(0)), "ridge", n_genes=4, stain="macenko", progress=False)
+
+
+def test_default_stain_is_skipped_for_a_model_that_never_reads_the_image(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the image was read for its stains")
+
+    monkeypatch.setattr(_transfer, "tissue_pixels", fail)
+    model = stp.tl.fit([_slide(0), _slide(1)], "mean", n_genes=4, progress=False)
+    assert "stain" not in (model.backbone or {})

@@ -11,7 +11,7 @@ from .._logging import get_logger
 from ._cohort_run import check_client, check_slides, open_store, persist
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, embed_slide, prepare_training
-from ._transfer import Transfer
+from ._transfer import fit_transfer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -160,7 +160,7 @@ def fit(
     {batch}
     {progress}
     {dense}
-    {transfer}
+    {transfer_fit}
     {augment}
     cache_embeddings
         Store the spots' embeddings in ``obsm`` for reuse (the only change made to ``sdata``; for a store, in
@@ -168,7 +168,8 @@ def fit(
     client
         A ``dask.distributed.Client``: for stores and an embedding-based predictor, embed the stores on its
         workers first (:func:`~stpredict.tl.embed_cohort`, one task per store, features cached in each store),
-        then train here on the cached features. Ignored with ``stain`` or ``stain_augment`` (the embeddings are
+        then train here on the cached features (``stain`` then defaults to ``"none"``). Ignored with
+        ``stain="macenko"|"reinhard"`` or ``stain_augment`` (the embeddings are
         of the normalised slides, whose reference needs all of them).
     **model_kwargs
         Options of the predictor (see its class).
@@ -200,7 +201,9 @@ def fit(
     elements = Elements(image_key, spots_key, table_key, microns_per_pixel)
     t0 = time.perf_counter()
     stores = [it for it in items if isinstance(it, str)]
-    if client is not None and stores and stain in (None, "none") and not stain_augment:
+    if client is not None and stores and stain is None:
+        stain = "none"  # the default on a client: the stores' embeddings are computed on its workers
+    if client is not None and stores and stain == "none" and not stain_augment:
         _embed_on_client(
             stores, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um, elements=elements,
             run=run, client=client,
@@ -216,7 +219,7 @@ def fit(
         patch_size_um=patch_size_um,
         elements=elements,
         layer=layer,
-        transfer=Transfer(stain, feature_norm, stain_augment),
+        transfer=fit_transfer(stain, feature_norm, stain_augment),
     )
     logger.info(
         "fit: %s on %d spots of %d slide(s), %d genes.",

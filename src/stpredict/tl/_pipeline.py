@@ -31,7 +31,7 @@ from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._options import Compute, Elements
 from ._pipeline_checks import check_enough_spots, require_measured, spot_geometry
 from ._targets import preprocessing_record, select_genes, targets
-from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, standardize
+from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, normalize_training, standardize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -286,14 +286,13 @@ def prepare_training(
     slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
     _distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
-    if bb is not None or (predictor is not None and predictor.consumes != "embeddings"):
-        warn_coarse_image(slides)  # a model that reads the image
+    reads_image = bb is not None or (predictor is not None and predictor.consumes != "embeddings")
+    if reads_image:
+        warn_coarse_image(slides)
     transfer = transfer or Transfer()
-    reference = None
-    if transfer.stain != "none":
-        stains = SlideStains(transfer.stain)
-        reference = stains.reference(slides)
-        slides = [stains.normalize(sl, reference) for sl in slides]
+    if transfer.fallback and not reads_image:  # the default, for a model that never reads the image: nothing to do
+        transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
+    slides, transfer, reference = normalize_training(slides, transfer)
     return Inputs(sdatas, geos, slides, panel, how, bb, _patch_size(bb, patch_size_um), layer, transfer, reference)
 
 

@@ -43,9 +43,13 @@ __all__ = [
     "STAIN_METHODS",
     "SlideStains",
     "StainCopies",
+    "FIT_STAIN",
+    "StainEstimateError",
     "Transfer",
     "augment_slide",
     "clear_stain_estimates",
+    "fit_transfer",
+    "normalize_training",
     "fitted_transfer",
     "standardize",
 ]
@@ -53,6 +57,8 @@ __all__ = [
 logger = get_logger(__name__)
 
 STAIN_METHODS = ("none", "macenko", "reinhard")
+#: what a fit normalises with when ``stain`` is not given (see :func:`fit_transfer`)
+FIT_STAIN = "macenko"
 FEATURE_NORMS = ("none", "slide")
 #: fewest tissue pixels a slide must give for its stain statistics
 _MIN_TISSUE = 1000
@@ -106,11 +112,15 @@ class Transfer:
         ``"none"`` or ``"slide"`` (``None``: ``"none"``).
     stain_augment
         Re-stained copies of each training slide (0: none).
+    fallback
+        The stain method is a default, not a request: training slides whose stains cannot be estimated (too few
+        tissue pixels) make the fit use ``"none"``, with a warning, instead of failing.
     """
 
     stain: str | None = "none"
     feature_norm: str | None = "none"
     stain_augment: int = 0
+    fallback: bool = False
 
     def __post_init__(self) -> None:
         stain = "none" if self.stain is None else self.stain
@@ -128,6 +138,17 @@ class Transfer:
         object.__setattr__(self, "stain", stain)
         object.__setattr__(self, "feature_norm", norm)
         object.__setattr__(self, "stain_augment", int(k))
+
+
+def fit_transfer(stain: str | None, feature_norm: str | None, stain_augment: int) -> Transfer:
+    """The options of a fit: ``stain=None`` is :data:`FIT_STAIN`, falling back to ``"none"`` (see :class:`Transfer`)."""
+    if stain is None:
+        return Transfer(FIT_STAIN, feature_norm, stain_augment, fallback=True)
+    return Transfer(stain, feature_norm, stain_augment)
+
+
+class StainEstimateError(ValueError):
+    """A slide's stains cannot be estimated (too few tissue pixels)."""
 
 
 def fitted_transfer(predictor: Predictor, stain: str | None, feature_norm: str | None) -> tuple[Transfer, Any]:
@@ -187,7 +208,7 @@ class SlideStains:
                     f"> 0.15 on every channel), too few to estimate its stains; is the image blank or not an H&E? "
                     "Use stain='none' for this slide."
                 )
-                raise ValueError(msg)
+                raise StainEstimateError(msg)
             self._pixels[key], self._keep[key] = px, slide
         return self._pixels[key]
 
@@ -203,7 +224,12 @@ class SlideStains:
         return self._own[key]
 
     def reference(self, slides: Sequence[SlideData]) -> StainNormalizer:
-        """A reference fitted on the tissue pixels of ``slides``, each contributing the same number of pixels."""
+        """A reference fitted on the tissue pixels of ``slides``, each contributing the same number of pixels.
+
+        One slide's reference is its own statistics (the same fit of the same pixels, kept: :meth:`own`).
+        """
+        if len(slides) == 1:
+            return dataclasses.replace(self.own(slides[0]))
         samples = [self.pixels(sl) for sl in slides]
         n = min(s.shape[1] for s in samples)
         rng = np.random.default_rng(0)
@@ -229,6 +255,27 @@ class SlideStains:
         rec = {"method": self.method, "reference": self.digest(reference), "slide": _digest(smap.record)}
         meta = dict(slide.meta, stain=rec)
         return dataclasses.replace(slide, image_levels=normalized_levels(slide.image_levels, smap), meta=meta)
+
+
+def normalize_training(
+    slides: list[SlideData], transfer: Transfer
+) -> tuple[list[SlideData], Transfer, StainNormalizer | None]:
+    """Training ``slides`` normalised onto a reference fitted on all of them: ``(slides, transfer, reference)``.
+
+    Without a stain method, as they are (reference ``None``). When the method is a default (``transfer.fallback``)
+    and some slide's stains cannot be estimated, the slides are left as they are and ``transfer`` says ``"none"``.
+    """
+    if transfer.stain == "none":
+        return slides, transfer, None
+    stains = SlideStains(transfer.stain)
+    try:
+        reference = stains.reference(slides)
+    except StainEstimateError as e:
+        if not transfer.fallback:
+            raise
+        logger.warning("stain=%r (the default) is not applied: %s", transfer.stain, e)
+        return slides, Transfer("none", transfer.feature_norm, transfer.stain_augment), None
+    return [stains.normalize(sl, reference) for sl in slides], transfer, reference
 
 
 def augment_slide(slide: SlideData, index: int, copy: int) -> SlideData:
