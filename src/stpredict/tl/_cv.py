@@ -127,7 +127,9 @@ def cross_validate(
         :func:`stpredict.tl.fit`: in each fold of the cross-slide protocols every slide is normalised onto a
         reference fitted on that fold's training slides only (the held-out slide's pixels never shape it).
         Within one slide (``hide_spots``, ``pool``) the reference would be the slide itself, the identity: it is
-        skipped.
+        skipped. The default here stays ``"none"`` (a normalised pass per slide and fold), while
+        :func:`~stpredict.tl.fit` normalises with ``"macenko"`` by default: pass ``stain="macenko"`` to score the
+        pipeline ``fit`` runs.
     feature_norm
         ``"slide"``: each slide's embeddings standardised with its own spots' statistics (see
         :func:`stpredict.tl.fit`).
