@@ -54,6 +54,18 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
             a = t.float()[:, None] * freqs[None]
             return self.mlp(torch.cat([a.sin(), a.cos()], -1))
 
+    class Encoded:
+        """Encoded conditions and, per module and resolution, what that module derives from them (memoised)."""
+
+        def __init__(self, z: tuple[torch.Tensor, ...], scales: list[torch.Tensor]) -> None:
+            self.z, self.scales, self._memo = z, scales, {}
+
+        def memo(self, module: nn.Module, size: Any, make: Callable[[], Any]) -> Any:
+            key = (id(module), tuple(size))
+            if key not in self._memo:
+                self._memo[key] = make()
+            return self._memo[key]
+
     class CMAM(nn.Module):
         """Cross-modal adaptive modulation: per-modality and shared spatial scale/shift, gated."""
 
@@ -68,12 +80,17 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
                 nn.init.zeros_(m.weight)
                 nn.init.zeros_(m.bias)
 
-        def forward(self, h, z_img, z_expr, z_shared, temb):
+        def forward(self, h, enc, temb):
+            def mods():  # the three modulations at h's resolution: constant over diffusion steps
+                z_img, z_expr, z_shared = enc.z
+                m = [self.img(z_img), self.expr(z_expr), self.shared(z_shared)]  # (b', 2c, H', W') each
+                if m[0].shape[-2:] != h.shape[-2:]:
+                    m = [F.interpolate(v, size=h.shape[-2:], mode="nearest") for v in m]
+                return m
+
+            m = enc.memo(self, h.shape[-2:], mods)
             g = torch.softmax(self.gate(temb), -1)[:, :, None, None, None]  # (b, 3, 1, 1, 1)
-            mods = torch.stack([self.img(z_img), self.expr(z_expr), self.shared(z_shared)], 1)  # (b, 3, 2c, H, W)
-            mod = (g * F.interpolate(mods.flatten(1, 2), size=h.shape[-2:], mode="nearest").unflatten(1, (3, -1))).sum(
-                1
-            )
+            mod = g[:, 0] * m[0] + g[:, 1] * m[1] + g[:, 2] * m[2]
             scale, shift = mod.chunk(2, dim=1)
             return self.norm(h) * (1 + scale) + shift
 
@@ -87,10 +104,10 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
             self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
             self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-        def forward(self, x, cond, temb):
-            h = self.conv1(F.silu(self.mod1(x, *cond, temb)))
+        def forward(self, x, enc, temb):
+            h = self.conv1(F.silu(self.mod1(x, enc, temb)))
             h = h + self.t(temb)[:, :, None, None]
-            h = self.conv2(F.silu(self.mod2(h, *cond, temb)))
+            h = self.conv2(F.silu(self.mod2(h, enc, temb)))
             return h + self.skip(x)
 
     class DynamicCrossAttention(nn.Module):
@@ -108,22 +125,28 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
             nn.init.zeros_(self.out.bias)
             self.norm = gn(c)
 
-        def forward(self, h, scales, temb):
-            # h: (b, c, H, W); scales: list of (b, C, H', W') image features; temb: (b, T)
+        def forward(self, h, enc, temb):
+            # h: (b, c, H, W); enc.scales: (b', C, H', W') image features (b' = b, or 1 shared by the batch)
             b, c, H, W = h.shape
+
+            def tokens():  # the image tokens at h's resolution and the slide tokens: constant over diffusion steps
+                toks = [
+                    F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+                    for s in enc.scales
+                ]
+                glob = (
+                    torch.stack([s.mean((2, 3)) for s in enc.scales], 1).mean(1, keepdim=True)
+                    + self.global_tokens[None]
+                ).unsqueeze(1)
+                return torch.stack(toks, 2), glob  # (b', HW, S, C), (b', 1, G, C)
+
+            toks, glob = enc.memo(self, (H, W), tokens)
             q_in = self.norm(h).flatten(2).transpose(1, 2)  # (b, HW, c)
-            toks = [
-                F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
-                for s in scales
-            ]
             gate = torch.softmax(
                 self.scale_gate(torch.cat([temb[:, None].expand(-1, H * W, -1), q_in], -1)), -1
             )  # (b, HW, S)
-            local = torch.stack(toks, 2) * gate[..., None]  # (b, HW, S, C)
-            glob = (
-                torch.stack([s.mean((2, 3)) for s in scales], 1).mean(1, keepdim=True) + self.global_tokens[None]
-            ).unsqueeze(1)
-            kv_in = torch.cat([local, glob.expand(-1, H * W, -1, -1)], 2)  # (b, HW, S+G, C)
+            local = toks * gate[..., None]  # (b, HW, S, C)
+            kv_in = torch.cat([local, glob.expand(b, H * W, -1, -1)], 2)  # (b, HW, S+G, C)
             k, v = self.kv(kv_in).chunk(2, -1)
             q = self.q(q_in)
             sh = lambda z: z.view(*z.shape[:-1], self.heads, self.dh)  # noqa: E731
@@ -157,29 +180,40 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
             self.gcn_w = nn.Parameter(torch.zeros(G, G))
             self.gcn_gate = nn.Parameter(torch.zeros(G))
 
-        def forward(self, x, t, low, img, mask_low, drop_img):  # noqa: PLR0917 - nn.Module calls are positional
-            # x, low: (b, G, H, W); img: (b, F, H, W); mask_low: (b, 1, H, W); drop_img: (b,) bool
-            temb = self.temb(t)
+        def encode(self, low, img, mask_low, drop_img) -> Encoded:
+            """The conditions' features (modality encoders, image scales): what does not change over diffusion steps."""
+            # low: (b, G, H, W); img: (b, F, H, W); mask_low: (b, 1, H, W); drop_img: (b,) bool
             img = torch.where(drop_img[:, None, None, None], self.null_img[None, :, None, None].expand_as(img), img)
             z_img = self.enc_img(img)
             z_expr = self.enc_expr(torch.cat([low, mask_low], 1))
             z_sh = self.enc_shared(torch.cat([z_img, z_expr], 1))
-            cond = (z_img, z_expr, z_sh)
             scales = []
             for i, conv in enumerate(self.img_scales):
                 s = conv(img)
                 k = 3**i
                 scales.append(F.avg_pool2d(s, k, stride=1, padding=k // 2, count_include_pad=False) if k > 1 else s)
+            return Encoded((z_img, z_expr, z_sh), scales)
+
+        def denoise(self, x, t, enc: Encoded):
+            """ε from the noised residual ``x`` (b, G, H, W) at times ``t`` (b,) under encoded conditions.
+
+            ``enc`` may hold one condition shared by the whole batch (its tensors broadcast): sampling encodes the
+            map once and reuses it for every sample and step.
+            """
+            temb = self.temb(t)
             h0 = self.inp(x)
-            h1 = self.down1(h0, cond, temb)
-            h2 = self.down2(F.avg_pool2d(h1, 2, ceil_mode=True), cond, temb)
-            m = self.attn_mid(self.mid(h2, cond, temb), scales, temb)
-            u2 = self.up2(torch.cat([m, h2], 1), cond, temb)
-            u2 = self.attn_up(F.interpolate(u2, size=h1.shape[-2:], mode="nearest"), scales, temb)
-            u1 = self.up1(torch.cat([u2, h1], 1), cond, temb)
+            h1 = self.down1(h0, enc, temb)
+            h2 = self.down2(F.avg_pool2d(h1, 2, ceil_mode=True), enc, temb)
+            m = self.attn_mid(self.mid(h2, enc, temb), enc, temb)
+            u2 = self.up2(torch.cat([m, h2], 1), enc, temb)
+            u2 = self.attn_up(F.interpolate(u2, size=h1.shape[-2:], mode="nearest"), enc, temb)
+            u1 = self.up1(torch.cat([u2, h1], 1), enc, temb)
             eps = self.out(u1)
             graph = torch.einsum("gk,bkhw->bghw", self.adj * self.gcn_w, eps)
             return eps + torch.tanh(self.gcn_gate)[None, :, None, None] * graph
+
+        def forward(self, x, t, low, img, mask_low, drop_img):  # noqa: PLR0917 - nn.Module calls are positional
+            return self.denoise(x, t, self.encode(low, img, mask_low, drop_img))
 
     return Net()
 

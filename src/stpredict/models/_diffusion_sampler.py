@@ -133,18 +133,19 @@ def ddim_sample(
     ts = np.linspace(T - 1, 0, steps).round().astype(int)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     x = torch.randn((n, *low_std.shape), generator=gen).to(dev)
-    low = torch.as_tensor(low_std, device=dev)[None].expand(n, -1, -1, -1)
-    lm = torch.as_tensor(low_mask, device=dev)[None, None].expand(n, -1, -1, -1)
-    im = torch.as_tensor(img, device=dev)[None].expand(n, -1, -1, -1)
-    keep = torch.zeros(n, dtype=torch.bool, device=dev)
-    drop = torch.ones(n, dtype=torch.bool, device=dev)
+    low = torch.as_tensor(low_std, device=dev)[None]
+    lm = torch.as_tensor(low_mask, device=dev)[None, None]
+    im = torch.as_tensor(img, device=dev)[None]
     w = guidance
     with torch.inference_mode(), autocast(dev):
+        # the conditions are the same for every sample and step: encoded once, broadcast over the batch
+        enc = net.encode(low, im, lm, torch.zeros(1, dtype=torch.bool, device=dev))
+        enc_u = net.encode(low, im, lm, torch.ones(1, dtype=torch.bool, device=dev)) if w != 1.0 else None
         for i, t in enumerate(ts):
             tt = torch.full((n,), int(t), device=dev)
-            eps = net(x, tt, low, im, lm, keep).float()
-            if w != 1.0:
-                eps_u = net(x, tt, low, im, lm, drop).float()
+            eps = net.denoise(x, tt, enc).float()
+            if enc_u is not None:
+                eps_u = net.denoise(x, tt, enc_u).float()
                 eps = eps_u + w * (eps - eps_u)
             a = abar[t].float()
             x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
