@@ -143,7 +143,7 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
             toks, glob = enc.memo(self, (H, W), tokens)
             q_in = self.norm(h).flatten(2).transpose(1, 2)  # (b, HW, c)
             gate = torch.softmax(
-                self.scale_gate(torch.cat([temb[:, None].expand(-1, H * W, -1), q_in], -1)), -1
+                self.scale_gate(torch.cat([temb[:, None].expand(b, H * W, -1), q_in], -1)), -1
             )  # (b, HW, S)
             local = toks * gate[..., None]  # (b, HW, S, C)
             kv_in = torch.cat([local, glob.expand(b, H * W, -1, -1)], 2)  # (b, HW, S+G, C)

@@ -142,7 +142,7 @@ def ddim_sample(
         enc = net.encode(low, im, lm, torch.zeros(1, dtype=torch.bool, device=dev))
         enc_u = net.encode(low, im, lm, torch.ones(1, dtype=torch.bool, device=dev)) if w != 1.0 else None
         for i, t in enumerate(ts):
-            tt = torch.full((n,), int(t), device=dev)
+            tt = torch.full((1,), int(t), device=dev)  # one time for the whole batch (broadcast)
             eps = net.denoise(x, tt, enc).float()
             if enc_u is not None:
                 eps_u = net.denoise(x, tt, enc_u).float()
