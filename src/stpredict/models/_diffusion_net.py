@@ -5,6 +5,11 @@ modulated by a gated spatial scale-and-shift from each (cross-modal adaptive mod
 first decoder level attend over image features at cell, neighbourhood and tissue scales with a time-dependent
 gate (dynamic cross-attention), and the output passes through a learned graph convolution over co-expressed genes.
 See :mod:`stpredict.models.diffusion` for the method.
+
+The network is split into ``encode`` (the conditions) and ``denoise`` (one step): what depends only on
+the conditions — the modality encoders, each block's modulation maps, the attention tokens' key and value
+projections — is computed once per map and reused by every sample and DDIM step (``ddim_sample``); a batch
+shares one encoded condition by broadcasting. Training calls ``forward``, which does both.
 """
 
 from __future__ import annotations
@@ -128,31 +133,45 @@ def build_denoiser(n_genes: int, n_img: int, adjacency: np.ndarray, cfg: dict[st
         def forward(self, h, enc, temb):
             # h: (b, c, H, W); enc.scales: (b', C, H', W') image features (b' = b, or 1 shared by the batch)
             b, c, H, W = h.shape
+            nh, dh = self.heads, self.dh
+            w_k, w_v = self.kv.weight.chunk(2, 0)
+            b_k, b_v = (z.view(nh, dh) for z in self.kv.bias.chunk(2))
 
-            def tokens():  # the image tokens at h's resolution and the slide tokens: constant over diffusion steps
-                toks = [
-                    F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
-                    for s in enc.scales
-                ]
+            def tokens():  # keys and values of the image and slide tokens: constant over diffusion steps
+                toks = torch.stack(
+                    [
+                        F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+                        for s in enc.scales
+                    ],
+                    2,
+                )  # (b', HW, S, C)
                 glob = (
                     torch.stack([s.mean((2, 3)) for s in enc.scales], 1).mean(1, keepdim=True)
                     + self.global_tokens[None]
-                ).unsqueeze(1)
-                return torch.stack(toks, 2), glob  # (b', HW, S, C), (b', 1, G, C)
+                ).unsqueeze(1)  # (b', 1, G, C)
+                k_glob, v_glob = self.kv(glob).chunk(2, -1)
+                sh = lambda z: z.reshape(*z.shape[:-1], nh, dh)  # noqa: E731
+                # a local token enters scaled by its gate g: kv(g·x) = g·(W x) + bias, so W x is computed once
+                return sh(F.linear(toks, w_k)), sh(F.linear(toks, w_v)), sh(k_glob), sh(v_glob)
 
-            toks, glob = enc.memo(self, (H, W), tokens)
+            k_loc, v_loc, k_glob, v_glob = enc.memo(self, (H, W), tokens)  # (b', HW|1, S|G, nh, dh)
             q_in = self.norm(h).flatten(2).transpose(1, 2)  # (b, HW, c)
+            # scale gate from [time embedding, query]: its two halves of the weight applied separately
+            w_t, w_q = self.scale_gate.weight.split([temb.shape[-1], c], 1)
             gate = torch.softmax(
-                self.scale_gate(torch.cat([temb[:, None].expand(b, H * W, -1), q_in], -1)), -1
+                F.linear(temb, w_t)[:, None] + F.linear(q_in, w_q, self.scale_gate.bias), -1
             )  # (b, HW, S)
-            local = toks * gate[..., None]  # (b, HW, S, C)
-            kv_in = torch.cat([local, glob.expand(b, H * W, -1, -1)], 2)  # (b, HW, S+G, C)
-            k, v = self.kv(kv_in).chunk(2, -1)
-            q = self.q(q_in)
-            sh = lambda z: z.view(*z.shape[:-1], self.heads, self.dh)  # noqa: E731
-            att = torch.einsum("bnhd,bnshd->bnhs", sh(q), sh(k)) / math.sqrt(self.dh)
-            o = torch.einsum("bnhs,bnshd->bnhd", att.softmax(-1), sh(v)).reshape(b, H * W, c)
-            return h + self.out(o).transpose(1, 2).view(b, c, H, W)
+            q = self.q(q_in).view(b, H * W, 1, nh, dh) / math.sqrt(dh)
+            # scores of the gated local tokens g·k + b_k and of the slide tokens, then softmax over all of them
+            s_loc = gate[..., None] * (q * k_loc).sum(-1) + (q * b_k).sum(-1)  # (b, HW, S, nh)
+            att = torch.cat([s_loc, (q * k_glob).sum(-1)], 2).softmax(2)  # (b, HW, S+G, nh)
+            a_loc, a_glob = att.split([k_loc.shape[2], k_glob.shape[2]], 2)
+            o = (
+                ((a_loc * gate[..., None])[..., None] * v_loc).sum(2)
+                + a_loc.sum(2)[..., None] * b_v
+                + (a_glob[..., None] * v_glob).sum(2)
+            )  # (b, HW, nh, dh)
+            return h + self.out(o.reshape(b, H * W, c)).transpose(1, 2).view(b, c, H, W)
 
     class Net(nn.Module):
         def __init__(self) -> None:
