@@ -107,3 +107,30 @@ def test_never_reads_the_whole_slide():
 def test_bad_sizes(size_um, sdata_syn):
     with pytest.raises(ValueError, match="positive"):
         stp.pp.patches(sdata_syn, size_um=size_um)
+
+
+def test_tiles_share_one_chunk_cache():
+    """A dense map's tiles overlap in their context margins: each image chunk is decoded once per pass."""
+    import dask.array as da
+
+    from stpredict._image import ImageLevel
+    from stpredict.pp._tiles import tile_reader
+
+    calls = []
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (3, 1024, 1024), dtype=np.uint8)
+
+    def block(block_info=None):
+        calls.append(tuple(block_info[None]["chunk-location"]))
+        (_, y0_y1, x0_x1) = block_info[None]["array-location"]
+        return pixels[:, slice(*y0_y1), slice(*x0_x1)]
+
+    img = da.map_blocks(block, dtype=np.uint8, chunks=((3,), (256,) * 4, (256,) * 4))
+    levels = [ImageLevel(img, 1.0, 1.0, "scale0")]
+    read_tile = tile_reader(levels, (0.5, 0.5))
+    centres = [(x, y) for y in (64.0, 128.0, 192.0, 256.0) for x in (64.0, 128.0, 192.0, 256.0)]
+    tiles = [read_tile(np.array(c), 96.0, 192) for c in centres]
+    assert len(calls) == len(set(calls)) == 9  # the 3 × 3 chunks under the tiles, each once: 16 tiles overlap
+    for c, tile in zip(centres, tiles, strict=True):  # the same pixels as a reader made for that tile alone
+        alone = PatchExtractor(levels, np.array([c]) / 0.5, (0.5, 0.5), size_um=96.0, patch_px=192).read([0])
+        np.testing.assert_array_equal(tile, alone)

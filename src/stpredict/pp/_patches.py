@@ -163,11 +163,7 @@ class PatchExtractor:
         self._pid = os.getpid()
         self._dsk: dict | None = None  # the level's low-level task graph, built on the first read
         self._pool: ThreadPoolExecutor | None = None
-        # window origins in level pixels
-        cx = self.centers[:, 0] / lvl.factor_x
-        cy = self.centers[:, 1] / lvl.factor_y
-        self._x0 = np.floor(cx - wx / 2 + 0.5).astype(np.int64)
-        self._y0 = np.floor(cy - wy / 2 + 0.5).astype(np.int64)
+        self._x0, self._y0 = self._origins(self.centers)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -182,6 +178,27 @@ class PatchExtractor:
 
     def __len__(self) -> int:
         return len(self.centers)
+
+    def with_centers(self, centers: np.ndarray) -> PatchExtractor:
+        """The same reader over other window centres, sharing this one's chunk cache and task graph.
+
+        A pass that reads many small sets of windows from one image (the tiles of a dense map) keeps the chunks
+        it decoded for its neighbours instead of decoding them again for every set.
+        """
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)  # not copy.copy: pickling's __getstate__ would drop the cache
+        other.centers = np.asarray(centers, dtype=float).reshape(-1, 2)
+        other._x0, other._y0 = self._origins(other.centers)
+        return other
+
+    def _origins(self, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Window origins in the read level's pixels."""
+        lvl = self.levels[self.plan.level]
+        cx = centers[:, 0] / lvl.factor_x
+        cy = centers[:, 1] / lvl.factor_y
+        x0 = np.floor(cx - self.plan.win_x / 2 + 0.5).astype(np.int64)
+        y0 = np.floor(cy - self.plan.win_y / 2 + 0.5).astype(np.int64)
+        return x0, y0
 
     @property
     def level(self) -> int:

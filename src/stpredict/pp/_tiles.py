@@ -16,15 +16,20 @@ def tile_reader(levels: Sequence, mpp_xy: Sequence[float]) -> Callable[[np.ndarr
     """A ``read_tile(center_um_xy, size_um, out_px) -> (1, 3, out_px, out_px)`` uint8 reader of an image pyramid.
 
     Tiles are read like patches (:class:`~stpredict.pp.PatchExtractor`: the pyramid level nearest the requested
-    resolution, white padding outside the image), so dense maps see the same pixels as windows.
+    resolution, white padding outside the image), so dense maps see the same pixels as windows. All tiles of one
+    size share one bounded chunk cache (:attr:`stpredict.settings.chunk_cache_mb`): the chunks under a tile's
+    context margin are decoded once, not again for each neighbouring tile.
     """
     from ._patches import PatchExtractor
 
     mpp = np.asarray(mpp_xy, dtype=float)
+    readers: dict[tuple[float, int], PatchExtractor] = {}
 
     def read_tile(center_um: np.ndarray, size_um: float, out_px: int) -> np.ndarray:
         centre_px = (np.asarray(center_um, dtype=float) / mpp)[None]
-        ext = PatchExtractor(levels, centre_px, tuple(mpp), size_um=size_um, patch_px=out_px)
-        return ext.read([0])
+        key = (float(size_um), int(out_px))
+        if key not in readers:
+            readers[key] = PatchExtractor(levels, centre_px, tuple(mpp), size_um=size_um, patch_px=out_px)
+        return readers[key].with_centers(centre_px).read([0])
 
     return read_tile
