@@ -8,6 +8,7 @@ from ._condition_grid import condition_grid
 from ._denoise import DenoiseResult, denoise_measured
 from ._folds import spatial_folds
 from ._grid import GridPoints, Lattice, fit_lattice, grid, make_grid
+from ._grid_lattice import GridLattice, grid_lattice
 from ._patch_dataset import PatchDataset, patches
 from ._patches import PatchExtractor, choose_level
 from ._pool import pool_to_spots
@@ -19,6 +20,7 @@ __all__ = [
     "aggregate_map",
     "ConditionResult",
     "DenoiseResult",
+    "GridLattice",
     "GridPoints",
     "Lattice",
     "PatchDataset",
@@ -34,6 +36,7 @@ __all__ = [
     "denoise_measured",
     "fit_lattice",
     "grid",
+    "grid_lattice",
     "macenko_stains",
     "make_grid",
     "od_to_rgb",

@@ -12,7 +12,8 @@ from .._args import check_length
 from .._docs import doc_params
 from .._keys import canonical_grid_name, parse_grid_name
 from .._logging import get_logger
-from ._bin_lattice import IMAGE_AXES, bin_indices, lattice_bin_centers, measured_bin_lattice
+from ._bin_lattice import IMAGE_AXES, lattice_bin_centers, measured_bin_lattice
+from ._grid_lattice import FRAME_KEY, GridLattice, bins_lattice
 from ._lattice import Lattice, fit_lattice
 from ._tissue import TissueMask, tissue_mask
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
     from spatialdata import SpatialData
 
+    from ._bin_lattice import BinLattice
     from ._spots import SpotGeometry
 
 __all__ = ["GridPoints", "Lattice", "fit_lattice", "grid", "make_grid"]
@@ -61,6 +63,9 @@ class GridPoints:
     lattice
         Squares: ``"image axes"`` or the measured bins' lattice they follow, e.g.
         ``"measured bins (rotation 0.40°)"``; ``None`` for other grids.
+    frame
+        Squares: that lattice as a :class:`~stpredict.pp.GridLattice` (origin, axes, side, pitch, rotation in
+        µm of the image frame), the one :func:`~stpredict.pp.grid_lattice` reads back; ``None`` for other grids.
     """
 
     name: str
@@ -73,6 +78,7 @@ class GridPoints:
     polygons: Any = None
     rotation_deg: float = 0.0
     lattice: str | None = None
+    frame: GridLattice | None = None
 
     @property
     def n(self) -> int:
@@ -88,6 +94,7 @@ def make_grid(
     mask: TissueMask | None = None,
     max_distance: float | None = None,
     indices: np.ndarray | None = None,
+    lattice: BinLattice | None = None,
 ) -> GridPoints:
     """Build a grid from resolved spot geometry (see :func:`grid`).
 
@@ -117,6 +124,10 @@ def make_grid(
         ``(n_spots, 2)`` integer ``(array_col, array_row)`` of square measured bins (Visium HD), in the order of
         ``geo``: the exact lattice of the bins that ``bin<N>um`` squares then follow. ``None``: fitted from the
         bins' centres.
+    lattice
+        The measured bins' lattice to lay ``bin<N>um`` squares on when ``geo``'s own regions are not those bins,
+        e.g. the bins its spots were pooled from (found by :func:`grid` and :func:`stpredict.tl.superresolve`);
+        ``None``: fitted on ``geo``'s bins when they are squares.
 
     Returns
     -------
@@ -173,8 +184,8 @@ def make_grid(
         h, w = geo.image_shape
         d_nn = tree.query(geo.centers, k=2)[0][:, 1] if geo.n_spots > 1 else np.array([geo.diameter])
         reach = float(np.median(d_nn)) if max_distance is None else max_distance
-        rotation, lattice, on_bins, rank = 0.0, IMAGE_AXES, None, None
-        lat = measured_bin_lattice(geo, indices)
+        rotation, described, on_bins, rank = 0.0, IMAGE_AXES, None, None
+        lat = lattice if lattice is not None else measured_bin_lattice(geo, indices)
         if lat is not None:
             on_bins = lattice_bin_centers(lat, side_um, geo.centers_um, reach * mpp.max(), np.array([w, h]) * mpp)
             if on_bins is None:
@@ -183,8 +194,9 @@ def make_grid(
                 )
         if on_bins is not None:
             pts, rank = geo.um_to_px(on_bins[0]), on_bins[2]  # sorted by lattice row, then column
-            side_um, rotation, lattice = on_bins[1], lat.rotation_deg, lat.describe()
+            side_um, rotation, described = on_bins[1], lat.rotation_deg, lat.describe()
             side_px = side_um / mpp
+            frame = GridLattice.on_bins(lat, side_um)
         else:
             lo = np.maximum((geo.centers.min(0) - reach) * mpp, 0.0)
             hi = np.minimum((geo.centers.max(0) + reach) * mpp, np.array([w, h]) * mpp)
@@ -192,6 +204,7 @@ def make_grid(
             iy = np.arange(np.floor(lo[1] / side_um), np.ceil(hi[1] / side_um))
             gx, gy = np.meshgrid(ix, iy)
             pts = (np.column_stack([gx.ravel(), gy.ravel()]) + 0.5) * side_um / mpp
+            frame = GridLattice.image_axes(side_um)
         d, nearest = tree.query(pts)
         # on the bins' lattice, squares one pitch from a bin are kept whatever the rounding of their distance
         keep = d <= (reach * (1 + 1e-6) if on_bins is not None else reach)
@@ -219,7 +232,7 @@ def make_grid(
         size_um=float(size_um),
         nearest_spot=nearest[order],
         measured=is_measured[order],
-        **({"rotation_deg": rotation, "lattice": lattice} if kind != "ps" else {}),
+        **({"rotation_deg": rotation, "lattice": described, "frame": frame} if kind != "ps" else {}),
     )
 
 
@@ -236,7 +249,11 @@ def square_corners(geo: SpotGeometry, pts: GridPoints) -> np.ndarray:
 
 
 def grid_to_shapes(geo: SpotGeometry, pts: GridPoints) -> gpd.GeoDataFrame:
-    """The grid as a spatialdata shapes element in the spots' coordinates, their transformations copied."""
+    """The grid as a spatialdata shapes element in the spots' coordinates, their transformations copied.
+
+    Squares carry their lattice in ``attrs``: ``"lattice"`` (its description) and ``"lattice_frame"``
+    (:meth:`GridLattice.to_record`).
+    """
     import shapely
     from spatialdata.models import ShapesModel
 
@@ -252,7 +269,12 @@ def grid_to_shapes(geo: SpotGeometry, pts: GridPoints) -> gpd.GeoDataFrame:
     corners = geo.image_to_shapes(corners.reshape(-1, 2)).reshape(-1, 4, 2)
     polys = shapely.polygons(corners)
     gdf = gpd.GeoDataFrame(geometry=polys, index=np.arange(pts.n))
-    return ShapesModel.parse(gdf, transformations=ts)
+    shapes = ShapesModel.parse(gdf, transformations=ts)
+    if pts.lattice is not None:
+        shapes.attrs["lattice"] = pts.lattice
+    if pts.frame is not None:
+        shapes.attrs[FRAME_KEY] = pts.frame.to_record()
+    return shapes
 
 
 @doc_params()
@@ -277,8 +299,10 @@ def grid(
       (Visium HD bins) and N divides their side or is a whole multiple of it, the squares follow the measured
       bins' own lattice, rotated and offset in the image as Space Ranger registered it (fitted from the table's
       ``array_row``/``array_col``, else from the bins' centres): ``N`` = side gives the measured bins, side/2
-      nests four squares in each, 2 × side groups four whole bins. Otherwise (spots, H&E-only, or an N that
-      does not nest) they are aligned with the image axes from its origin.
+      nests four squares in each, 2 × side groups four whole bins. Spots pooled from such bins
+      (:func:`pool_to_spots`, the bins still in ``sdata``) get squares on the bins' lattice too, so each square
+      is a measured bin or a union of whole bins. Otherwise (spots, H&E-only, or an N that does not nest) they
+      are aligned with the image axes from its origin.
 
     Points are kept where the tissue mask is set and within one lattice pitch (bins: one nearest-neighbour
     spacing) of a measured spot, so the grid never extrapolates far from measured tissue.
@@ -300,7 +324,9 @@ def grid(
     -------
     A GeoDataFrame (``ShapesModel``) in the spots' coordinates with their transformations, indexed 0..n-1;
     squares are polygons (rotated with the measured bins' lattice), and ``.attrs["lattice"]`` records which
-    alignment bins took (``"image axes"`` or e.g. ``"measured bins (rotation 0.40°)"``).
+    alignment bins took (``"image axes"`` or e.g. ``"measured bins (rotation 0.40°)"``) and
+    ``.attrs["lattice_frame"]`` the lattice itself as plain numbers. Whether ``attrs`` survive a zarr round trip
+    depends on the geopandas writing it: :func:`grid_lattice` finds the lattice either way.
 
     Examples
     --------
@@ -316,12 +342,10 @@ def grid(
         sdata, image_key=image_key, spots_key=spots_key, table_key=table_key, microns_per_pixel=microns_per_pixel
     )
     mask = resolve_tissue(sdata, geo, tissue)
-    indices = bin_indices(sdata.tables[geo.table_key] if geo.table_key is not None else None, geo)
-    pts = make_grid(geo, grid, bin_size=bin_size, mask=mask, indices=indices)
-    shapes = grid_to_shapes(geo, pts)
-    if pts.lattice is not None:
-        shapes.attrs["lattice"] = pts.lattice
-    return shapes
+    table = sdata.tables[geo.table_key] if geo.table_key is not None else None
+    lattice = bins_lattice(sdata, geo, table, grid, bin_size)
+    pts = make_grid(geo, grid, bin_size=bin_size, mask=mask, lattice=lattice)
+    return grid_to_shapes(geo, pts)
 
 
 def resolve_tissue(

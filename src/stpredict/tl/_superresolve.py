@@ -15,9 +15,9 @@ from .._logging import get_logger
 from .._records import StepTimes, uns_safe
 from .._version import __version__
 from ..models._base import Regions
-from ..pp._bin_lattice import bin_indices
 from ..pp._cells import CELLS_GRID, cells_grid, check_cells_touch_spots, describe_cells
 from ..pp._grid import grid_to_shapes, make_grid, resolve_tissue
+from ..pp._grid_lattice import bins_lattice
 from ._cells import cells_argument
 from ._commit import Staged
 from ._condition import CONDITIONED, apply_condition, check_grid_finer, resolve_condition
@@ -104,8 +104,10 @@ def superresolve(
     bin_size
         Square bins of this side in µm (overrides ``grid``). Bins under ~2 image pixels are refused. On square
         measured bins (Visium HD) a side that divides theirs or is a whole multiple of it follows their own
-        rotated lattice (``bin_size=8`` on 8 µm bins reproduces them, ``4`` nests four in each); otherwise the
-        squares are aligned with the image axes. The table's record says which (``"lattice"``).
+        rotated lattice (``bin_size=8`` on 8 µm bins reproduces them, ``4`` nests four in each), and so do
+        spots pooled from such bins (:func:`stpredict.pp.pool_to_spots`); otherwise the squares are aligned with
+        the image axes. The table's record says which (``"lattice"``) and holds the lattice as plain numbers
+        (``"lattice_frame"``, read back by :func:`stpredict.pp.grid_lattice`).
     shapes_key
         With ``grid="cells"`` (required then, refused otherwise): the shapes element of the cells. Refused
         before any work if it is missing, is a points element or holds points without radius, shares no
@@ -242,7 +244,7 @@ def superresolve(
         with steps("tissue"):
             mask = resolve_tissue(sdata, geo, tissue)
         with steps("grid"):
-            points = make_grid(geo, grid_name, mask=mask, indices=bin_indices(inputs.table(0), geo))
+            points = make_grid(geo, grid_name, mask=mask, lattice=bins_lattice(sdata, geo, inputs.table(0), grid_name))
         out_shapes = grid_shapes_key(geo.spots_key, grid_name)
     else:
         with steps("grid"):
@@ -335,6 +337,7 @@ def superresolve(
         "region_kind": points.kind,
         "region_size_um": points.size_um,
         **({"lattice": points.lattice} if points.lattice is not None else {}),
+        **({"lattice_frame": points.frame.to_record()} if points.frame is not None else {}),
         "n_regions": points.n,
         "spots_key": geo.spots_key,
         "image_key": geo.image_key,
