@@ -9,14 +9,17 @@ spot's counts are the sum of the bins whose centre lies in its disk). These pool
 measurements the methods see: each method is fitted once on them (``stp.tl.fit``; ``copy`` and ``neighbors``
 just keep them) and super-resolves them (``stp.tl.superresolve(..., spots_key=<pooled circles>,
 table_key=<pooled table>)``) onto square bins of 8, 16 and 32 µm (``grid="bin8um"``, ``"bin16um"``,
-``"bin32um"``: squares aligned with the image axes from the image origin, inside the tissue detected once by
-:func:`stpredict.pp.tissue_mask` and within one spot spacing of a spot), with ``condition="none"`` (image only)
-and ``condition="measured"`` (the grid pools back to the measured spots).
+``"bin32um"``: squares on the measured 8 µm bins' own lattice, rotated and offset in the image as Space Ranger
+registered it — the pooled spots' source bins give ``superresolve`` that lattice — so an 8 µm square is a
+measured bin and a 16 or 32 µm square groups 2 × 2 or 4 × 4 whole bins from bin ``(0, 0)``, as Space Ranger
+nests its bins; inside the tissue detected once by :func:`stpredict.pp.tissue_mask` and within one spot spacing
+of a spot), with ``condition="none"`` (image only) and ``condition="measured"`` (the grid pools back to the
+measured spots).
 
-Truth of a grid square: the counts of the measured 8 µm bins whose centres fall in it (half-open square, in the
-image's µm), summed, normalised to 1e4 and log1p-transformed — the prediction scale. Only squares covered by
-bins are scored: at least ``MIN_COVERAGE`` (75 %) of the ``(side / 8)²`` bins a full square holds, and a
-non-zero total. Score: Pearson per gene over the scored squares of the slide, then the mean and median over
+Truth of a grid square: the counts of the measured 8 µm bins it nests — those whose centre falls in its cell of
+the grid's lattice (:func:`stpredict.pp.grid_lattice`; half-open cells) — summed, normalised to 1e4 and
+log1p-transformed, the prediction scale. Only squares covered by bins are scored: at least ``MIN_COVERAGE``
+(75 %) of the ``(side / 8)²`` bins a full square holds, and a non-zero total. Score: Pearson per gene over the scored squares of the slide, then the mean and median over
 genes (genes constant in the truth are dropped, see :mod:`stpredict.metrics`). ``copy`` (each square takes its
 nearest spot's value) and ``neighbors`` (inverse-distance interpolation of the spots) are the baselines.
 
@@ -76,8 +79,9 @@ def aggregate_truth(
     columns: Any = None,
     bin_um: float = BIN_UM,
     min_coverage: float = MIN_COVERAGE,
+    lattice: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Measured bins aggregated to axis-aligned grid squares, on the prediction scale.
+    """Measured bins aggregated to the grid's squares, on the prediction scale.
 
     Parameters
     ----------
@@ -86,9 +90,9 @@ def aggregate_truth(
     bin_counts
         ``(n_bins, n_genes)`` raw counts (dense or sparse).
     grid_centers_um
-        ``(n_squares, 2)`` centres of squares of side ``side_um`` laid from the origin (``(i + 0.5) · side``).
+        ``(n_squares, 2)`` centres of the grid's squares of side ``side_um``.
     side_um
-        Side of the grid squares in µm.
+        Side of the grid squares in µm (``lattice.side_um`` when ``lattice`` is given).
     columns
         Genes (column indices) to return; ``None``: all. Normalisation always uses every gene's counts (the
         library size), as the prediction targets do.
@@ -96,17 +100,27 @@ def aggregate_truth(
         Side of the measured bins in µm.
     min_coverage
         Fraction of the ``(side_um / bin_um)²`` bins of a full square needed to score it.
+    lattice
+        The grid's square lattice (:func:`stpredict.pp.grid_lattice`): a bin belongs to the square whose cell
+        ``(i, j)`` of the lattice holds its centre, so on the measured bins' own (rotated) lattice a square is
+        exactly the measured bins it nests (1, 4, 16 for 8, 16, 32 µm squares on 8 µm bins). ``None``: squares
+        aligned with the image axes from its origin (``(i + 0.5) · side``).
 
     Returns
     -------
     ``(truth, n_bins, covered)``: ``log1p`` of the summed counts normalised to 1e4 per square, the number of
-    bins whose centre falls in each square (half-open ``[x0, x0 + side)``), and the squares to score.
+    bins whose centre falls in each square (half-open cells ``[i, i + 1) · side`` of the lattice), and the
+    squares to score.
     """
     import scipy.sparse as sp
 
     X = sp.csr_matrix(bin_counts, dtype=np.float64)
-    cell = np.floor(np.asarray(bin_centers_um, float) / side_um).astype(np.int64)
-    grid_cell = np.floor(np.asarray(grid_centers_um, float) / side_um).astype(np.int64)
+    if lattice is None:
+        cell = np.floor(np.asarray(bin_centers_um, float) / side_um).astype(np.int64)
+        grid_cell = np.floor(np.asarray(grid_centers_um, float) / side_um).astype(np.int64)
+    else:
+        side_um = float(lattice.side_um)
+        cell, grid_cell = lattice.cells(bin_centers_um), lattice.cells(grid_centers_um)
     lookup = {(int(i), int(j)): k for k, (i, j) in enumerate(grid_cell)}
     row = np.array([lookup.get((int(i), int(j)), -1) for i, j in cell], dtype=np.int64)
     inside = row >= 0
@@ -120,6 +134,20 @@ def aggregate_truth(
     expected = (side_um / bin_um) ** 2
     covered = (n_bins >= np.ceil(min_coverage * expected - 1e-9)) & (total > 0)
     return log_normalised(summed, total), n_bins, covered
+
+
+def grid_truth(
+    stp: Any, sdata: Any, tab: Any, bins_um: np.ndarray, counts: Any, columns: Any, mpp: Any, side_um: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The truth of the squares of a super-resolved table ``tab``: :func:`aggregate_truth` on the grid's lattice.
+
+    The lattice is the grid's own (:func:`stpredict.pp.grid_lattice` of the shapes ``tab`` annotates): the measured
+    bins' when ``superresolve`` laid the squares on it, so each square's truth is the bins it nests; the image
+    axes otherwise. ``mpp``: µm per level-0 pixel (x, y) of the image ``tab.obsm["spatial"]`` is in.
+    """
+    centers_um = np.asarray(tab.obsm["spatial"], float) * np.asarray(mpp, float)
+    lattice = stp.pp.grid_lattice(sdata, str(tab.obs["region"].iloc[0]))
+    return aggregate_truth(bins_um, counts, centers_um, side_um, columns, lattice=lattice)
 
 
 def log_normalised(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -198,8 +226,7 @@ def run_real(
     tissue = stp.pp.tissue_mask(sdata, image_key=spot_geo.image_key, microns_per_pixel=spot_geo.microns_per_pixel)
 
     def truth_of(tab: Any, genes: list[str], side: float) -> tuple[np.ndarray, np.ndarray]:
-        centers_um = np.asarray(tab.obsm["spatial"], float) * mpp
-        truth, _, ok = aggregate_truth(bins_um, counts, centers_um, side, [gene_col[g] for g in genes])
+        truth, _, ok = grid_truth(stp, sdata, tab, bins_um, counts, [gene_col[g] for g in genes], mpp, side)
         return truth, ok
 
     grids = [(g, {"grid": g, "tissue": tissue}, functools.partial(truth_of, side=float(g[3:-2]))) for g in GRIDS]

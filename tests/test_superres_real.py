@@ -151,3 +151,78 @@ def test_real_mode_runs_end_to_end_on_a_xenium_bundle(tmp_path):
     # the H&E of a Xenium bundle is --he-image, not Visium HD's --fullres-image
     with pytest.raises(SystemExit, match="--he-image"):
         load_benchmark("superres").main(["--real", str(fx.path), "--fullres-image", str(fx.he_path)])
+
+
+def _pooled_grid_truths(root, rotation_deg, origin_um):
+    """A synthetic HD folder read and pooled as ``run_real`` does; per grid, the truth of neighbors' squares."""
+    real = load_benchmark("_superres_real")
+    fx = write_visium_hd(
+        root, bin_sizes=(8,), microns_per_pixel=1.0, image_size=(352, 352), extent_um=(288.0, 288.0),
+        origin_um=origin_um, n_genes=3, depth=40.0, seed=1, rotation_deg=rotation_deg,
+    )  # fmt: skip
+    sdata = stp.io.read_visium_hd(fx.outs, bin_size=8, fullres_image_file=fx.fullres)
+    bins_key = next(k for k in sdata.shapes if k.endswith("square_008um"))
+    spots_key, table_key, spot_geo = real.pool_visium(stp, sdata, shapes_key=bins_key, table_key="square_008um")
+    bin_geo = stp.pp.spots(sdata, spots_key=bins_key, table_key="square_008um")
+    mpp = np.asarray(spot_geo.microns_per_pixel_xy, float)
+    bins_um = bin_geo.centers * mpp
+    source = sdata.tables["square_008um"]
+    counts = source[np.asarray(bin_geo.obs_names)].X
+    # Space Ranger's (col, row) of every bin, in the order of bins_um
+    colrow = fx.bins[8].loc[np.asarray(bin_geo.obs_names), ["col", "row"]].to_numpy()
+    out = {}
+    for side in (8, 16, 32):
+        stp.tl.superresolve(
+            sdata, "neighbors", grid=f"bin{side}um", spots_key=spots_key, table_key=table_key, condition="none",
+            tissue=False, key_added="bench_real", progress=False,
+        )  # fmt: skip
+        tab = sdata.tables.pop("bench_real")
+        truth, n_bins, ok = real.grid_truth(stp, sdata, tab, bins_um, counts, None, mpp, float(side))
+        lattice = stp.pp.grid_lattice(sdata, str(tab.obs["region"].iloc[0]))
+        centres_um = np.asarray(tab.obsm["spatial"], float) * mpp
+        old = real.aggregate_truth(bins_um, counts, centres_um, float(side))  # image-axis cells, as before
+        out[side] = {"truth": truth, "n_bins": n_bins, "ok": ok, "lattice": lattice, "centres_um": centres_um,
+                     "old": old, "bins_um": bins_um, "colrow": colrow, "counts": counts}  # fmt: skip
+    return out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_truth_squares_nest_the_measured_bins_of_a_rotated_slide(tmp_path):
+    import scipy.sparse as sp
+
+    real = load_benchmark("_superres_real")
+    res = _pooled_grid_truths(tmp_path / "rotated", 0.4, (16.0, 16.0))
+    for side, k in ((8, 1), (16, 2), (32, 4)):
+        r = res[side]
+        lat = r["lattice"]
+        assert lat.rotation_deg == pytest.approx(0.4, abs=1e-6) and lat.side_um == side  # the bins' own lattice
+        # each square's cell of the lattice, and the cell Space Ranger's nesting gives each bin: (col, row) // k
+        square = {tuple(c): i for i, c in enumerate(lat.cells(r["centres_um"]).tolist())}
+        nested = [square.get(tuple(c), -1) for c in (r["colrow"] // k).tolist()]
+        assert min(nested) >= 0  # every measured bin is in a predicted square
+        want = np.bincount(nested, minlength=len(square))
+        np.testing.assert_array_equal(r["n_bins"], want)  # the truth's members are exactly the nested bins
+        assert r["n_bins"].max() == k * k and (r["n_bins"] == k * k).sum() * k * k >= 0.6 * len(nested)
+        # the truth of a square is its nested bins' counts, summed and normalised
+        members = sp.csr_matrix((np.ones(len(nested)), (nested, np.arange(len(nested)))), (len(square), len(nested)))
+        summed = np.asarray((members @ sp.csr_matrix(r["counts"])).todense())
+        full = np.flatnonzero(r["n_bins"] == k * k)
+        np.testing.assert_allclose(r["truth"][full], real.log_normalised(summed, summed.sum(1))[full], rtol=1e-12)
+        # the 8 µm squares are the measured bins themselves
+        if k == 1:
+            own = np.full(len(square), -1)
+            own[nested] = np.arange(len(nested))
+            np.testing.assert_allclose(r["centres_um"][full], r["bins_um"][own[full]], atol=1e-6)
+    # image-axis cells (the truth before) do not nest the rotated 32 µm squares
+    assert not np.array_equal(res[32]["old"][1], res[32]["n_bins"])
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_an_unrotated_slide_keeps_the_image_axis_truth(tmp_path):
+    res = _pooled_grid_truths(tmp_path / "straight", 0.0, (32.0, 32.0))
+    for side in (8, 16, 32):
+        r = res[side]
+        assert r["lattice"].rotation_deg == 0.0
+        np.testing.assert_allclose(r["centres_um"] % side, side / 2, atol=1e-6)  # the image's N µm squares
+        for new, old in zip((r["truth"], r["n_bins"], r["ok"]), r["old"], strict=True):
+            np.testing.assert_array_equal(new, old)  # the same truth as the image-axis cells gave

@@ -12,7 +12,7 @@ ANGLE = 0.4
 
 
 @pytest.fixture(scope="module")
-def _slide(tmp_path_factory):
+def slide(tmp_path_factory):
     root = tmp_path_factory.mktemp("hd")
     return write_visium_hd(
         root / "slide", bin_sizes=(8,), microns_per_pixel=1.0, image_size=(320, 320), extent_um=(256.0, 256.0),
@@ -21,8 +21,8 @@ def _slide(tmp_path_factory):
 
 
 @pytest.fixture
-def hd(_slide):
-    return stp.io.read_visium_hd(_slide.outs, fullres_image_file=_slide.fullres, bin_size=8)
+def hd(slide):
+    return stp.io.read_visium_hd(slide.outs, fullres_image_file=slide.fullres, bin_size=8)
 
 
 def _cells_of_bins(lat, truth, k):
@@ -33,7 +33,7 @@ def _cells_of_bins(lat, truth, k):
     return got, np.column_stack([bins["col"], bins["row"]]) // k
 
 
-def test_superresolve_records_the_lattice_and_a_zarr_round_trip_keeps_it(hd, _slide, tmp_path):
+def test_superresolve_records_the_lattice_and_a_zarr_round_trip_keeps_it(hd, slide, tmp_path):
     from spatialdata import read_zarr
 
     genes = list(hd.tables["square_008um"].var_names[:2])
@@ -51,11 +51,11 @@ def test_superresolve_records_the_lattice_and_a_zarr_round_trip_keeps_it(hd, _sl
     for name in ("origin_um", "axes", "side_um", "pitch_um", "rotation_deg"):
         np.testing.assert_allclose(getattr(after, name), getattr(before, name), rtol=0, atol=1e-12)
     # the recorded lattice nests Space Ranger's bins: 2 × 2 of them in each 16 µm square
-    got, want = _cells_of_bins(after, _slide, 2)
+    got, want = _cells_of_bins(after, slide, 2)
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_grid_without_record_is_refitted_after_a_round_trip(hd, _slide, tmp_path):
+def test_a_grid_without_record_is_refitted_after_a_round_trip(hd, slide, tmp_path):
     from spatialdata import read_zarr
 
     shapes = stp.pp.grid(hd, bin_size=8, tissue=False)
@@ -72,11 +72,11 @@ def test_a_grid_without_record_is_refitted_after_a_round_trip(hd, _slide, tmp_pa
     assert lat.source == "refit"
     assert lat.rotation_deg == pytest.approx(ANGLE, abs=1e-6) and lat.side_um == pytest.approx(8.0, rel=1e-9)
     # the same squares: every measured bin is alone in its cell of the refitted lattice
-    got, _ = _cells_of_bins(lat, _slide, 1)
+    got, _ = _cells_of_bins(lat, slide, 1)
     assert len(np.unique(got, axis=0)) == len(got)
 
 
-def test_spots_pooled_from_rotated_bins_get_grids_on_the_bins_lattice(hd, _slide):
+def test_spots_pooled_from_rotated_bins_get_grids_on_the_bins_lattice(hd, slide):
     import shapely
 
     bins_key = next(k for k in hd.shapes if k.endswith("square_008um"))
@@ -87,7 +87,7 @@ def test_spots_pooled_from_rotated_bins_get_grids_on_the_bins_lattice(hd, _slide
         shapes = stp.pp.grid(hd, bin_size=size, spots_key="pooled", table_key="pooled_table", tissue=False)
         assert shapes.attrs["lattice"] == f"measured bins (rotation {ANGLE:.2f}°)"
         lat = stp.pp.GridLattice.from_record(shapes.attrs["lattice_frame"])
-        got, want = _cells_of_bins(lat, _slide, k)
+        got, want = _cells_of_bins(lat, slide, k)
         np.testing.assert_array_equal(got, want)
         # the squares are rotated polygons whose centres are on the bins' lattice
         a = geo.shapes_to_image
