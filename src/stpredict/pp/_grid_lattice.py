@@ -1,7 +1,7 @@
 """The square lattice a ``bin<N>um`` grid is laid on: recorded as plain numbers, read back after a zarr round trip.
 
 :func:`stpredict.pp.grid` and :func:`stpredict.tl.superresolve` lay µm squares either on the measured bins' own
-lattice (Visium HD, rotated and offset in the image; see :mod:`._bin_lattice`) or on the image axes from its
+lattice (Visium HD, rotated and offset in the image; see ``pp/_bin_lattice.py``) or on the image axes from its
 origin. The lattice is recorded as plain numbers (:meth:`GridLattice.to_record`) in the grid shapes'
 ``attrs["lattice_frame"]`` and, by ``superresolve``, in its table's ``uns["stpredict"]["superresolve"]
 ["lattice_frame"]``, which a zarr round trip always keeps (the shapes' ``attrs`` are written to their parquet
@@ -112,7 +112,7 @@ def pooled_source_lattice(sdata: SpatialData, geo: SpotGeometry, table: AnnData 
 
     Spots made by :func:`stpredict.pp.pool_to_spots` record their source regions in their table's
     ``uns["stpredict"]["pool_to_spots"]``; when those are square measured bins (Visium HD) still in ``sdata``,
-    their lattice is fitted (:func:`._bin_lattice.measured_bin_lattice`, from their ``array_row``/``array_col``
+    their lattice is fitted (``measured_bin_lattice``, from their ``array_row``/``array_col``
     when the source table has them) in the same image µm frame as ``geo``.
     """
     record = (table.uns.get(UNS_KEY) or {}).get("pool_to_spots") if table is not None else None
@@ -159,7 +159,7 @@ def grid_lattice(sdata: SpatialData, shapes_key: str) -> GridLattice | None:
     Read from the record of the :func:`stpredict.tl.superresolve` table annotating the grid
     (``uns["stpredict"]["superresolve"]["lattice_frame"]``), else from the shapes' ``attrs`` that
     :func:`stpredict.pp.grid` sets (lost on write by geopandas before 1.x's ``attrs`` support), else fitted on the
-    squares' centres (:func:`._bin_lattice.fit_bin_lattice`; its origin is then a square's corner, not necessarily that
+    squares' centres (``fit_bin_lattice``; its origin is then a square's corner, not necessarily that
     of measured bin ``(0, 0)``).
 
     Parameters
