@@ -173,3 +173,33 @@ def test_dense_handcrafted_matches_patch_path(sdata_syn):
         r = [np.corrcoef(patch[:, j], dense[:, j])[0, 1] for j in range(bb.dim) if patch[:, j].std() > 1e-6]
         print(kind, np.min(r), np.median(r))
         assert np.median(r) > 0.95
+
+
+def test_embedding_seconds_are_counted_per_thread():
+    """Folds running in threads of one Dask worker share the inputs' cache: each counts only its own seconds."""
+    import pickle
+    import threading
+
+    from stpredict.tl._embeddings import EmbeddingCache
+
+    cache = EmbeddingCache(stp.models.get_backbone("handcrafted"), 112.0)
+    seen: dict[str, float] = {}
+    barrier = threading.Barrier(2)
+
+    def fold(name: str, seconds: float) -> None:
+        before = cache.thread_seconds()
+        barrier.wait()  # both folds embed at the same time
+        cache.add_seconds(seconds)
+        barrier.wait()
+        seen[name] = cache.thread_seconds() - before
+
+    threads = [threading.Thread(target=fold, args=(n, s)) for n, s in (("a", 1.5), ("b", 2.5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": 1.5, "b": 2.5}
+    assert cache.seconds == 4.0 and cache.thread_seconds() == 0.0  # the main thread embedded nothing
+    again = pickle.loads(pickle.dumps(cache))  # as a scattered spec reaches a worker
+    again.add_seconds(1.0)
+    assert again.seconds == 5.0

@@ -244,5 +244,5 @@ def _embed_stores(
         return inputs
     inputs = again(inputs.backbone)
     if inputs.cache is not None:
-        inputs.cache.seconds += float(status.loc[done, "seconds"].sum())
+        inputs.cache.add_seconds(float(status.loc[done, "seconds"].sum()))
     return inputs

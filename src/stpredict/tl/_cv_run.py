@@ -96,7 +96,8 @@ class FoldOut:
 def run_fold(f: int, spec: FoldSpec) -> FoldOut:
     """Fit a fresh copy of the predictor on fold ``f``'s training spots, predict and score its test spots."""
     inputs = spec.inputs
-    before = inputs.cache.seconds if inputs.cache is not None else 0.0
+    # this thread's embedding seconds: a worker's threads share the scattered inputs and their cache
+    before = inputs.cache.thread_seconds() if inputs.cache is not None else 0.0
     test_i, train_is, train_idx, test_idx = spec.plan[f]
     if spec.protocol == "pool":
         sl_test = inputs.slides[test_i]
@@ -120,7 +121,7 @@ def run_fold(f: int, spec: FoldSpec) -> FoldOut:
         train_names if isinstance(train_names, dict) else {test_i: train_names},
         test_names,
     )
-    after = inputs.cache.seconds if inputs.cache is not None else 0.0
+    after = inputs.cache.thread_seconds() if inputs.cache is not None else 0.0
     return FoldOut(scores, row, list(panel), how, split, after - before)
 
 
@@ -199,11 +200,11 @@ def _fold_inputs(
 
     def emb_of(j: int) -> Any:
         if j not in done:
-            before = cache.seconds if cache is not None else 0.0
+            before = cache.thread_seconds() if cache is not None else 0.0
             emb = inputs.slide_embeddings(j, slides[j], run, cache=cache)
             done[j] = (emb, slides[j].meta.get("feature_stats"))
             if cache is not None and inputs.cache is not None:  # the call's embedding time counts them
-                inputs.cache.seconds += cache.seconds - before
+                inputs.cache.add_seconds(cache.thread_seconds() - before)
         elif done[j][1] is not None:  # feature_norm="slide": the statistics travel with the slide
             slides[j].meta["feature_stats"] = done[j][1]
         return done[j][0]
@@ -229,7 +230,7 @@ def run_folds(
         if out["error"] is None:
             outs[f] = out["value"]
             if client is not None and spec.inputs.cache is not None:  # the workers' embedding time counts too
-                spec.inputs.cache.seconds += outs[f].embed_seconds
+                spec.inputs.cache.add_seconds(outs[f].embed_seconds)
             mean_pcc = outs[f].row["pearson_mean"]
             logger.info("cv %s fold %d (%s): mean PCC %.3f", spec.proto.name, f, names[f], mean_pcc)
             return

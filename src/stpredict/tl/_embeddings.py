@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -66,9 +67,32 @@ class EmbeddingCache:
         self.patch_size_um = float(patch_size_um)
         self.key = key or embedding_key(backbone.name)
         self.seconds = 0.0
+        self._thread_seconds: dict[int, float] = {}
+        self._lock = threading.Lock()
         #: the call's dense feature maps, one per slide, shared by spots and grids
         self.maps = DenseMaps(backbone, self.patch_size_um)
         self._pending: list[tuple[AnnData, SpotGeometry, np.ndarray, dict[str, Any]]] = []
+
+    def add_seconds(self, seconds: float) -> None:
+        """Count embedding seconds, in total and for the calling thread."""
+        tid = threading.get_ident()
+        with self._lock:
+            self.seconds += seconds
+            self._thread_seconds[tid] = self._thread_seconds.get(tid, 0.0) + seconds
+
+    def thread_seconds(self) -> float:
+        """Embedding seconds spent in the calling thread: a fold's own, when threads share the cache."""
+        with self._lock:
+            return self._thread_seconds.get(threading.get_ident(), 0.0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def spots(
         self, table: AnnData | None, geo: SpotGeometry, levels: list, run: Compute, *, stain: dict | None = None
@@ -105,7 +129,7 @@ class EmbeddingCache:
                 **run.loop_kwargs(),
             )
         rec["seconds"] = round(time.perf_counter() - t0, 3)
-        self.seconds += rec["seconds"]
+        self.add_seconds(rec["seconds"])
         if table is not None:
             self._pending.append((table, geo, emb, rec))
         return emb

@@ -353,7 +353,7 @@ class StainCopies:
                     emb, slide.meta["feature_stats"] = standardize(emb)
                 slide.embeddings = emb
                 if self.cache is not None:
-                    self.cache.seconds += cache.seconds
+                    self.cache.add_seconds(cache.seconds)
             self._whole[key] = (src, slide)  # src held: its id stays its own
         return self._whole[key][1]
 
