@@ -137,3 +137,21 @@ def test_cnn_map_is_on_request_and_counts_tiles_with_their_margins(cnn, monkeypa
     monkeypatch.setattr(type(cnn), "dense_by_default", True)  # a backbone that allows it: the cheaper path
     assert maps.use([], grid, read_px, dense=None)
     assert not maps.use([], sparse, read_px, dense=None)
+
+
+def test_fit_on_several_slides_holds_one_map_at_a_time(monkeypatch):
+    """A cohort fit reads each slide's spots from its map, then drops it: memory follows one slide, not all."""
+    from stpredict.tl._dense import DenseMaps
+
+    held = []
+    orig = DenseMaps.features
+
+    def spy(self, *a, **k):
+        out = orig(self, *a, **k)
+        held.append(len(self._maps))
+        return out
+
+    monkeypatch.setattr(DenseMaps, "features", spy)
+    slides = [stp.datasets.synthetic(image_size=600, n_genes=5, seed=s) for s in range(3)]
+    stp.tl.fit(slides, "ridge", dense=True, stain="none", progress=False)
+    assert held == [1, 1, 1]  # three maps computed, never two held at once

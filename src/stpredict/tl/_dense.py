@@ -151,9 +151,15 @@ class DenseMaps:
             )
         return self.backbone.map_features(cmap, centers_um, window_um)
 
-    def release(self) -> None:
-        """Drop the computed maps (a later :meth:`features` computes them again, over its plan)."""
-        self._maps.clear()
+    def release(self, levels: list | None = None) -> None:
+        """Drop the computed maps, or only the one of the slide read through ``levels``.
+
+        A later :meth:`features` computes a dropped map again, over its plan.
+        """
+        if levels is None:
+            self._maps.clear()
+        else:
+            self._maps.pop(id(levels), None)
 
     def record(self) -> dict[str, Any]:
         """How features read from a map are identified in records (a CNN's: stride and tile margin too)."""

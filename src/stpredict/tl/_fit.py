@@ -228,7 +228,7 @@ def fit(
         len(sdatas),
         len(inputs.genes),
     )
-    inputs.embed(run)
+    inputs.embed(run, keep_maps=False)  # training reads spots only: one slide's map at a time
     train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
     predictor.training.update({"seed": seed, "max_epochs": max_epochs})
     predictor.training["fit_seconds"] = round(time.perf_counter() - t0, 3)

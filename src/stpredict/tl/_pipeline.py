@@ -225,10 +225,16 @@ class Inputs:
             emb, slide.meta["feature_stats"] = standardize(emb)
         return emb
 
-    def embed(self, run: Compute) -> None:
-        """Set every slide's ``embeddings`` (reused from ``obsm`` or computed)."""
+    def embed(self, run: Compute, *, keep_maps: bool = True) -> None:
+        """Set every slide's ``embeddings`` (reused from ``obsm`` or computed).
+
+        ``keep_maps=False`` drops each slide's dense feature map once its spots are read (a fit on many slides
+        then holds one map at a time, not one per slide); keep them when the call reads more windows later.
+        """
         for i, slide in enumerate(self.slides):
             slide.embeddings = self.spot_embeddings(i, run)
+            if not keep_maps and self.cache is not None:
+                self.cache.maps.release(slide.image_levels)
 
     def commit(self) -> list[int]:
         """Write the computed embeddings into the tables (call once the verb's work has succeeded).
