@@ -134,3 +134,27 @@ def test_tiles_share_one_chunk_cache():
     for c, tile in zip(centres, tiles, strict=True):  # the same pixels as a reader made for that tile alone
         alone = PatchExtractor(levels, np.array([c]) / 0.5, (0.5, 0.5), size_um=96.0, patch_px=192).read([0])
         np.testing.assert_array_equal(tile, alone)
+
+
+def test_subpixel_reads_share_the_output_lattice():
+    """Resampled ``subpixel`` windows lie on one slide-wide lattice: a window equals the same pixels of a tile."""
+    sdata = stp.datasets.synthetic(image_size=400, n_genes=2, seed=1, microns_per_pixel=0.7)
+    levels = image_levels(sdata.images["he"])
+    mpp = (0.7, 0.7)
+
+    def read(center_um, size_um, subpixel=True):
+        ext = PatchExtractor(
+            levels, np.array([center_um]) / 0.7, mpp, size_um=size_um, patch_px=round(size_um), subpixel=subpixel
+        )
+        assert ext.plan.resampled
+        return ext.read([0])[0].astype(int)
+
+    tile = read([140.0, 140.0], 200.0)  # origin (40, 40) µm
+    for c in ([120.3, 131.8], [101.5, 160.49], [150.0, 149.7]):
+        win = read(c, 50.0)
+        ox, oy = (np.round(np.asarray(c) - 25.0) - 40).astype(int)  # the window's origin on the 1 µm lattice
+        diff = np.abs(win - tile[:, oy : oy + 50, ox : ox + 50])
+        assert diff.max() <= 2 and diff.mean() < 0.05  # PIL's fixed-point weights round a few pixels apart
+    # snapped to the 0.7 µm pixels instead, a window is off the lattice and stretched (50 µm → 71 px → 49.7 µm)
+    win = read([120.3, 131.8], 50.0, subpixel=False)
+    assert np.abs(win - tile[:, 92 - 40 : 92 - 40 + 50, 80 - 40 : 80 - 40 + 50]).mean() > 2

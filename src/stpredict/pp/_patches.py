@@ -124,6 +124,14 @@ class PatchExtractor:
         Grey level of padding outside the image.
     cache_mb
         Memory bound of the chunk cache; ``None`` uses :attr:`stpredict.settings.chunk_cache_mb`.
+    subpixel
+        When the window is resampled, resample exactly a ``size_um`` square (PIL's resize of a fractional source
+        box) whose pixels lie on the slide-wide lattice of output pixels: its origin is the multiple of
+        ``size_um / patch_px`` µm nearest ``centre - size_um / 2``, so every window and tile read at one output
+        resolution samples the same points (at most half an output pixel off centre). By default the window is
+        snapped to whole pixels of the level read instead (up to half a level pixel off centre, its side rounded
+        to whole level pixels, its pixels on a lattice of its own). Windows read without resampling are snapped
+        to the level's pixels either way.
     """
 
     def __init__(
@@ -136,6 +144,7 @@ class PatchExtractor:
         patch_px: int = 224,
         pad_value: int = 255,
         cache_mb: int | None = None,
+        subpixel: bool = False,
     ) -> None:
         if size_um <= 0 or patch_px <= 0:
             msg = f"size_um and patch_px must be positive, got {size_um!r} and {patch_px!r}."
@@ -147,6 +156,7 @@ class PatchExtractor:
         self.patch_px = int(patch_px)
         self.pad_value = int(pad_value)
         self.target_mpp = self.size_um / self.patch_px
+        self.subpixel = bool(subpixel)
         level_mpp = [(self.mpp0[0] * lv.factor_x, self.mpp0[1] * lv.factor_y) for lv in levels]
         i = choose_level(level_mpp, self.target_mpp)
         mx, my = level_mpp[i]
@@ -277,11 +287,29 @@ class PatchExtractor:
     def read_raw(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Windows at the read level, before resampling: ``(b, 3, win_y, win_x)`` uint8."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        wx, wy = self.plan.win_x, self.plan.win_y
+        return self._read_region(self._x0[idx], self._y0[idx], self.plan.win_x, self.plan.win_y)
+
+    def _read_subpixel(self, idx: np.ndarray) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+        """Level pixels around the windows ``idx`` on the output lattice, and each one's fractional box in them."""
+        wx, wy = self.size_um / self.plan.mpp_x, self.size_um / self.plan.mpp_y
+        # the antialiasing filter reaches max(1, reduction) level pixels beyond the box
+        pad = int(np.ceil(max(wx, wy) / self.patch_px)) + 1
+        step = self.size_um / self.patch_px  # the output lattice, from the image origin
+        origin_um = np.round((self.centers[idx] * np.asarray(self.mpp0) - self.size_um / 2) / step) * step
+        fx = origin_um[:, 0] / self.plan.mpp_x
+        fy = origin_um[:, 1] / self.plan.mpp_y
+        x0 = np.floor(fx).astype(np.int64) - pad
+        y0 = np.floor(fy).astype(np.int64) - pad
+        raw = self._read_region(x0, y0, int(np.ceil(wx)) + 2 * pad + 1, int(np.ceil(wy)) + 2 * pad + 1)
+        bx, by = fx - x0, fy - y0
+        return raw, [(float(a), float(b), float(a + wx), float(b + wy)) for a, b in zip(bx, by, strict=True)]
+
+    def _read_region(self, x0: np.ndarray, y0: np.ndarray, wx: int, wy: int) -> np.ndarray:
+        """``(b, 3, wy, wx)`` uint8 level pixels from origins ``(x0, y0)``, padded outside the image."""
         h, w = self.levels[self.plan.level].shape_yx
-        out = np.full((len(idx), 3, wy, wx), self.pad_value, dtype=np.uint8)
-        x0, y0 = self._x0[idx], self._y0[idx]
-        ky0, ky1 = self._chunk_rows(idx)
+        out = np.full((len(x0), 3, wy, wx), self.pad_value, dtype=np.uint8)
+        ky0 = np.searchsorted(self._chunks_y, np.clip(y0, 0, h - 1), side="right") - 1
+        ky1 = np.searchsorted(self._chunks_y, np.clip(y0 + wy - 1, 0, h - 1), side="right") - 1
         kx0 = np.searchsorted(self._chunks_x, np.clip(x0, 0, w - 1), side="right") - 1
         kx1 = np.searchsorted(self._chunks_x, np.clip(x0 + wx - 1, 0, w - 1), side="right") - 1
         inside = (x0 + wx > 0) & (x0 < w) & (y0 + wy > 0) & (y0 < h)
@@ -313,12 +341,16 @@ class PatchExtractor:
 
     def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Windows resampled to ``patch_px``: ``(b, 3, patch_px, patch_px)`` uint8."""
-        raw = self.read_raw(indices)
         if not self.plan.resampled:
-            return raw
+            return self.read_raw(indices)
         from PIL import Image
 
         p = self.patch_px
+        if self.subpixel:
+            raw, boxes = self._read_subpixel(np.asarray(indices, dtype=np.int64).reshape(-1))
+        else:
+            raw = self.read_raw(indices)
+            boxes = [None] * raw.shape[0]
         n = raw.shape[0]
         out = np.empty((n, 3, p, p), dtype=np.uint8)
 
@@ -326,7 +358,8 @@ class PatchExtractor:
             # channel by channel as 8-bit planes: no HWC transposes, and PIL resamples 3 planes instead of
             # the 4 of its RGBX layout; same antialiased bilinear filter, bit-identical to an RGB resize
             for c in range(3):
-                out[j, c] = np.asarray(Image.fromarray(raw[j, c]).resize((p, p), Image.Resampling.BILINEAR))
+                plane = Image.fromarray(raw[j, c])
+                out[j, c] = np.asarray(plane.resize((p, p), Image.Resampling.BILINEAR, box=boxes[j]))
 
         if n > 1 and RESAMPLE_THREADS > 1 and os.getpid() == self._pid:
             if self._pool is None:
