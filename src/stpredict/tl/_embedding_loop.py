@@ -68,7 +68,8 @@ def compute_embeddings(
     if n == 0:
         return out
     read_um, patch_px = backbone.input_spec(patch_size_um)
-    ext = PatchExtractor(slide_levels, centers_px, mpp_xy, size_um=read_um, patch_px=patch_px)
+    subpixel = bool(getattr(backbone, "subpixel_windows", False))
+    ext = PatchExtractor(slide_levels, centers_px, mpp_xy, size_um=read_um, patch_px=patch_px, subpixel=subpixel)
     bs = batch_size or settings.batch_size
     nw = _loader_workers(settings.num_workers if num_workers is None else int(num_workers))
     show = settings.progress if progress is None else progress

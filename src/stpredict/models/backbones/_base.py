@@ -47,6 +47,9 @@ class Backbone:
     #: whether ``dense=None`` may take the map when it is cheaper (else only ``dense=True`` does): a map whose
     #: features agree with the windows' (``handcrafted``: median per-feature r ≥ 0.999) serves by default
     dense_by_default: bool = True
+    #: whether windows are read exactly where asked when resampled (:class:`~stpredict.pp.PatchExtractor`'s
+    #: ``subpixel``), as the dense map's tiles are; otherwise snapped to whole pixels of the level read
+    subpixel_windows: bool = False
 
     def embed(self, patches: np.ndarray, *, device: Any = None) -> np.ndarray:
         """Features of a batch of patches."""

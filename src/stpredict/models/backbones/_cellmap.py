@@ -7,11 +7,16 @@ of the four surrounding cell-aligned windows — exact for maps that are constan
 sub-cell position error of a window is at most half a cell otherwise. Spots, pseudo-spots and bins of any
 size are all read from the same map, so a slide costs one pass over its pixels whatever the number of
 windows.
+
+A channel whose per-pixel map is sparse (nucleus centres: one non-zero pixel per nucleus) can also be kept as
+points (``point_channels``): its window means are then exact sums over the points inside each window, whatever
+the window's position inside the cells, instead of blends of cell-aligned windows (a count changes by whole
+points where a window's edge crosses a cell, which a blend of the cell's mean cannot follow).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,11 +39,16 @@ class CellMap:
         ``(x, y)`` in µm (from the image origin) of the corner of cell ``(0, 0)``.
     cell_um
         Side of a cell in µm.
+    points
+        Channel → ``(xy, weight)``: the non-zero pixels of a sparse channel, centres ``(m, 2)`` in µm and
+        ``(m,)`` value × pixel area (µm²); a window mean of the channel is the sum of the weights inside the
+        window over its area. Channels not listed are read from the cells.
     """
 
     means: np.ndarray
     lo_um: np.ndarray
     cell_um: float
+    points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,7 +64,7 @@ class CellMap:
     @property
     def nbytes(self) -> int:
         """Memory held by the map."""
-        return int(self.means.nbytes)
+        return int(self.means.nbytes + sum(xy.nbytes + w.nbytes for xy, w in self.points.values()))
 
     def covers(self, lo_um: np.ndarray, hi_um: np.ndarray) -> bool:
         """Whether the map spans the rectangle ``[lo_um, hi_um]``."""
@@ -76,7 +86,9 @@ class CellMap:
 
         Returns
         -------
-        One ``(n, n_channels)`` float32 array per window side.
+        One ``(n, n_channels)`` float32 array per window side. Channels kept as :attr:`points` are summed over
+        the exact square of each side (pixel centres in ``(c - side / 2, c + side / 2]``, as a window snapped to
+        whole pixels holds them).
         """
         centers_um = np.asarray(centers_um, dtype=float).reshape(-1, 2)
         chans = list(range(self.means.shape[0])) if channels is None else list(channels)
@@ -102,7 +114,26 @@ class CellMap:
                 top = box[y0, x0] * (1 - fx) + box[y0, x1] * fx
                 bottom = box[y1, x0] * (1 - fx) + box[y1, x1] * fx
                 out[v][:, j] = top * (1 - fy) + bottom * fy
+        for j, c in enumerate(chans):
+            if c in self.points:
+                for v, side in enumerate(windows_um):
+                    out[v][:, j] = _point_sums(*self.points[c], centers_um, float(side)) / float(side) ** 2
         return out
+
+
+def _point_sums(xy: np.ndarray, weight: np.ndarray, centers_um: np.ndarray, side: float) -> np.ndarray:
+    """Sums of ``weight`` over the points in squares of ``side`` at ``centers_um`` (edges as in the docstring)."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) == 0:
+        return np.zeros(len(centers_um))
+    tree = cKDTree(xy)
+    # a closed square about a centre moved by a hair: a point on the low edge is out, one on the high edge in
+    at = centers_um + 1e-6
+    if np.all(weight == weight[0]):
+        return tree.query_ball_point(at, side / 2, p=np.inf, return_length=True) * float(weight[0])
+    hits = tree.query_ball_point(at, side / 2, p=np.inf)
+    return np.array([weight[h].sum() for h in hits])
 
 
 def _bilinear(s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +165,7 @@ def build_cell_map(
     n_threads: int | None = None,
     progress: bool = False,
     desc: str = "feature map",
+    point_channels: Sequence[int] = (),
 ) -> CellMap:
     """Compute a :class:`CellMap` tile by tile, with a margin for the per-pixel filters.
 
@@ -158,6 +190,8 @@ def build_cell_map(
         Show a progress bar over tiles.
     desc
         The bar's label.
+    point_channels
+        Sparse channels also kept as points (:attr:`CellMap.points`): their non-zero pixels of each tile's core.
     """
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -176,6 +210,7 @@ def build_cell_map(
     m_px = round(margin_um / mpp)
     margin_um = m_px * mpp
     tiles = [(ty, tx) for ty in range(0, n_cy, tile_cells) for tx in range(0, n_cx, tile_cells)]
+    found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {int(c): [] for c in point_channels}
 
     def one(tile: tuple[int, int]) -> None:
         ty, tx = tile
@@ -187,6 +222,10 @@ def build_cell_map(
         maps = pixel_fn(rgb)
         core = maps[:, m_px : m_px + ny * cpx, m_px : m_px + nx * cpx]
         means[:, ty : ty + ny, tx : tx + nx] = core.reshape(n_channels, ny, cpx, nx, cpx).mean(axis=(2, 4))
+        for c, parts in found.items():
+            r, q = np.nonzero(core[c])
+            xy = (lo + np.array([tx, ty], dtype=float) * cell_um)[None] + (np.column_stack([q, r]) + 0.5) * mpp
+            parts.append((xy, core[c][r, q].astype(np.float64) * mpp * mpp))  # list.append is thread-safe
 
     workers = max(1, min(len(tiles), n_threads or min(4, os.cpu_count() or 1)))
     with tqdm(total=len(tiles), disable=not progress, desc=desc, unit="tile") as bar:
@@ -198,4 +237,8 @@ def build_cell_map(
             with ThreadPoolExecutor(workers, thread_name_prefix="stpredict-map") as pool:
                 for _ in pool.map(one, tiles):
                     bar.update()
-    return CellMap(means, lo, float(cell_um))
+    points = {
+        c: (np.concatenate([xy for xy, _ in parts]), np.concatenate([w for _, w in parts]))
+        for c, parts in found.items()
+    }
+    return CellMap(means, lo, float(cell_um), points)

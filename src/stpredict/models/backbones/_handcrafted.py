@@ -88,7 +88,9 @@ def _base_maps(im: Images) -> np.ndarray:
 
     hem = hed[:, 0]
     s1, s2 = 1.5 / mpp, 4.0 / mpp
-    blob = ndi.gaussian_filter(hem, (0, s1, s1)) - ndi.gaussian_filter(hem, (0, s2, s2))
+    # the positive part of the difference of Gaussians: a zero-sum filter's window mean only measures the
+    # hematoxylin within its reach of the window's edge (the inside cancels), not the blobs inside (version 3)
+    blob = np.maximum(ndi.gaussian_filter(hem, (0, s1, s1)) - ndi.gaussian_filter(hem, (0, s2, s2)), 0.0)
     nuclei_mask = (blob > 0.02) & (hem > 0.05)
     peak = (blob == ndi.maximum_filter(blob, size=(1, max(3, round(5 / mpp)), max(3, round(5 / mpp))))) & nuclei_mask
     tissue = (grey < 0.85) | (sat > 0.12)
@@ -146,7 +148,7 @@ class HandcraftedBackbone(Backbone):
 
     Per-pixel maps (14): optical density per channel; H, E and DAB concentrations from Ruifrok–Johnston
     colour deconvolution (``skimage.color.hed_from_rgb``); grey level; saturation; gradient energy of grey
-    and of hematoxylin; a hematoxylin blob response (difference of Gaussians at nucleus scale); a nuclei mask;
+    and of hematoxylin; a hematoxylin blob response (the positive part of a difference of Gaussians at nucleus scale); a nuclei mask;
     nuclei centres (nuclei per 100 µm²); a tissue mask. Each feature is the mean of a map, or the standard
     deviation of H, E, grey and blob response (4), over three concentric views — the context
     (``context`` × the window, default 336 µm), the window (112 µm) and its centre (56 µm): 3 × 18 = 54
@@ -174,6 +176,7 @@ class HandcraftedBackbone(Backbone):
 
     name = "handcrafted"
     has_dense = True
+    subpixel_windows = True
 
     def __init__(
         self,
@@ -250,8 +253,10 @@ class HandcraftedBackbone(Backbone):
     def params(self) -> dict[str, Any]:
         """Name, dimension, views, analysis resolution and feature groups (when not the base set alone)."""
         out = super().params()
-        # version 2: Sobel gradients image by image (version 1's depended on the batch): caches of 1 are stale
-        out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)", "version": 2})
+        # version 2: Sobel gradients image by image (version 1's depended on the batch): caches of 1 are stale;
+        # version 3: the blob map is the positive part of the DoG, and resampled windows are read exactly where
+        # asked (not snapped to the image's pixels), as the dense map's tiles are
+        out.update({"mpp": self.mpp, "context": self.context, "weights": "none (hand-crafted)", "version": 3})
         if self.features != ("base",):
             out["features"] = list(self.features)
         return out
@@ -291,7 +296,17 @@ class HandcraftedBackbone(Backbone):
             tile_um=tile_um,
             progress=progress,
             desc="hand-crafted maps",
+            point_channels=self._point_channels(),
         )
+
+    def _point_channels(self) -> list[int]:
+        """Channels of nucleus centres (the base set's ``nuclei_count``), kept as points by the dense map."""
+        start = 0
+        for g in self.groups:
+            if g is BASE:
+                return [start + MAP_NAMES.index("nuclei_count")]
+            start += g.n_channels
+        return []
 
     def map_features(self, cmap: CellMap, centers_um: np.ndarray, window_um: float) -> np.ndarray:
         """Features of windows of ``window_um`` at ``centers_um`` (µm), read from a :meth:`feature_map`."""
