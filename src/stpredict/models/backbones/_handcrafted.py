@@ -328,7 +328,9 @@ class HandcraftedBackbone(Backbone):
         """Features of windows of ``window_um`` centred at many points, from one pass over the slide.
 
         :meth:`feature_map` over the windows' extent, then :meth:`map_features`. Agrees with :meth:`embed` of
-        the same windows up to filter edge effects at patch borders and the sub-cell position of each window.
+        the same windows (read on the same lattice, :attr:`subpixel_windows`) up to filter edge effects at patch
+        borders and, for the channels read from cells, the sub-cell position of each window (nucleus counts are
+        exact); every feature at r ≥ 0.99 at real spots (``docs/benchmarks.md``).
 
         Parameters
         ----------
