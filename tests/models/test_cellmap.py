@@ -7,7 +7,7 @@ import pytest
 
 import stpredict as stp
 from stpredict.models import HandcraftedBackbone
-from stpredict.models.backbones._cellmap import CellMap, build_cell_map, map_bounds
+from stpredict.models.backbones._cellmap import CellMap, _point_sums, build_cell_map, map_bounds
 
 
 def _exact_window_mean(cells: np.ndarray, lo: np.ndarray, cell: float, c: np.ndarray, side: float) -> float:
@@ -116,7 +116,7 @@ def test_point_channels_sum_exactly_over_any_window():
     lo, hi = np.array([0.0, 0.0]), np.array([100.0, 120.0])
     cmap = build_cell_map(spikes, read_tile, lo, hi, n_channels=2, mpp=1.0, cell_um=4.0, tile_um=40, point_channels=[1])
     ys, xs = np.nonzero(img[0] > 250)
-    np.testing.assert_allclose(np.sort(cmap.points[1][0][:, 0]), np.sort(xs + 0.5))
+    np.testing.assert_array_equal(np.sort(cmap.points[1][0][:, 0]), np.sort(xs))
     centers = rng.uniform(30, 70, (40, 2))
     centers[:4] = [[40.5, 50.5], [41.0, 52.0], [43.25, 60.75], [50.5, 51.0]]  # edges on pixel centres and corners
     for side, got in zip((8.0, 21.0, 40.0), cmap.window_means(centers, (8.0, 21.0, 40.0)), strict=True):
@@ -132,6 +132,10 @@ def test_point_channels_sum_exactly_over_any_window():
             for c in centers
         ]
         np.testing.assert_allclose(got[:, 1], np.asarray(want) / side**2, rtol=1e-6)
+        # the same boxes counted through integral images of small blocks (the path of many small windows)
+        ij, weight = cmap.points[1]
+        blocks = _point_sums(ij, weight, centers, [side], pixel_um=1.0, lo_um=cmap.lo_um, block_px=8)
+        np.testing.assert_allclose(blocks[:, 0], want, rtol=1e-9)
 
 
 def test_map_bounds_hold_every_window():
