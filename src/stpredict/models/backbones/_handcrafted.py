@@ -152,7 +152,8 @@ class HandcraftedBackbone(Backbone):
     nuclei centres (nuclei per 100 µm²); a tissue mask. Each feature is the mean of a map, or the standard
     deviation of H, E, grey and blob response (4), over three concentric views — the context
     (``context`` × the window, default 336 µm), the window (112 µm) and its centre (56 µm): 3 × 18 = 54
-    features. Pixels are analysed at ``mpp`` µm/px (1 µm/px).
+    features. Pixels are analysed at ``mpp`` µm/px (1 µm/px), on one slide-wide lattice: a resampled window is
+    read exactly there (:attr:`subpixel_windows`), as the dense map's tiles are, so both see the same pixels.
 
     The context view was adopted after measuring ridge leave-one-section-out on both real datasets here:
     mean per-gene PCC 0.155 → 0.19 on her2st and 0.436 → 0.477 on the mouse olfactory bulb (window only →
