@@ -190,7 +190,7 @@ class PatchExtractor:
         return len(self.centers)
 
     def with_centers(self, centers: np.ndarray) -> PatchExtractor:
-        """The same reader over other window centres, sharing this one's chunk cache and task graph.
+        """The same reader over other window centres, sharing this one's chunk cache.
 
         A pass that reads many small sets of windows from one image (the tiles of a dense map) keeps the chunks
         it decoded for its neighbours instead of decoding them again for every set.
