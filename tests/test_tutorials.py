@@ -173,6 +173,13 @@ def test_visium_hd_runs(executed):
     for method in ["copy", "neighbors", "'none'", "'measured'", "'denoised'"]:
         assert method in table
     assert "ARI with the true domains" in _text(_cell(nb, "def leiden"))
+    # the cells: one prediction per polygon of the segmentation, scored against each cell's truth, and squidpy's
+    # neighbourhood enrichment of their clusters beside the true domains
+    cell_table = _text(_cell(nb, "cell_scores = pd.DataFrame"))
+    for method in ["copy", "neighbors", "'none'", "'measured'", "'denoised'", "bin under the centroid"]:
+        assert method in cell_table
+    assert "default condition: measured" in _text(_cell(nb, "cell_grid = "))
+    assert "z (domains)" in _text(_cell(nb, "sq.gr.nhood_enrichment"))
     # the reader of real data is shown, not run
     assert not any("read_visium_hd" in c.source for c in nb.cells if c.cell_type == "code")
     print(f"visium_hd: {seconds:.1f} s")
