@@ -140,7 +140,7 @@ def test_errors(hd):
         stp.datasets.synthetic_cells(hd, table_key="counts")
     with pytest.raises(KeyError, match="already has a shape element 'cells'.*overwrite=True"):
         stp.datasets.synthetic_cells(hd)
-    with pytest.raises(KeyError, match="already has a image element 'he'"):
+    with pytest.raises(KeyError, match="already has an image element 'he'"):
         stp.datasets.synthetic_cells(hd, key_added="he", overwrite=True)
     with pytest.raises(KeyError, match="annotates"):
         stp.datasets.synthetic_cells(hd, key_added="spots", overwrite=True)

@@ -104,7 +104,8 @@ def synthetic_cells(
     for kind, name, _ in sdata.gen_elements():
         if name.lower() == key_added.lower() and not (overwrite and kind == "shapes" and name == key_added):
             hint = " or overwrite=True." if kind == "shapes" and name == key_added else "."
-            msg = f"The SpatialData already has a {kind[:-1]} element {name!r}: pass another key_added{hint}"
+            article = "an" if kind[0] in "aeiou" else "a"
+            msg = f"The SpatialData already has {article} {kind[:-1]} element {name!r}: pass another key_added{hint}"
             raise KeyError(msg)
     nx, ny, rad = _nuclei_on_tissue(tissue)
     if len(nx) == 0:
