@@ -70,7 +70,8 @@ def _assert_same(a: stp.tl.CVResult, b: stp.tl.CVResult, *, exact: bool = True) 
 
 @pytest.mark.parametrize(("protocol", "n_folds"), [("loso", 3), ("pool", 2)])
 def test_folds_on_a_client_equal_the_serial_ones(slides, client, protocol, n_folds, caplog):
-    kw = {"protocol": protocol, "seed": 3, "n_genes": 6, "progress": False}
+    # stain="none": the slides' own features are read (Macenko, the default, embeds each fold's normalised slides)
+    kw = {"protocol": protocol, "seed": 3, "n_genes": 6, "progress": False, "stain": "none"}
     serial = stp.tl.cross_validate(slides[:n_folds], "ridge", **kw)
     with caplog.at_level(logging.INFO, logger="stpredict"):
         on_dask = stp.tl.cross_validate(slides[:n_folds], "ridge", client=client, **kw)
@@ -119,7 +120,8 @@ def stores(tmp_path_factory, raw):
 
 
 def test_stores_are_embedded_once_on_the_workers_and_read_there(stores, raw, client):
-    kw = {"protocol": "loso", "seed": 0, "n_genes": 4, "progress": False}
+    # stain="none" (the default on a client with stores, as in fit) for the serial calls too
+    kw = {"protocol": "loso", "seed": 0, "n_genes": 4, "progress": False, "stain": "none"}
     on_dask = stp.tl.cross_validate(stores, "ridge", client=client, **kw)
     assert on_dask.params["embed_seconds"] > 0  # the workers' embedding time
     # embed_cohort ran first on the workers and cached the features in each store (as fit(client=) does)

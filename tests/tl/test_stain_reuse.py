@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import stpredict as stp
@@ -158,6 +159,26 @@ def test_fit_normalises_with_macenko_by_default_and_none_stays_none(tmp_path):
     assert transfer.stain == "none" and reference is None
     with pytest.raises(ValueError, match="fitted with stain='none'"):
         stp.tl.predict(_slide(2), loaded, stain="macenko", progress=False)
+
+
+def test_cross_validate_scores_fit_s_default_pipeline(caplog):
+    slides = [_slide(0), _slide(1), _slide(2)]
+    kw = {"n_genes": 4, "seed": 0, "progress": False}
+    default = stp.tl.cross_validate(slides, "ridge", protocol="loso", **kw)
+    assert default.params["stain"] == "macenko"  # as fit(stain=None)
+    explicit = stp.tl.cross_validate(slides, "ridge", protocol="loso", stain="macenko", **kw)
+    pd.testing.assert_frame_equal(default.scores, explicit.scores)
+    plain = stp.tl.cross_validate(slides, "ridge", protocol="loso", stain="none", **kw)
+    assert plain.params["stain"] == "none"
+    assert not np.allclose(plain.scores["pearson"], default.scores["pearson"])  # the default did normalise
+    # a model that never reads the image, and a protocol within one slide: nothing to normalise
+    assert stp.tl.cross_validate(slides, "mean", protocol="loso", **kw).params["stain"] == "none"
+    assert stp.tl.cross_validate(slides[0], "ridge", protocol="hide", **kw).params["stain"] == "none"
+    # a slide whose stains cannot be estimated: the default falls back to none before any fold, as in fit
+    with caplog.at_level("WARNING", logger="stpredict"):
+        pale = stp.tl.cross_validate([_pale(_slide(0)), *slides[1:]], "ridge", protocol="loso", **kw)
+    assert pale.params["stain"] == "none" and "is not applied" in caplog.text
+    assert pale.failures.empty
 
 
 def test_default_stain_falls_back_to_none_on_a_slide_without_tissue_pixels(caplog):

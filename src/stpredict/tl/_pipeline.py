@@ -31,7 +31,7 @@ from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._options import Compute, Elements
 from ._pipeline_checks import check_enough_spots, require_measured, spot_geometry
 from ._targets import preprocessing_record, select_genes, targets
-from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, normalize_training, standardize
+from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, fold_stains, normalize_training, standardize
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -364,10 +364,10 @@ def prepare_slides(
     ]
     _distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
-    if bb is not None or (predictor is not None and predictor.consumes != "embeddings"):
-        warn_coarse_image(slides)  # a model that reads the image
-    transfer = transfer or Transfer()
-    stains = SlideStains(transfer.stain) if transfer.stain != "none" else None
+    reads_image = bb is not None or (predictor is not None and predictor.consumes != "embeddings")
+    if reads_image:
+        warn_coarse_image(slides)
+    transfer, stains = fold_stains(slides, transfer or Transfer(), reads_image=reads_image)
     return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None, transfer, None, stains)
 
 

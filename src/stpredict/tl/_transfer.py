@@ -44,6 +44,7 @@ __all__ = [
     "SlideStains",
     "StainCopies",
     "FIT_STAIN",
+    "fold_stains",
     "StainEstimateError",
     "Transfer",
     "augment_slide",
@@ -255,6 +256,30 @@ class SlideStains:
         rec = {"method": self.method, "reference": self.digest(reference), "slide": _digest(smap.record)}
         meta = dict(slide.meta, stain=rec)
         return dataclasses.replace(slide, image_levels=normalized_levels(slide.image_levels, smap), meta=meta)
+
+
+def fold_stains(
+    slides: Sequence[SlideData], transfer: Transfer, *, reads_image: bool
+) -> tuple[Transfer, SlideStains | None]:
+    """The transfer options of a cross-validation and the :class:`SlideStains` its folds normalise with.
+
+    ``None`` without a stain method. A default stain method (``transfer.fallback``) becomes ``"none"`` for a model
+    that never reads the image and, with a warning, when some slide's stains cannot be estimated (checked here,
+    before any fold; the tissue pixels sampled are kept for the folds' references).
+    """
+    if transfer.fallback and not reads_image:
+        transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
+    if transfer.stain == "none":
+        return transfer, None
+    stains = SlideStains(transfer.stain)
+    if transfer.fallback:
+        try:
+            for sl in slides:
+                stains.pixels(sl)
+        except StainEstimateError as e:
+            logger.warning("stain=%r (the default) is not applied: %s", transfer.stain, e)
+            return Transfer("none", transfer.feature_norm, transfer.stain_augment), None
+    return transfer, stains
 
 
 def normalize_training(
