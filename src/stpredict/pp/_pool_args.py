@@ -103,7 +103,9 @@ def check_new_names(
         if name.lower() in existing:
             found_kind, found = existing[name.lower()]
             if not overwrite or found_kind != kind or found != name:
-                msg = f"The SpatialData already has a {found_kind[:-1]} element {found!r}: pass another key_added" + (
+                what = found_kind[:-1]
+                article = "an" if what[0] in "aeiou" else "a"
+                msg = f"The SpatialData already has {article} {what} element {found!r}: pass another key_added" + (
                     " or overwrite=True." if found_kind == kind and found == name else "."
                 )
                 raise KeyError(msg)
