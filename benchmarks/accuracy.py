@@ -5,12 +5,14 @@ Tasks (50 seurat_v3 genes chosen on each fold's training data, per-gene Pearson 
 - ``loso``: leave-one-section-out (her2st C2–C6: one patient, so cross-section, not cross-patient; mob MOB1–4);
 - ``lopo``: leave-one-individual-out (mob only: MOB1–2 and MOB3–4 are two mice, from its ``metaData.csv``);
 - ``hide50``: hide ``perm[: n // 2]`` of ``default_rng(0).permutation(n)`` within each slide;
-- ``pool2``: pool 2×2 spots (array x // 2, y // 2) into pseudo-spots, fit on them, recover the original spots.
+- ``pool2``: pool 2×2 spots (array x // 2, y // 2) into pseudo-spots, fit on them, recover the original spots;
+- ``pool2split``: the same with each spot's counts split in two binomial halves (``count_split=0.5``): the pools
+  sum one half, the spots are scored against the other, so the truth's count noise is independent of the input's.
 
 Writes ``benchmarks/results/accuracy.md`` (one table: task × method: mean PCC ± sd over folds, median and
 quartiles over genes, MSE, fit and predict seconds), per-gene CSVs, and the table into ``docs/benchmarks.md``.
 
-    python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,lopo,hide50,pool2] [--methods ridge,mean,...]
+    python benchmarks/accuracy.py [--datasets her2st,mob] [--tasks loso,lopo,hide50,pool2,pool2split] [--methods ridge,mean,...]
                                   [--stain none,macenko,reinhard] [--feature-norm none,slide] [--stain-augment 0,2]
                                   [--condition none,measured,denoised] [--max-epochs N] [--time-budget SECONDS] [--out DIR]
 
@@ -44,6 +46,7 @@ TASKS = {
     "lopo": ("leave_one_patient_out", {}),
     "hide50": ("hide_spots", {"fraction": 0.5}),
     "pool2": ("pool", {"pool": 2}),
+    "pool2split": ("pool", {"pool": 2, "count_split": 0.5}),
 }
 
 
@@ -257,7 +260,7 @@ def merge(folders: list[Path], out: Path, *, docs: bool) -> None:
         df["run"] = run
         frames.append(df)
     df = pd.concat(frames).drop_duplicates(["dataset", "task", "method"], keep="last")
-    order = {"loso": 0, "lopo": 1, "hide50": 2, "pool2": 3}
+    order = {"loso": 0, "lopo": 1, "hide50": 2, "pool2": 3, "pool2split": 4}
     base = {"mean": 0, "neighbors": 1, "copy": 2, "ridge": 3, "ridge_neighbors": 4}
     df = df.sort_values(
         ["dataset", "task", "method"],

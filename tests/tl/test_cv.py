@@ -491,6 +491,53 @@ def test_copy_baseline_pool_reproduces_by_hand(st_slide):
     _assert_scores(res, 0, _scores_by_hand(y_true, y_pred))
 
 
+def test_split_counts_gives_two_parts_that_sum_to_the_counts():
+    from stpredict.tl._cv_folds import split_counts
+
+    X = np.random.default_rng(0).poisson(20.0, size=(400, 30))
+    a, b = split_counts(sp.csr_matrix(X.astype(np.float32)), 0.5, [0, 0])
+    a, b = a.toarray(), b.toarray()
+    np.testing.assert_array_equal(a + b, X)
+    assert (a >= 0).all() and (b >= 0).all()
+    assert abs(a.sum() / X.sum() - 0.5) < 0.01
+    # Poisson thinning: the parts are uncorrelated (the input's noise is not the truth's)
+    r = np.corrcoef((a - a.mean(0)).ravel(), (b - b.mean(0)).ravel())[0, 1]
+    assert abs(r) < 0.02
+    a2, _ = split_counts(sp.csr_matrix(X), 0.5, [0, 0])
+    np.testing.assert_array_equal(a2.toarray(), a)  # seeded
+
+
+def test_copy_pool_with_count_split_pools_one_part_and_scores_against_the_other(st_slide):
+    from stpredict.tl._cv_folds import split_counts
+
+    slide = st_slide
+    res = stp.tl.cross_validate(slide, "copy", protocol="pool", pool=2, count_split=0.5, seed=3, progress=False)
+    assert res.params["count_split"] == 0.5
+    genes = res.genes[0]
+    cols = _cols(slide, genes)
+    part, rest = split_counts(sp.csr_matrix(_counts(slide)), 0.5, [3, 0])  # seed, fold
+    _, pcenters, member = _pool_by_hand(slide, 2)
+    pooled = np.stack([part.toarray()[member == g].sum(0) for g in range(member.max() + 1)])
+    _, idx = cKDTree(pcenters).query(_centers_um(slide), k=1)
+    _assert_scores(res, 0, _scores_by_hand(_lognorm(rest.toarray(), cols), _lognorm(pooled, cols)[idx]))
+    plain = stp.tl.cross_validate(slide, "copy", protocol="pool", pool=2, seed=3, progress=False)
+    assert plain.params["count_split"] is None
+    assert (plain.scores["pearson"] > res.scores["pearson"]).mean() > 0.5  # shared noise flatters the copy
+
+
+def test_count_split_is_checked_before_any_work(slides):
+    slide = slides[0]
+    for bad in (0, 1.0, -0.5, True, "half"):
+        with pytest.raises(ValueError, match="count_split must be a fraction"):
+            stp.tl.cross_validate(slide, "copy", protocol="pool", count_split=bad, progress=False)
+    with pytest.raises(ValueError, match="applies to protocol='pool'"):
+        stp.tl.cross_validate(slides, "mean", protocol="loso", count_split=0.5, progress=False)
+    fractional = _fresh(0)
+    fractional.tables["table"].X = sp.csr_matrix(_counts(fractional) * 1.5 + 31.25)
+    with pytest.raises(ValueError, match="count_split splits each spot's counts binomially.*non-integer"):
+        stp.tl.cross_validate(fractional, "copy", protocol="pool", count_split=0.5, progress=False)
+
+
 @pytest.mark.parametrize(
     "layout",
     ["st", "visium"],

@@ -15,7 +15,7 @@ from .._args import check_flag, check_genes_arg, check_length, check_max_epochs,
 from .._logging import get_logger
 from ._cohort_run import check_client, check_slides, open_store
 from ._cv_args import CROSS_SLIDE, check_arguments
-from ._cv_folds import plan_folds
+from ._cv_folds import check_split_counts, plan_folds
 from ._cv_result import FOLD_COLUMNS, SCORE_COLUMNS, CVResult, Split, gene_selection_record
 from ._cv_run import FoldSpec, run_folds
 from ._pipeline import Compute, Elements, prepare_slides
@@ -46,6 +46,7 @@ def cross_validate(
     fraction: float = 0.5,
     pool: int = 2,
     condition: str = "none",
+    count_split: float | None = None,
     groups: Sequence[str] | None = None,
     backbone: Any = None,
     weights: Any = None,
@@ -114,6 +115,13 @@ def cross_validate(
         conditions them on the pooled pseudo-spots first (the members of each pool average, in linear units,
         to its measured value), as :func:`stpredict.tl.superresolve` conditions a grid on measured spots;
         ``"denoised"`` on the pools' values denoised toward the prediction by their count noise.
+    count_split
+        ``"pool"`` only: a fraction ``p`` (e.g. 0.5) splits each spot's counts into ``Binomial(counts, p)``, which
+        the pools sum, and the rest, which the original spots are scored against (data thinning: for Poisson
+        counts the two parts are independent, of rates ``p · λ`` and ``(1 − p) · λ``). Without it the pools
+        contain the very counts they are scored against, so their count noise is also the truth's, which
+        favours reproducing the pools (``"measured"``) over denoising them. Seeded by ``seed`` and the fold.
+        Needs integer counts.
     groups
         Patient of each slide for ``"leave_one_patient_out"``.
     backbone, weights, patch_size_um
@@ -184,13 +192,14 @@ def cross_validate(
     # validate and resolve every slide before any heavy work
     options = {"backbone": backbone, "weights": weights, "patch_size_um": patch_size_um, "names": names}
     inputs = _prepare(items, proto_pred, transfer, options)
+    split = check_split_counts(count_split, protocol, inputs)
     if client is not None:
         inputs = _embed_stores(
             items, inputs, run, client, lambda bb: _prepare(items, proto_pred, transfer, {**options, "backbone": bb})
         )
     base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
     plan = plan_folds(protocol, base, groups, fraction, seed)
-    spec = FoldSpec(protocol, proto_pred, inputs, plan, run, genes, n_genes, pool, condition, max_epochs, seed)
+    spec = FoldSpec(protocol, proto_pred, inputs, plan, run, genes, n_genes, pool, condition, max_epochs, seed, split)
     outs, failures = run_folds(spec, client=client, progress=progress, raise_on_error=raise_on_error)
     done = sorted(outs)
     rows = [outs[f].scores for f in done]
@@ -207,6 +216,7 @@ def cross_validate(
         "fraction": fraction if protocol == "hide_spots" else None,
         "pool": pool if protocol == "pool" else None,
         "condition": condition if protocol == "pool" else None,
+        "count_split": split,
         "groups": list(groups) if groups is not None else None,
         "stain": inputs.transfer.stain,  # as applied: the default may have fallen back to "none"
         "feature_norm": inputs.transfer.feature_norm,

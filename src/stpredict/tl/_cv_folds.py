@@ -22,10 +22,60 @@ if TYPE_CHECKING:
     from ..models._base import Predictor
     from ._pipeline import Compute, Inputs
 
-__all__ = ["GATE_FOLDS", "hide_spots_split", "no_genes_error", "plan_folds", "pool_fold", "pool_spots"]
+__all__ = [
+    "GATE_FOLDS",
+    "check_split_counts",
+    "hide_spots_split",
+    "no_genes_error",
+    "plan_folds",
+    "pool_fold",
+    "pool_spots",
+    "split_counts",
+]
 
 
 GATE_FOLDS = 5  # spatial folds of the out-of-fold pool predictions the conditioning's gate learns from
+
+
+def check_split_counts(count_split: float | None, protocol: str, inputs: Inputs) -> float | None:
+    """``count_split`` checked before any work: a fraction in (0, 1), ``"pool"`` only, integer counts."""
+    if count_split is None:
+        return None
+    if isinstance(count_split, bool) or not isinstance(count_split, int | float) or not 0 < count_split < 1:
+        msg = f"count_split must be a fraction in (0, 1) (e.g. 0.5) or None, got {count_split!r}."
+        raise ValueError(msg)
+    if protocol != "pool":
+        msg = f"count_split splits the pools' counts from the truth's: it applies to protocol='pool', not {protocol!r}."
+        raise ValueError(msg)
+    for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True)):
+        X = inputs.table(i).X[geo.rows]
+        data = X.data if hasattr(X, "data") and not isinstance(X, np.ndarray) else np.asarray(X).ravel()
+        if data.size and np.issubdtype(data.dtype, np.floating) and (data != np.round(data)).any():
+            msg = (
+                f"count_split splits each spot's counts binomially, but table {geo.table_key!r} of slide "
+                f"{sl.name!r} holds non-integer values: pass raw integer counts, or count_split=None."
+            )
+            raise ValueError(msg)
+    return float(count_split)
+
+
+def split_counts(counts: Any, fraction: float, seed: Any) -> tuple[Any, Any]:
+    """Two independent parts of integer ``counts``: ``Binomial(counts, fraction)`` and the rest (data thinning).
+
+    For Poisson counts of rate ``λ`` the parts are independent Poisson counts of rates ``fraction · λ`` and
+    ``(1 − fraction) · λ``: one can be the input and the other the truth, with independent noise.
+    """
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(counts)
+    n = np.rint(X.data).astype(np.int64)
+    part = X.copy().astype(np.float32)
+    part.data = np.random.default_rng(seed).binomial(n, fraction).astype(np.float32)
+    rest = X.copy().astype(np.float32)
+    rest.data = (n - part.data).astype(np.float32)
+    part.eliminate_zeros()
+    rest.eliminate_zeros()
+    return part, rest
 
 
 def hide_spots_split(n: int, fraction: float, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +194,12 @@ def pool_fold(
     seed: int | None,
     fold: int = 0,
     condition: str = "none",
+    count_split: float | None = None,
 ):
     """Fit on pooled pseudo-spots of slide ``i``, predict its original spots (embedded as ``context``).
+
+    With ``count_split``, the pools sum a binomial part of each spot's counts (:func:`split_counts`, seeded by
+    ``seed`` and ``fold``) and the spots are scored against the rest.
 
     With ``condition="measured"`` (or ``"denoised"``) the predictions are conditioned on the pooled values the way
     ``superresolve`` conditions a grid on measured spots: each pooled pseudo-spot's members (equal weights)
@@ -161,6 +215,10 @@ def pool_fold(
     arr = _array_coords(table, geo.rows, geo.centers)
     groups = np.floor_divide(arr, k)
     counts = table.X[geo.rows]
+    truth, truth_rows = table, geo.rows
+    if count_split is not None:
+        counts, held = split_counts(counts, count_split, None if seed is None else [seed, fold])
+        truth, truth_rows = ad.AnnData(X=held, var=pd.DataFrame(index=table.var_names)), np.arange(held.shape[0])
     pooled, centers, member = pool_spots(counts, geo.centers, groups)
     ptab = ad.AnnData(X=pooled, var=pd.DataFrame(index=table.var_names))
     rows = np.arange(ptab.n_obs)
@@ -223,7 +281,7 @@ def pool_fold(
     if condition in CONDITIONED:
         mean = _condition_on_pools(mean, pooled_slide, sl, member, denoise=condition == "denoised", pattern=pattern)
     t_pred = time.perf_counter() - t0
-    y_true, _, _ = targets(table, geo.rows, panel, None)
+    y_true, _, _ = targets(truth, truth_rows, panel, None)
     return y_true, mean, panel, how, len(centers), t_fit, t_pred, list(pooled_slide.obs_names)
 
 

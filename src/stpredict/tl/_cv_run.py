@@ -57,6 +57,7 @@ class FoldSpec:
     condition: str
     max_epochs: int | None
     seed: int | None
+    count_split: float | None = None
     emb: dict[int, np.ndarray | None] = field(default_factory=dict)
 
     def embeddings(self, i: int) -> np.ndarray | None:
@@ -104,7 +105,7 @@ def run_fold(f: int, spec: FoldSpec) -> FoldOut:
         result = pool_fold(
             spec.proto, inputs, test_i, spec.pool, panel_request=(spec.genes, spec.n_genes),
             context=spec.embeddings(test_i), run=spec.run, max_epochs=spec.max_epochs, seed=spec.seed, fold=f,
-            condition=spec.condition,
+            condition=spec.condition, count_split=spec.count_split,
         )  # fmt: skip
         y_true, mean, panel, how, n_train, t_fit, t_pred, train_names = result
         test_names = list(sl_test.obs_names)
