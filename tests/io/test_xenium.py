@@ -179,6 +179,22 @@ def test_feeds_predict(bundle):
     assert np.nanmean(pcc) > 0.4
 
 
+def test_zarr_copy_feeds_cross_validate_and_superresolve(bundle, tmp_path):
+    from spatialdata import read_zarr
+
+    _read(bundle).write(tmp_path / "x.zarr")
+    back = read_zarr(tmp_path / "x.zarr")
+    res = stp.tl.cross_validate(back, "ridge", protocol="hide", n_genes=6, seed=0, progress=False)
+    assert len(res.folds) == 1 and res.failures.empty
+    assert np.isfinite(res.scores["pearson"]).all()
+    # the cells themselves as the grid: one prediction per cell polygon, in the cells' order
+    model = stp.tl.fit(back, "ridge", n_genes=6, progress=False)
+    stp.tl.superresolve(back, model, grid="cells", shapes_key="cell_boundaries", condition="none", progress=False)
+    (key,) = [k for k in back.tables if k != "table"]
+    grid = back.tables[key]
+    assert grid.n_obs == back.tables["table"].n_obs and np.isfinite(np.asarray(grid.X)).all()
+
+
 # -- options ---------------------------------------------------------------------------------------------------
 
 
