@@ -131,6 +131,9 @@ def test_tiles_share_one_chunk_cache():
     centres = [(x, y) for y in (64.0, 128.0, 192.0, 256.0) for x in (64.0, 128.0, 192.0, 256.0)]
     tiles = [read_tile(np.array(c), 96.0, 192) for c in centres]
     assert len(calls) == len(set(calls)) == 9  # the 3 × 3 chunks under the tiles, each once: 16 tiles overlap
+    base = PatchExtractor(levels, np.array(centres[:1]) / 0.5, (0.5, 0.5), size_um=96.0, patch_px=192)
+    a, b = base.with_centers(np.array(centres[1:2]) / 0.5), base.with_centers(np.array(centres[2:3]) / 0.5)
+    assert a._cache is b._cache is base._cache and a._dsk is b._dsk is base._dsk  # one cache, one task graph
     for c, tile in zip(centres, tiles, strict=True):  # the same pixels as a reader made for that tile alone
         alone = PatchExtractor(levels, np.array([c]) / 0.5, (0.5, 0.5), size_um=96.0, patch_px=192).read([0])
         np.testing.assert_array_equal(tile, alone)

@@ -190,11 +190,16 @@ class PatchExtractor:
         return len(self.centers)
 
     def with_centers(self, centers: np.ndarray) -> PatchExtractor:
-        """The same reader over other window centres, sharing this one's chunk cache.
+        """The same reader over other window centres, sharing this one's chunk cache and task graph.
 
         A pass that reads many small sets of windows from one image (the tiles of a dense map) keeps the chunks
         it decoded for its neighbours instead of decoding them again for every set.
         """
+        if self._dsk is None and self._array.numblocks[0] == 1:
+            try:  # the level's task graph, built once here and shared by every copy (not once per tile)
+                self._dsk = dict(self._array.__dask_graph__())
+            except Exception:  # noqa: BLE001 - an exotic graph: each copy falls back on dask.compute
+                self._dsk = {}
         other = object.__new__(type(self))
         other.__dict__.update(self.__dict__)  # not copy.copy: pickling's __getstate__ would drop the cache
         other.centers = np.asarray(centers, dtype=float).reshape(-1, 2)
