@@ -10,16 +10,22 @@ a SpatialData in memory (always worked on in the calling process). A slide task 
 an exception in it becomes that slide's ``"failed"`` row, and the other slides go on. A worker that dies is
 Dask's to handle: its tasks are rescheduled on the remaining workers (up to
 ``distributed.scheduler.allowed-failures`` deaths per task, then the slide is reported failed).
+
+Tasks may ask for Dask worker resources (:func:`check_resources`): by default ``{"GPU": 1}`` when a worker
+advertises a ``GPU`` resource, so that each GPU worker runs one heavy task at a time and CPU-only workers none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import pickle
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +42,7 @@ __all__ = [
     "COLUMNS",
     "CohortError",
     "check_client",
+    "check_resources",
     "check_slides",
     "error_text",
     "open_store",
@@ -184,6 +191,57 @@ def check_client(client: Any, verb: str) -> None:
         raise TypeError(msg)
 
 
+def _worker_resources(client: Any) -> dict[str, dict[str, float]]:
+    """The resources each worker of ``client`` advertises, by address (every worker, not the first few)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # distributed < 2025: always every worker
+        info = client.scheduler_info()
+    return {a: dict(w.get("resources") or {}) for a, w in info.get("workers", {}).items()}
+
+
+def _holds(have: Mapping[str, float], want: Mapping[str, float]) -> bool:
+    return all(have.get(k, 0) >= v for k, v in want.items())
+
+
+def check_resources(client: Any, resources: Any, verb: str) -> dict[str, float] | None:
+    """The worker resources each task of ``verb`` asks for on ``client``, refused before any work if none holds them.
+
+    ``None`` (the default): ``{"GPU": 1}`` when a worker advertises at least one ``GPU``, otherwise ``{}`` (any
+    worker). A mapping is checked (names, positive amounts) and used as given. Without a client: ``None``, and
+    ``resources`` must be ``None``.
+    """
+    if client is None:
+        if resources is not None:
+            msg = f"{verb}: resources= is for the tasks sent to a Dask client; pass client= too, or drop resources=."
+            raise ValueError(msg)
+        return None
+    workers = _worker_resources(client)
+    if resources is None:
+        return {"GPU": 1} if any(w.get("GPU", 0) >= 1 for w in workers.values()) else {}
+    if not isinstance(resources, Mapping):
+        msg = f'{verb}: resources must be a mapping such as {{"GPU": 1}}, {{}} or None, got {resources!r}.'
+        raise TypeError(msg)
+    want: dict[str, float] = {}
+    for k, v in resources.items():
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if not isinstance(k, str) or not k or not ok:
+            msg = f"{verb}: resources maps a resource name to the positive amount one task uses, got {k!r}: {v!r}."
+            raise ValueError(msg)
+        want[k] = int(v) if float(v).is_integer() else float(v)
+    if want and not any(_holds(w, want) for w in workers.values()):
+        seen = sorted({f"{k}={v:g}" for w in workers.values() for k, v in w.items()})
+        flags = " ".join(f"{k}={v:g}" for k, v in want.items())
+        msg = (
+            f"{verb}: resources={want!r}, but none of the client's {len(workers)} workers holds {flags} (they "
+            f"advertise: {', '.join(seen) or 'nothing'}). Start workers with it (dask worker <scheduler> --resources "
+            f'"{flags}", or LocalCluster(resources={want!r})), or drop resources= (the default uses GPU workers when '
+            "there are, else any worker)."
+        )
+        raise ValueError(msg)
+    return want
+
+
 def error_text(e: BaseException) -> str:
     """How a status table shows an error: its type and message."""
     return f"{type(e).__name__}: {e}"
@@ -225,6 +283,7 @@ def run_tasks(
     *,
     client: Any = None,
     remote: Sequence[int] = (),
+    resources: Mapping[str, float] | None = None,
     progress: bool | None = None,
     desc: str,
     unit: str,
@@ -232,8 +291,9 @@ def run_tasks(
     """Run ``fn(items[i], spec)`` for every ``i`` and call ``on_done(i, outcome)`` as each finishes (see :func:`run_one`).
 
     The ``remote`` positions run on the ``distributed.Client`` (one task each, ``spec`` sent to every worker once),
-    the others here, first. One progress bar over the items; the Dask dashboard link is logged. When ``on_done``
-    raises, the tasks still pending are cancelled.
+    the others here, first. Each remote task asks for the worker ``resources`` (from :func:`check_resources`;
+    ``None`` or ``{}``: any worker), and ``spec`` goes only to the workers that hold them. One progress bar over
+    the items; the Dask dashboard link is logged. When ``on_done`` raises, the tasks still pending are cancelled.
     """
     from tqdm.auto import tqdm
 
@@ -242,7 +302,7 @@ def run_tasks(
     show = settings.progress if progress is None else progress
     remote = list(remote) if client is not None else []
     with tqdm(total=len(items), disable=not show, desc=desc, unit=unit) as bar:
-        futures = _submit(client, fn, items, remote, spec, desc=desc, unit=unit) if remote else {}
+        futures = _submit(client, fn, items, remote, spec, resources=resources, desc=desc, unit=unit) if remote else {}
         try:
             for i, it in enumerate(items):
                 if i not in remote:
@@ -276,6 +336,7 @@ def run_cohort(
     spec: Any,
     *,
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
     progress: bool | None = None,
     desc: str,
     raise_on_error: bool = False,
@@ -283,7 +344,8 @@ def run_cohort(
     """Run ``task(sdata, spec)`` once per slide and return the status table (one row per slide, in input order).
 
     ``task`` returns ``(status, n_spots)``. With a ``distributed.Client``, each store is one task (``spec`` is
-    sent to every worker once) and is opened there; in-memory slides run in this process either way.
+    sent to every worker once) and is opened there, on a worker holding ``resources``; in-memory slides run in
+    this process either way. The table's ``attrs["resources"]`` records ``resources``.
     """
     labels = slide_labels(items)
     rows: dict[int, dict] = {}
@@ -300,9 +362,11 @@ def run_cohort(
 
     remote = [i for i, it in enumerate(items) if isinstance(it, str)]
     run_tasks(
-        _slide_task, items, (task, spec), done, client=client, remote=remote, progress=progress, desc=desc, unit="slide"
-    )
+        _slide_task, items, (task, spec), done, client=client, remote=remote, resources=resources, progress=progress,
+        desc=desc, unit="slide",
+    )  # fmt: skip
     table = pd.DataFrame([{"slide": labels[i], **rows[i]} for i in range(len(items))], columns=COLUMNS)
+    table.attrs["resources"] = None if resources is None else dict(resources)
     counts = table["status"].value_counts().to_dict()
     logger.info("%s: %d slides in %.1f s: %s.", desc, len(items), time.perf_counter() - t0, counts)
     if raise_on_error and (table["status"] == "failed").any():
@@ -310,13 +374,25 @@ def run_cohort(
     return table
 
 
-def _submit(client: Any, fn: Callable, items: Sequence, remote: list[int], spec: Any, *, desc: str, unit: str) -> dict:
-    """One future per remote item; the spec (model, backbone, slides in memory) is scattered to the workers once."""
+def _submit(
+    client: Any, fn: Callable, items: Sequence, remote: list[int], spec: Any, *, resources: Any, desc: str, unit: str
+) -> dict:
+    """One future per remote item; the spec (model, backbone, slides in memory) is scattered to the workers once.
+
+    With ``resources``, each task asks for them and the spec goes only to the workers that hold them.
+    """
     link = getattr(client, "dashboard_link", None)
     if link:
         logger.info("%s: %d %ss on Dask; dashboard: %s", desc, len(remote), unit, link)
-    spec_f = client.scatter(spec, broadcast=True, hash=False)
+    resources = dict(resources) if resources else None
+    workers = [a for a, w in _worker_resources(client).items() if _holds(w, resources)] if resources else None
+    if resources:
+        logger.info("%s: each %s asks for %s; workers holding it: %s.", desc, unit, resources, workers)
+    spec_f = client.scatter(spec, workers=workers or None, broadcast=True, hash=False)
     run = uuid.uuid4().hex[:8]
     return {
-        client.submit(run_one, fn, items[i], spec_f, key=f"stpredict-{desc}-{run}-{i}", pure=False): i for i in remote
+        client.submit(
+            run_one, fn, items[i], spec_f, key=f"stpredict-{desc}-{run}-{i}", pure=False, resources=resources
+        ): i
+        for i in remote
     }
