@@ -42,6 +42,17 @@ microns_per_pixel
     "device": """\
 device
     Torch device; ``None`` uses :attr:`stpredict.settings.device` (``"auto"``: CUDA, then MPS, then CPU).""",
+    "resources": """\
+resources
+    Dask worker resources each task sent to ``client`` asks for: the task runs only on a worker that advertises
+    them, and a worker runs at once only as many such tasks as it holds. ``None`` (the default): ``{"GPU": 1}``
+    when a worker of the client advertises a ``GPU`` resource (started with ``dask worker ... --resources
+    GPU=1``, one worker per GPU, or ``LocalCluster(resources={"GPU": 1})``), so each GPU worker runs one of the
+    heavy tasks at a time and CPU-only workers run none; without such a worker, any worker, as many at once as
+    it has threads. ``{}``: any worker. A mapping such as ``{"GPU": 1}`` is used as given; one that no worker
+    of the client holds is refused before any work. Only with ``client``. The device is chosen where a task
+    runs: ``device=None`` is the worker's :attr:`stpredict.settings.device` (``"auto"`` unless set there: CUDA
+    when that worker has it).""",
     "batch": """\
 batch_size
     Patches per batch; ``None`` uses :attr:`stpredict.settings.batch_size`.
@@ -93,11 +104,14 @@ inplace
 
 
 def doc_params(**extra: str) -> Callable[[F], F]:
-    """Replace ``{name}`` fields in a docstring with the shared paragraphs above."""
+    """Replace ``{name}`` fields in a docstring with the shared paragraphs above.
+
+    The ``extra`` paragraphs go in first, so they may hold fields of the shared ones.
+    """
 
     def decorator(func: F) -> F:
         if func.__doc__:
-            fields = {**_PARAMS, **extra}
+            fields = {**extra, **{k: v for k, v in _PARAMS.items() if k not in extra}}
             doc = cleandoc(func.__doc__)
             for key, text in fields.items():
                 marker = "{" + key + "}"

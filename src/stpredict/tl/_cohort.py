@@ -12,12 +12,12 @@ from .._keys import LAYER_PREDICTED, UNS_KEY
 from .._logging import get_logger
 from .._records import jsonable
 from .._version import __version__
-from ._cohort_run import check_client, check_slides, persist, run_cohort
+from ._cohort_run import check_client, check_resources, check_slides, persist, run_cohort
 from ._options import Compute, Elements
 from ._pipeline import embed_slide
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     import pandas as pd
     from spatialdata import SpatialData
@@ -38,6 +38,7 @@ slides
 client
     A ``dask.distributed.Client``: one task per store on its workers (in-memory slides stay in this process).
     ``None``: one slide after the other here. Workers see the stores by their paths (a shared filesystem).
+{resources}
 progress
     One progress bar over the slides (the per-slide bars stay off).
 raise_on_error
@@ -47,7 +48,8 @@ raise_on_error
 _STATUS_DOC = """\
 A :class:`pandas.DataFrame`, one row per slide in input order: ``slide`` (path, or ``sdata[i]``), ``status``
 (``"done"``; ``"cached"``: found already in the store with the same parameters, nothing recomputed; or
-``"failed"``), ``seconds``, ``n_spots``, ``worker`` and ``error`` (type and message)."""
+``"failed"``), ``seconds``, ``n_spots``, ``worker`` and ``error`` (type and message). Its
+``attrs["resources"]`` records the worker resources each slide's task asked for (``None`` without a client)."""
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ def embed_cohort(
     dense: bool | None = None,
     key_added: str | None = None,
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
     progress: bool | None = None,
     raise_on_error: bool = False,
 ) -> pd.DataFrame:
@@ -131,13 +134,15 @@ def embed_cohort(
     from ..models.backbones import get_backbone
 
     check_client(client, "embed_cohort")
+    res = check_resources(client, resources, "embed_cohort")
     items = check_slides(slides)
     run = Compute(device, batch_size, None, progress=False, dense=dense)
     bb = get_backbone(backbone, weights=weights)
     spec = _EmbedSpec(bb, patch_size_um, Elements(image_key, spots_key, table_key, microns_per_pixel), run, key_added)
     return run_cohort(
-        _embed_task, items, spec, client=client, progress=progress, desc="embed_cohort", raise_on_error=raise_on_error
-    )
+        _embed_task, items, spec, client=client, resources=res, progress=progress, desc="embed_cohort",
+        raise_on_error=raise_on_error,
+    )  # fmt: skip
 
 
 def embed_on_client(
@@ -148,12 +153,14 @@ def embed_on_client(
     elements: Elements,
     run: Compute,
     client: Any,
+    resources: Mapping[str, float] | None,
 ) -> pd.DataFrame:
     """Embed ``stores`` on the client's workers (:func:`embed_cohort`), the features cached in each store.
 
     What :func:`~stpredict.tl.fit` and :func:`~stpredict.tl.cross_validate` do with a client before reading the
-    stores' embeddings through their cache; a store that fails raises :class:`~stpredict.tl.CohortError`.
-    Returns the status table.
+    stores' embeddings through their cache, each store's task asking for ``resources`` (as
+    :func:`~stpredict.tl._cohort_run.check_resources` resolved them); a store that fails raises
+    :class:`~stpredict.tl.CohortError`. Returns the status table.
     """
     return embed_cohort(
         stores,
@@ -167,6 +174,7 @@ def embed_on_client(
         batch_size=run.batch_size,
         dense=run.dense,
         client=client,
+        resources=resources,
         progress=run.progress,
         raise_on_error=True,
     )
@@ -229,6 +237,7 @@ def predict_cohort(
     feature_norm: str | None = None,
     key_added: str = LAYER_PREDICTED,
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
     progress: bool | None = None,
     raise_on_error: bool = False,
 ) -> pd.DataFrame:
@@ -270,6 +279,7 @@ def predict_cohort(
     from ._models import resolve_model
 
     check_client(client, "predict_cohort")
+    res = check_resources(client, resources, "predict_cohort")
     items = check_slides(slides)
     predictor, fitted = resolve_model(model, {})
     if not fitted:
@@ -301,6 +311,7 @@ def predict_cohort(
         items,
         spec,
         client=client,
+        resources=res,
         progress=progress,
         desc="predict_cohort",
         raise_on_error=raise_on_error,

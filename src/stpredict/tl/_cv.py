@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
+from .._docs import doc_params
 from .._logging import get_logger
-from ._cohort_run import check_client, check_slides, open_store
+from ._cohort_run import check_client, check_resources, check_slides, open_store
 from ._cv_args import CROSS_SLIDE, check_arguments
 from ._cv_folds import check_split_counts, plan_folds
 from ._cv_result import FOLD_COLUMNS, SCORE_COLUMNS, CVResult, Split, gene_selection_record
@@ -22,7 +23,7 @@ from ._pipeline import Compute, Elements, prepare_slides
 from ._transfer import Transfer, fit_transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from spatialdata import SpatialData
 
@@ -35,6 +36,7 @@ __all__ = ["CVResult", "Split", "cross_validate"]
 logger = get_logger(__name__)
 
 
+@doc_params()
 def cross_validate(
     slides: SpatialData | Sequence[SpatialData],
     model: Any = "ridge",
@@ -62,6 +64,7 @@ def cross_validate(
     stain_augment: int = 0,
     names: Sequence[str] | None = None,
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
     raise_on_error: bool = True,
     **model_kwargs: Any,
 ) -> CVResult:
@@ -158,6 +161,8 @@ def cross_validate(
         in each store, as :func:`~stpredict.tl.fit` does with a client), in-memory slides here; models that read
         pixels train on the workers. One progress bar over the folds (the per-fold bars stay off) and the Dask
         dashboard link logged. ``None``: the folds run here, one after the other.
+    {resources}
+        The folds' tasks and the stores' embedding tasks ask for them; ``params["resources"]`` records them.
     raise_on_error
         A fold that fails raises its error (at once here; with a client as soon as it comes back, the other folds
         cancelled). ``False``: the failure is logged as a warning, the other folds finish, and the result lists it
@@ -175,6 +180,7 @@ def cross_validate(
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     check_flag("raise_on_error", raise_on_error)
     check_client(client, "cross_validate")
+    res = check_resources(client, resources, "cross_validate")
     items = check_slides(slides, writes=False)
     protocol, proto_pred = check_arguments(protocol, condition, model, model_kwargs, n_slides=len(items), groups=groups)
     run = Compute(device, batch_size, num_workers, progress, dense)
@@ -195,12 +201,13 @@ def cross_validate(
     split = check_split_counts(count_split, protocol, inputs)
     if client is not None:
         inputs = _embed_stores(
-            items, inputs, run, client, lambda bb: _prepare(items, proto_pred, transfer, {**options, "backbone": bb})
-        )
+            items, inputs, run, client, lambda bb: _prepare(items, proto_pred, transfer, {**options, "backbone": bb}),
+            resources=res,
+        )  # fmt: skip
     base = [(sl, geo, inputs.table(i)) for i, (sl, geo) in enumerate(zip(inputs.slides, inputs.geos, strict=True))]
     plan = plan_folds(protocol, base, groups, fraction, seed)
     spec = FoldSpec(protocol, proto_pred, inputs, plan, run, genes, n_genes, pool, condition, max_epochs, seed, split)
-    outs, failures = run_folds(spec, client=client, progress=progress, raise_on_error=raise_on_error)
+    outs, failures = run_folds(spec, client=client, resources=res, progress=progress, raise_on_error=raise_on_error)
     done = sorted(outs)
     rows = [outs[f].scores for f in done]
     fold_rows = [outs[f].row for f in done]
@@ -224,6 +231,7 @@ def cross_validate(
         "backbone": inputs.backbone_params or None,
         "max_epochs": max_epochs,
         "embed_seconds": round(inputs.cache.seconds if inputs.cache is not None else 0.0, 3),
+        "resources": res,
         "gene_selection": gene_selection_record(fold_how),
     }
     scores = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
@@ -240,9 +248,15 @@ def _prepare(
 
 
 def _embed_stores(
-    items: Sequence[str | SpatialData], inputs: Inputs, run: Compute, client: Any, again: Callable[[Any], Inputs]
+    items: Sequence[str | SpatialData],
+    inputs: Inputs,
+    run: Compute,
+    client: Any,
+    again: Callable[[Any], Inputs],
+    *,
+    resources: Mapping[str, float] | None,
 ) -> Inputs:
-    """Embed the stores on the client's workers, cached in each store, where the folds read them.
+    """Embed the stores on the client's workers (each task asking for ``resources``), cached in each store.
 
     When any store got new features, the inputs are prepared ``again`` (the stores re-read, the backbone passed as
     resolved, not loaded again) and the workers' seconds count in the call's embedding time.
@@ -253,8 +267,9 @@ def _embed_stores(
     if not stores or inputs.backbone is None or inputs.stains is not None:
         return inputs  # nothing to embed, a model that reads pixels, or embeddings of each fold's normalised slides
     status = embed_on_client(
-        stores, inputs.backbone, patch_size_um=inputs.patch_size_um, elements=Elements(), run=run, client=client
-    )
+        stores, inputs.backbone, patch_size_um=inputs.patch_size_um, elements=Elements(), run=run, client=client,
+        resources=resources,
+    )  # fmt: skip
     done = status["status"] == "done"
     if not done.any():  # all "cached": the stores opened here hold the features already
         return inputs

@@ -214,9 +214,17 @@ def _fold_inputs(
 
 
 def run_folds(
-    spec: FoldSpec, *, client: Any = None, progress: bool | None = None, raise_on_error: bool = True
+    spec: FoldSpec,
+    *,
+    client: Any = None,
+    resources: Any = None,
+    progress: bool | None = None,
+    raise_on_error: bool = True,
 ) -> tuple[dict[int, FoldOut], pd.DataFrame]:
     """Run every fold of ``spec``, here or one task per fold on ``client``; ``(outputs by fold, failures)``.
+
+    On a client each fold's task asks for the worker ``resources`` (see
+    :func:`~stpredict.tl._cohort_run.check_resources`).
 
     A failing fold raises its own exception with ``raise_on_error`` (here at once; on a client as soon as it comes
     back, the other folds cancelled); otherwise it is logged and becomes a row of the failures table
@@ -246,8 +254,8 @@ def run_folds(
 
     shipped = spec.for_workers() if client is not None else spec
     run_tasks(
-        run_fold, folds, shipped, done, client=client, remote=folds, progress=progress, desc="cross_validate",
-        unit="fold",
+        run_fold, folds, shipped, done, client=client, remote=folds, resources=resources, progress=progress,
+        desc="cross_validate", unit="fold",
     )  # fmt: skip
     failures = pd.DataFrame(sorted(failed, key=lambda r: r["fold"]), columns=FAILURE_COLUMNS)
     return outs, failures

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
 from .._docs import doc_params
 from .._logging import get_logger
-from ._cohort_run import check_client, check_slides, open_store, persist
+from ._cohort_run import check_client, check_resources, check_slides, open_store, persist
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, embed_slide, prepare_training
 from ._transfer import fit_transfer
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy as np
     from spatialdata import SpatialData
@@ -124,6 +124,7 @@ def fit(
     stain_augment: int = 0,
     cache_embeddings: bool = True,
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
     **model_kwargs: Any,
 ) -> Predictor:
     """Fit a predictor on the measured spots of one or more slides.
@@ -171,6 +172,8 @@ def fit(
         then train here on the cached features (``stain`` then defaults to ``"none"``). Ignored with
         ``stain="macenko"|"reinhard"`` or ``stain_augment`` (the embeddings are
         of the normalised slides, whose reference needs all of them).
+    {resources}
+        The stores' embedding tasks ask for them; ``training["resources"]`` records them when they ran there.
     **model_kwargs
         Options of the predictor (see its class).
 
@@ -192,6 +195,7 @@ def fit(
     check_genes_arg(genes, n_genes)
     check_length("patch_size_um", patch_size_um, hint=" It is the side of the window read around a spot.")
     check_client(client, "fit")
+    res = check_resources(client, resources, "fit")
     items = check_slides(sdata, writes=False)
     predictor, fitted = resolve_model(model, model_kwargs)
     if fitted:
@@ -203,10 +207,11 @@ def fit(
     stores = [it for it in items if isinstance(it, str)]
     if client is not None and stores and stain is None:
         stain = "none"  # the default on a client: the stores' embeddings are computed on its workers
+    on_client = False
     if client is not None and stores and stain == "none" and not stain_augment:
-        _embed_on_client(
+        on_client = _embed_on_client(
             stores, predictor, backbone=backbone, weights=weights, patch_size_um=patch_size_um, elements=elements,
-            run=run, client=client,
+            run=run, client=client, resources=res,
         )  # fmt: skip
     sdatas = [open_store(it) if isinstance(it, str) else it for it in items]
     inputs = prepare_training(
@@ -231,6 +236,8 @@ def fit(
     inputs.embed(run, keep_maps=False)  # training reads spots only: one slide's map at a time
     train(predictor, inputs, run, max_epochs=max_epochs, seed=seed)
     predictor.training.update({"seed": seed, "max_epochs": max_epochs})
+    if on_client:
+        predictor.training["resources"] = res
     predictor.training["fit_seconds"] = round(time.perf_counter() - t0, 3)
     if cache_embeddings:
         for i in inputs.commit():
@@ -260,13 +267,20 @@ def _embed_on_client(
     elements: Elements,
     run: Compute,
     client: Any,
-) -> None:
-    """Embed the stores on the client's workers, caching the features where ``fit`` will look for them."""
+    resources: Mapping[str, float] | None,
+) -> bool:
+    """Embed the stores on the client's workers, caching the features where ``fit`` will look for them.
+
+    Returns whether there was anything to embed (``False`` for a predictor that reads pixels).
+    """
     from ._cohort import embed_on_client
     from ._models import resolve_backbone
 
     bb = resolve_backbone(predictor, backbone, weights)
     if bb is None:
         logger.info("fit: %s reads pixels, not embeddings: nothing to embed on the client.", predictor.name)
-        return
-    embed_on_client(stores, bb, patch_size_um=patch_size_um, elements=elements, run=run, client=client)
+        return False
+    embed_on_client(
+        stores, bb, patch_size_um=patch_size_um, elements=elements, run=run, client=client, resources=resources
+    )
+    return True
