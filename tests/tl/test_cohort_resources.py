@@ -19,7 +19,8 @@ from _dask import local_cluster, mixed_cluster
 
 import stpredict as stp
 from stpredict.tl import _cohort_run
-from stpredict.tl._cohort_run import check_resources, run_tasks
+from stpredict.tl._cohort_client import check_resources
+from stpredict.tl._cohort_run import run_tasks
 from stpredict.tl._options import Compute
 
 if TYPE_CHECKING:

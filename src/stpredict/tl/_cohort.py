@@ -12,7 +12,8 @@ from .._keys import LAYER_PREDICTED, UNS_KEY
 from .._logging import get_logger
 from .._records import jsonable
 from .._version import __version__
-from ._cohort_run import check_client, check_resources, check_slides, persist, run_cohort
+from ._cohort_client import check_client, check_resources
+from ._cohort_run import check_slides, persist, run_cohort
 from ._options import Compute, Elements
 from ._pipeline import embed_slide
 
@@ -159,7 +160,7 @@ def embed_on_client(
 
     What :func:`~stpredict.tl.fit` and :func:`~stpredict.tl.cross_validate` do with a client before reading the
     stores' embeddings through their cache, each store's task asking for ``resources`` (as
-    :func:`~stpredict.tl._cohort_run.check_resources` resolved them); a store that fails raises
+    :func:`~stpredict.tl._cohort_client.check_resources` resolved them); a store that fails raises
     :class:`~stpredict.tl.CohortError`. Returns the status table.
     """
     return embed_cohort(

@@ -18,31 +18,27 @@ advertises a ``GPU`` resource, so that each GPU worker runs one heavy task at a 
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import os
 import pickle
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from .._logging import get_logger
+from ._cohort_client import holds, worker_resources
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from spatialdata import SpatialData
 
 __all__ = [
     "COLUMNS",
     "CohortError",
-    "check_client",
-    "check_resources",
     "check_slides",
     "error_text",
     "open_store",
@@ -172,74 +168,6 @@ def _local_dask() -> contextlib.AbstractContextManager:
     import dask
 
     return dask.config.set(scheduler="synchronous")
-
-
-def check_client(client: Any, verb: str) -> None:
-    """Refuse a ``client`` that is not a ``dask.distributed.Client`` (or ``None``) before any work."""
-    if client is None:
-        return
-    try:
-        from distributed import Client
-    except ImportError:
-        msg = f"{verb}(client=...) needs dask.distributed: pip install distributed (or pass client=None)."
-        raise ImportError(msg) from None
-    if not isinstance(client, Client):
-        msg = (
-            f"{verb}: client must be a dask.distributed.Client (e.g. Client(LocalCluster())) or None to run here, "
-            f"got {type(client).__name__}."
-        )
-        raise TypeError(msg)
-
-
-def _worker_resources(client: Any) -> dict[str, dict[str, float]]:
-    """The resources each worker of ``client`` advertises, by address (every worker, not the first few)."""
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:  # distributed < 2025: always every worker
-        info = client.scheduler_info()
-    return {a: dict(w.get("resources") or {}) for a, w in info.get("workers", {}).items()}
-
-
-def _holds(have: Mapping[str, float], want: Mapping[str, float]) -> bool:
-    return all(have.get(k, 0) >= v for k, v in want.items())
-
-
-def check_resources(client: Any, resources: Any, verb: str) -> dict[str, float] | None:
-    """The worker resources each task of ``verb`` asks for on ``client``, refused before any work if none holds them.
-
-    ``None`` (the default): ``{"GPU": 1}`` when a worker advertises at least one ``GPU``, otherwise ``{}`` (any
-    worker). A mapping is checked (names, positive amounts) and used as given. Without a client: ``None``, and
-    ``resources`` must be ``None``.
-    """
-    if client is None:
-        if resources is not None:
-            msg = f"{verb}: resources= is for the tasks sent to a Dask client; pass client= too, or drop resources=."
-            raise ValueError(msg)
-        return None
-    workers = _worker_resources(client)
-    if resources is None:
-        return {"GPU": 1} if any(w.get("GPU", 0) >= 1 for w in workers.values()) else {}
-    if not isinstance(resources, Mapping):
-        msg = f'{verb}: resources must be a mapping such as {{"GPU": 1}}, {{}} or None, got {resources!r}.'
-        raise TypeError(msg)
-    want: dict[str, float] = {}
-    for k, v in resources.items():
-        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-        if not isinstance(k, str) or not k or not ok:
-            msg = f"{verb}: resources maps a resource name to the positive amount one task uses, got {k!r}: {v!r}."
-            raise ValueError(msg)
-        want[k] = int(v) if float(v).is_integer() else float(v)
-    if want and not any(_holds(w, want) for w in workers.values()):
-        seen = sorted({f"{k}={v:g}" for w in workers.values() for k, v in w.items()})
-        flags = " ".join(f"{k}={v:g}" for k, v in want.items())
-        msg = (
-            f"{verb}: resources={want!r}, but none of the client's {len(workers)} workers holds {flags} (they "
-            f"advertise: {', '.join(seen) or 'nothing'}). Start workers with it (dask worker <scheduler> --resources "
-            f'"{flags}", or LocalCluster(resources={want!r})), or drop resources= (the default uses GPU workers when '
-            "there are, else any worker)."
-        )
-        raise ValueError(msg)
-    return want
 
 
 def error_text(e: BaseException) -> str:
@@ -385,7 +313,7 @@ def _submit(
     if link:
         logger.info("%s: %d %ss on Dask; dashboard: %s", desc, len(remote), unit, link)
     resources = dict(resources) if resources else None
-    workers = [a for a, w in _worker_resources(client).items() if _holds(w, resources)] if resources else None
+    workers = [a for a, w in worker_resources(client).items() if holds(w, resources)] if resources else None
     if resources:
         logger.info("%s: each %s asks for %s; workers holding it: %s.", desc, unit, resources, workers)
     spec_f = client.scatter(spec, workers=workers or None, broadcast=True, hash=False)

@@ -14,7 +14,8 @@ import pandas as pd
 from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
 from .._docs import doc_params
 from .._logging import get_logger
-from ._cohort_run import check_client, check_resources, check_slides, open_store
+from ._cohort_client import check_client, check_resources
+from ._cohort_run import check_slides, open_store
 from ._cv_args import CROSS_SLIDE, check_arguments
 from ._cv_folds import check_split_counts, plan_folds
 from ._cv_result import FOLD_COLUMNS, SCORE_COLUMNS, CVResult, Split, gene_selection_record

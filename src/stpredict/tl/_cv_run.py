@@ -224,7 +224,7 @@ def run_folds(
     """Run every fold of ``spec``, here or one task per fold on ``client``; ``(outputs by fold, failures)``.
 
     On a client each fold's task asks for the worker ``resources`` (see
-    :func:`~stpredict.tl._cohort_run.check_resources`).
+    :func:`~stpredict.tl._cohort_client.check_resources`).
 
     A failing fold raises its own exception with ``raise_on_error`` (here at once; on a client as soon as it comes
     back, the other folds cancelled); otherwise it is logged and becomes a row of the failures table

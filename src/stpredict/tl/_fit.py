@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from .._args import check_flag, check_genes_arg, check_length, check_max_epochs, check_seed
 from .._docs import doc_params
 from .._logging import get_logger
-from ._cohort_run import check_client, check_resources, check_slides, open_store, persist
+from ._cohort_client import check_client, check_resources
+from ._cohort_run import check_slides, open_store, persist
 from ._models import resolve_model, train
 from ._pipeline import Compute, Elements, embed_slide, prepare_training
 from ._transfer import fit_transfer
