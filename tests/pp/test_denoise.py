@@ -73,3 +73,31 @@ def test_bad_input_names_the_argument(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         denoise_measured(**args)
+
+
+def test_conditioning_denoises_toward_the_prediction_pooled_over_each_spot():
+    """The denoising prior is ``W @ pred`` also when the gate learns from another spot pattern (out-of-fold)."""
+    import scipy.sparse as sp
+
+    from stpredict.pp import condition_on_spots
+
+    rng = np.random.default_rng(0)
+    side, g = 12, 4
+    ij = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
+    region_xy = ij * 50.0 + 25.0  # 50 µm members, 2 x 2 per spot
+    member = (ij[:, 0] // 2) * (side // 2) + ij[:, 1] // 2
+    n_spots = member.max() + 1
+    W = sp.csr_matrix((np.ones(len(member)), (member, np.arange(len(member)))), shape=(n_spots, len(member)))
+    spot_xy = (W @ region_xy) / 4
+    pred = rng.gamma(4.0, 50.0, (len(member), g))
+    lib = rng.uniform(500, 1500, n_spots)
+    measured = rng.poisson((W @ pred) / 4 * lib[:, None] / 1e4) * 1e4 / lib[:, None]
+    oof = (W @ pred) / 4 * rng.lognormal(0, 0.5, (n_spots, g))  # another pattern for the gate
+    res = condition_on_spots(
+        pred, region_xy, spot_xy, measured, region_kind="circle", region_size_um=50.0, spot_diameter_um=100.0,
+        overlap=W, library_size=lib, spot_pattern=oof,
+    )  # fmt: skip
+    level = (W @ res.values) / 4
+    want = denoise_measured(measured, lib, (W @ pred) / 4).values
+    np.testing.assert_allclose(level, want, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(want, denoise_measured(measured, lib, oof).values, rtol=1e-3)

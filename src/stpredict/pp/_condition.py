@@ -202,7 +202,8 @@ def condition_on_spots(
     library_size
         ``(n_spots,)`` total counts of each spot (the library ``measured`` was normalised to 1e4 by). When
         given, the grid agrees exactly with the measured spots **denoised** toward the image-only prediction
-        at the spots (``spot_pattern``, else ``W @ pred``) by their count noise (:func:`denoise_measured`, a
+        pooled over each spot (``W @ pred``, also when ``spot_pattern`` is given: out-of-fold predictions from
+        spatially blocked folds are a farther prior) by their count noise (:func:`denoise_measured`, a
         Gamma–Poisson posterior mean with a per-gene dispersion estimated from the spots), instead of with
         the raw measurement; the gate is still learned from the raw measurement. ``rel_error`` and
         ``max_rel_error`` then measure agreement with the denoised level (``denoise`` holds its record).

@@ -314,11 +314,14 @@ def plan_condition(
         gate=gate_info, pitch_um=float(pitch_um), sigma_um=float(sigma), degree_weights=blend, degree_info=degree_info,
     )  # fmt: skip
     q_cols = plan.pattern(pred_cols)
+    # the denoising prior: the prediction pooled over each spot, also when the gate learns from out-of-fold
+    # predictions (a nearer prior: blocked out-of-fold predictions interpolate across whole missing blocks)
+    prior = wc @ pred_cols if library_size is not None else None
     del pred_cols
 
     if library_size is not None:
         lib = check_array("library_size", library_size, (n_spots,), nonneg=True)[idx]
-        den = denoise_measured(m, lib, at_spots)
+        den = denoise_measured(m, lib, prior)
         m, plan.denoise = den.values, den.summary()
     for deg, share in ((1, blend), (0, 1.0 - blend)):  # as solve_blended: the linear kernel, then Shepard
         genes = np.flatnonzero(share > 0)

@@ -111,8 +111,8 @@ def apply_condition(
     the gene (the weights are learned on the slide one pooling level up, from the model's out-of-fold spot
     predictions when ``stp.tl.predict`` stored them, else from the grid pooled over the spots). The std is
     converted to linear units (``std · (1 + value)``), carried through the correction, and converted back.
-    With ``denoise``, the level is the measured spots denoised toward the image-only prediction at the spots
-    by their count noise (:func:`stpredict.pp.denoise_measured`), not the raw measurement.
+    With ``denoise``, the level is the measured spots denoised toward the grid's image-only prediction pooled
+    over each spot by their count noise (:func:`stpredict.pp.denoise_measured`), not the raw measurement.
     """
     from ..pp._condition_grid import plan_grid
     from ..pp._condition_plan import RegionSource

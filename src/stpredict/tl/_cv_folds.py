@@ -296,9 +296,9 @@ def _condition_on_pools(
 ) -> np.ndarray:
     """Condition log1p predictions of the member spots on their pooled pseudo-spots (equal member weights).
 
-    With ``denoise``, on the pooled values denoised toward the prediction by their count noise. ``pattern``:
-    out-of-fold predictions of the pools (linear) for the gate and the denoising prior (``None``: the members'
-    predictions averaged over each pool, in-sample).
+    With ``denoise``, on the pooled values denoised toward the members' predictions averaged over each pool by
+    their count noise. ``pattern``: out-of-fold predictions of the pools (linear) for the gate (``None``: the
+    members' predictions averaged over each pool, in-sample).
     """
     import scipy.sparse as sp
 
