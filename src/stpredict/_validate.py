@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .models._base import SlideData
 
 __all__ = [
+    "check_element_free",
     "LOG_LIKE_MAX",
     "MIN_SPOT_PX",
     "check_count_values",
@@ -57,6 +58,24 @@ def pick_key(sdata: SpatialData, kind: str, key: str | None, *, candidates: list
         raise KeyError(msg)
     msg = f"Several {kind} elements could be meant ({_listing(pool)}): pass {arg}=... to choose one."
     raise KeyError(msg)
+
+
+def check_element_free(sdata: SpatialData, name: str, kind: str, *, overwrite: bool) -> None:
+    """Raise a ``KeyError`` if an element of ``sdata`` is named ``name`` (any case), naming it and the fix.
+
+    The ``kind`` element (``"shapes"``, ``"tables"``, ...) of exactly that name may be replaced with ``overwrite``.
+    """
+    for found_kind, found, _ in sdata.gen_elements():
+        if found.lower() != name.lower():
+            continue
+        same = found_kind == kind and found == name
+        if overwrite and same:
+            continue
+        what = found_kind[:-1]
+        article = "an" if what[0] in "aeiou" else "a"
+        hint = " or overwrite=True." if same else "."
+        msg = f"The SpatialData already has {article} {what} element {found!r}: pass another key_added{hint}"
+        raise KeyError(msg)
 
 
 def table_region(table: AnnData) -> tuple[list[str], str, str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._args import check_flag, check_length
-from .._validate import table_region
+from .._validate import check_element_free, table_region
 from ._synthetic import synthetic_truth
 
 if TYPE_CHECKING:
@@ -101,12 +101,7 @@ def synthetic_cells(
     if key_added in table_region(sdata.tables[table_key])[0]:
         msg = f"key_added={key_added!r} names the shapes that table {table_key!r} annotates: choose another name."
         raise KeyError(msg)
-    for kind, name, _ in sdata.gen_elements():
-        if name.lower() == key_added.lower() and not (overwrite and kind == "shapes" and name == key_added):
-            hint = " or overwrite=True." if kind == "shapes" and name == key_added else "."
-            article = "an" if kind[0] in "aeiou" else "a"
-            msg = f"The SpatialData already has {article} {kind[:-1]} element {name!r}: pass another key_added{hint}"
-            raise KeyError(msg)
+    check_element_free(sdata, key_added, "shapes", overwrite=overwrite)
     nx, ny, rad = _nuclei_on_tissue(tissue)
     if len(nx) == 0:
         msg = f"No nucleus lies on the tissue of this {tissue.p.image_size} px synthetic slide: enlarge it."

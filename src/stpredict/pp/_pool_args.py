@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._keys import UNS_KEY
-from .._validate import pick_key, table_region
+from .._validate import check_element_free, pick_key, table_region
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -98,17 +98,8 @@ def check_new_names(
         raise ValueError(msg)
     if not inplace:
         return
-    existing = {name.lower(): (kind, name) for kind, name, _ in sdata.gen_elements()}
     for name, kind in ((key, "shapes"), (table_key_new, "tables")):
-        if name.lower() in existing:
-            found_kind, found = existing[name.lower()]
-            if not overwrite or found_kind != kind or found != name:
-                what = found_kind[:-1]
-                article = "an" if what[0] in "aeiou" else "a"
-                msg = f"The SpatialData already has {article} {what} element {found!r}: pass another key_added" + (
-                    " or overwrite=True." if found_kind == kind and found == name else "."
-                )
-                raise KeyError(msg)
+        check_element_free(sdata, name, kind, overwrite=overwrite)
     if key in sdata.tables[table_key].obs.columns and not overwrite:
         msg = f"Table {table_key!r} already has an obs column {key!r}: pass another key_added or overwrite=True."
         raise KeyError(msg)
