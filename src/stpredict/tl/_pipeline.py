@@ -16,7 +16,6 @@ fitted or loaded alike:
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +28,17 @@ from ._commit import Staged
 from ._embeddings import EmbeddingCache
 from ._models import check_fitted_backbone, resolve_backbone, slide_fingerprint
 from ._options import Compute, Elements
-from ._pipeline_checks import check_enough_spots, require_measured, spot_geometry
+from ._pipeline_checks import check_enough_spots, distinct_names, require_measured, spot_geometry
 from ._targets import preprocessing_record, select_genes, targets
-from ._transfer import SlideStains, StainCopies, Transfer, fitted_transfer, fold_stains, normalize_training, standardize
+from ._transfer import (
+    SlideStains,
+    StainCopies,
+    Transfer,
+    fitted_transfer,
+    normalize_training,
+    resolve_stains,
+    standardize,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -252,14 +259,6 @@ class Inputs:
         return [i for i in range(len(self.sdatas)) if any(self.table(i) is t for t in written)]
 
 
-def _distinct_names(slides: Sequence[SlideData]) -> None:
-    """Repeated names (e.g. several synthetic slides, all "spots") get their position appended."""
-    counts = Counter(sl.name for sl in slides)
-    for i, sl in enumerate(slides):
-        if counts[sl.name] > 1:
-            sl.name = f"{sl.name}#{i}"
-
-
 def _patch_size(backbone: Backbone | None, patch_size_um: float | None) -> float:
     if patch_size_um is not None:
         return float(patch_size_um)
@@ -290,15 +289,12 @@ def prepare_training(
     tables = [(s.tables[g.table_key], g.rows) for s, g in zip(sdatas, geos, strict=True)]
     panel, how = select_genes(tables, genes, layer=layer, n_genes=n_genes)
     slides = [slide_data(s, g, genes=panel, layer=layer) for s, g in zip(sdatas, geos, strict=True)]
-    _distinct_names(slides)
+    distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
     reads_image = bb is not None or (predictor is not None and predictor.consumes != "embeddings")
     if reads_image:
         warn_coarse_image(slides)
-    transfer = transfer or Transfer()
-    if transfer.fallback and not reads_image:  # the default, for a model that never reads the image: nothing to do
-        transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
-    slides, transfer, reference = normalize_training(slides, transfer)
+    slides, transfer, reference = normalize_training(slides, transfer or Transfer(), reads_image=reads_image)
     return Inputs(sdatas, geos, slides, panel, how, bb, _patch_size(bb, patch_size_um), layer, transfer, reference)
 
 
@@ -362,12 +358,12 @@ def prepare_slides(
         slide_data(s, g, genes=None, layer=None, name=None if names is None else str(names[i]))
         for i, (s, g) in enumerate(zip(sdatas, geos, strict=True))
     ]
-    _distinct_names(slides)
+    distinct_names(slides)
     bb = resolve_backbone(predictor, backbone, weights)
     reads_image = bb is not None or (predictor is not None and predictor.consumes != "embeddings")
     if reads_image:
         warn_coarse_image(slides)
-    transfer, stains = fold_stains(slides, transfer or Transfer(), reads_image=reads_image)
+    transfer, stains = resolve_stains(slides, transfer or Transfer(), reads_image=reads_image)
     return Inputs(sdatas, geos, slides, None, None, bb, _patch_size(bb, patch_size_um), None, transfer, None, stains)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .._args import check_layer
@@ -15,10 +16,11 @@ if TYPE_CHECKING:
 
     from spatialdata import SpatialData
 
+    from ..models._base import SlideData
     from ..pp._spots import SpotGeometry
     from ._options import Elements
 
-__all__ = ["MIN_TRAINING_SPOTS", "check_enough_spots", "require_measured", "spot_geometry"]
+__all__ = ["MIN_TRAINING_SPOTS", "check_enough_spots", "distinct_names", "require_measured", "spot_geometry"]
 
 
 def spot_geometry(sdata: SpatialData, elements: Elements, *, need_targets: bool, layer: str | None) -> SpotGeometry:
@@ -70,3 +72,11 @@ def require_measured(sdata: SpatialData, elements: Elements, *, verb: str, model
         f"path of its checkpoint): stp.tl.{verb}(sdata, model)."
     )
     raise ValueError(msg)
+
+
+def distinct_names(slides: Sequence[SlideData]) -> None:
+    """Repeated names (e.g. several synthetic slides, all "spots") get their position appended."""
+    counts = Counter(sl.name for sl in slides)
+    for i, sl in enumerate(slides):
+        if counts[sl.name] > 1:
+            sl.name = f"{sl.name}#{i}"

@@ -44,13 +44,13 @@ __all__ = [
     "SlideStains",
     "StainCopies",
     "FIT_STAIN",
-    "fold_stains",
     "StainEstimateError",
     "Transfer",
     "augment_slide",
     "clear_stain_estimates",
     "fit_transfer",
     "normalize_training",
+    "resolve_stains",
     "fitted_transfer",
     "standardize",
 ]
@@ -258,14 +258,14 @@ class SlideStains:
         return dataclasses.replace(slide, image_levels=normalized_levels(slide.image_levels, smap), meta=meta)
 
 
-def fold_stains(
+def resolve_stains(
     slides: Sequence[SlideData], transfer: Transfer, *, reads_image: bool
 ) -> tuple[Transfer, SlideStains | None]:
-    """The transfer options of a cross-validation and the :class:`SlideStains` its folds normalise with.
+    """The transfer options as applied to ``slides`` and the :class:`SlideStains` they are normalised with.
 
     ``None`` without a stain method. A default stain method (``transfer.fallback``) becomes ``"none"`` for a model
     that never reads the image and, with a warning, when some slide's stains cannot be estimated (checked here,
-    before any fold; the tissue pixels sampled are kept for the folds' references).
+    before any fit or fold; the tissue pixels sampled are kept for the references).
     """
     if transfer.fallback and not reads_image:
         transfer = Transfer("none", transfer.feature_norm, transfer.stain_augment)
@@ -283,23 +283,17 @@ def fold_stains(
 
 
 def normalize_training(
-    slides: list[SlideData], transfer: Transfer
+    slides: list[SlideData], transfer: Transfer, *, reads_image: bool = True
 ) -> tuple[list[SlideData], Transfer, StainNormalizer | None]:
     """Training ``slides`` normalised onto a reference fitted on all of them: ``(slides, transfer, reference)``.
 
-    Without a stain method, as they are (reference ``None``). When the method is a default (``transfer.fallback``)
-    and some slide's stains cannot be estimated, the slides are left as they are and ``transfer`` says ``"none"``.
+    Without a stain method, as they are (reference ``None``); a default method may fall back to ``"none"``
+    (:func:`resolve_stains`).
     """
-    if transfer.stain == "none":
+    transfer, stains = resolve_stains(slides, transfer, reads_image=reads_image)
+    if stains is None:
         return slides, transfer, None
-    stains = SlideStains(transfer.stain)
-    try:
-        reference = stains.reference(slides)
-    except StainEstimateError as e:
-        if not transfer.fallback:
-            raise
-        logger.warning("stain=%r (the default) is not applied: %s", transfer.stain, e)
-        return slides, Transfer("none", transfer.feature_norm, transfer.stain_augment), None
+    reference = stains.reference(slides)
     return [stains.normalize(sl, reference) for sl in slides], transfer, reference
 
 
